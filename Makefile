@@ -1,0 +1,31 @@
+# Two entry points: `make demo` (set up, run the main job) and `make test` (set up, run the checks).
+# TORCH is the torch requirement installed before the package. Here it is the local CPU wheel;
+# elsewhere override it (`make test TORCH=torch`) or pre-install your own build in .venv.
+PYTHON ?= python3
+TORCH ?= torch==2.13.0
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint format clean
+
+$(BIN)/gas-solver: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[test]"
+	@touch $@
+
+demo: $(BIN)/gas-solver
+	$(BIN)/gas-solver --help
+
+test: $(BIN)/gas-solver
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/python -m pytest -q
+
+lint: $(BIN)/gas-solver
+	$(BIN)/ruff check --fix src tests benchmarks
+	$(BIN)/ruff format src tests benchmarks
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,22 @@
+"""gas-solver: learned few-step ODE samplers (GS / GAS, arXiv 2510.17699) for frozen diffusion models."""
+
+from .errors import CheckpointMismatchError, ConfigError, GasSolverError, MissingAssetError
+from .models import DiffusionModel, GaussianMixtureModel
+from .schedules import DiscreteVPSchedule, LinearVPSchedule, NoiseSchedule, explicit_grid, time_grid
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CheckpointMismatchError",
+    "ConfigError",
+    "DiffusionModel",
+    "DiscreteVPSchedule",
+    "GasSolverError",
+    "GaussianMixtureModel",
+    "LinearVPSchedule",
+    "MissingAssetError",
+    "NoiseSchedule",
+    "__version__",
+    "explicit_grid",
+    "time_grid",
+]

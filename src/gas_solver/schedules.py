@@ -1,0 +1,309 @@
+"""Noise schedules in continuous variance-preserving (VP) time, and the time grids solvers walk.
+
+Convention (as in DPM-Solver and the GAS paper, arXiv 2510.17699 §1): the forward process is
+``x_t = α(t) x_0 + σ(t) ε`` with ``α² + σ² = 1``, time ``t ∈ [t_eps, 1]``, ``t = 1`` the noise end.
+Every schedule exposes
+
+* ``log_alpha(t)``, ``alpha(t)``, ``sigma(t)``;
+* the half log-SNR ``λ(t) = log α(t) − log σ(t)`` (decreasing in t) and its inverse ``t(λ)``;
+* the EDM noise level ``σ̃(t) = σ(t)/α(t) = e^{−λ(t)}`` and its inverse;
+* the DDPM integer timestep convention ``t_i = (i + 1)/N`` (``N`` = ``num_train_timesteps``).
+
+All maps are torch functions, differentiable in ``t`` (the learned solver trains its timesteps
+through them). Schedules are ``nn.Module`` s so their tables follow ``.to(device)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .errors import ConfigError
+
+GRID_KINDS = ("uniform", "logsnr", "quadratic", "edm")
+
+
+def interp_linear(x: Tensor, xp: Tensor, fp: Tensor) -> Tensor:
+    """Piecewise-linear interpolation of ``fp(xp)`` at ``x``, extrapolating the end segments.
+
+    ``xp`` must be strictly increasing. Differentiable in ``x`` (the segment index is not).
+    """
+    xp, fp = xp.to(x), fp.to(x)
+    idx = torch.searchsorted(xp, x.detach().contiguous()).clamp(1, xp.numel() - 1)
+    x0, x1, f0, f1 = xp[idx - 1], xp[idx], fp[idx - 1], fp[idx]
+    return f0 + (f1 - f0) * (x - x0) / (x1 - x0)
+
+
+class NoiseSchedule(nn.Module):
+    """A VP noise schedule in continuous time. Subclasses define ``log_alpha`` and ``inverse_lambda``.
+
+    Attributes:
+        t_eps: the default last grid time (smallest time a solver integrates to).
+        t_min: the smallest time the schedule accepts in a grid.
+        num_train_timesteps: ``N`` of the DDPM integer timestep convention ``t_i = (i+1)/N``.
+    """
+
+    kind: str = ""
+    t_eps: float = 1e-3
+    t_min: float = 1e-6
+    num_train_timesteps: int = 1000
+
+    def log_alpha(self, t: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def inverse_lambda(self, lam: Tensor) -> Tensor:
+        """The time ``t`` at which ``λ(t) = lam``."""
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able identity of the schedule (stored in checkpoints and teacher manifests)."""
+        raise NotImplementedError
+
+    def alpha(self, t: Tensor) -> Tensor:
+        return self.log_alpha(t).exp()
+
+    def sigma(self, t: Tensor) -> Tensor:
+        return torch.sqrt(-torch.expm1(2.0 * self.log_alpha(t)))
+
+    def lambda_(self, t: Tensor) -> Tensor:
+        """Half log-SNR ``λ = log α − log σ``."""
+        log_alpha = self.log_alpha(t)
+        return log_alpha - 0.5 * torch.log(-torch.expm1(2.0 * log_alpha))
+
+    def edm_sigma(self, t: Tensor) -> Tensor:
+        """EDM noise level ``σ̃ = σ/α``."""
+        return torch.exp(-self.lambda_(t))
+
+    def t_from_edm_sigma(self, edm_sigma: Tensor) -> Tensor:
+        return self.inverse_lambda(-torch.log(edm_sigma))
+
+    def timestep(self, t: Tensor) -> Tensor:
+        """Continuous DDPM timestep ``N·t − 1`` (an integer on the training grid)."""
+        return t * self.num_train_timesteps - 1.0
+
+    def t_from_timestep(self, timestep: Tensor) -> Tensor:
+        return (timestep + 1.0) / self.num_train_timesteps
+
+
+class LinearVPSchedule(NoiseSchedule):
+    """Linear-β VP (score-SDE, EDM VP checkpoints): ``log α(t) = −¼ t² (β₁ − β₀) − ½ t β₀``.
+
+    The inverse of λ is closed-form (DPM-Solver, Lu et al. 2022, App. of ``NoiseScheduleVP``):
+    with ``u = log(1 + e^{−2λ})``, ``t = 2u / (√(β₀² + 2(β₁−β₀)u) + β₀)``.
+    """
+
+    kind = "linear_vp"
+
+    def __init__(self, beta_0: float = 0.1, beta_1: float = 20.0, t_eps: float = 1e-3) -> None:
+        super().__init__()
+        if not 0 < beta_0 < beta_1:
+            raise ConfigError(
+                f"linear VP schedule needs 0 < beta_0 < beta_1, got {beta_0}, {beta_1}"
+            )
+        self.beta_0, self.beta_1, self.t_eps = float(beta_0), float(beta_1), float(t_eps)
+
+    def log_alpha(self, t: Tensor) -> Tensor:
+        return -0.25 * t**2 * (self.beta_1 - self.beta_0) - 0.5 * t * self.beta_0
+
+    def inverse_lambda(self, lam: Tensor) -> Tensor:
+        u = torch.logaddexp(-2.0 * lam, torch.zeros_like(lam))
+        delta = self.beta_1 - self.beta_0
+        return 2.0 * u / (torch.sqrt(self.beta_0**2 + 2.0 * delta * u) + self.beta_0)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "beta_0": self.beta_0,
+            "beta_1": self.beta_1,
+            "t_eps": self.t_eps,
+        }
+
+
+class DiscreteVPSchedule(NoiseSchedule):
+    """Discrete DDPM schedule (LDM, Stable Diffusion, diffusers) made continuous.
+
+    ``log α`` at ``t_i = (i+1)/N`` is ``½ log ᾱ_i``; between (and beyond) those points it is
+    piecewise linear in t, hence differentiable. λ is monotone in ``log α``
+    (``log α = −½ log(1 + e^{−2λ})``), so the inverse of λ is exact: invert that relation, then the
+    piecewise-linear ``log α(t)``.
+    """
+
+    kind = "discrete_vp"
+
+    def __init__(self, alphas_cumprod: Tensor | Sequence[float]) -> None:
+        super().__init__()
+        alphas_cumprod = torch.as_tensor(alphas_cumprod, dtype=torch.float64).flatten()
+        if alphas_cumprod.numel() < 2:
+            raise ConfigError("discrete schedule needs at least 2 alphas_cumprod values")
+        if not bool(((alphas_cumprod > 0) & (alphas_cumprod < 1)).all()):
+            raise ConfigError("alphas_cumprod must lie in (0, 1)")
+        if not bool((alphas_cumprod[1:] < alphas_cumprod[:-1]).all()):
+            raise ConfigError("alphas_cumprod must be strictly decreasing")
+        n = alphas_cumprod.numel()
+        self.num_train_timesteps = n
+        self.t_eps = self.t_min = 1.0 / n
+        t_table = torch.arange(1, n + 1, dtype=torch.float64) / n
+        self.register_buffer("t_table", t_table, persistent=False)
+        self.register_buffer("log_alpha_table", 0.5 * alphas_cumprod.log(), persistent=False)
+        self.register_buffer("alphas_cumprod", alphas_cumprod, persistent=False)
+
+    @classmethod
+    def from_betas(cls, betas: Tensor | Sequence[float]) -> DiscreteVPSchedule:
+        betas = torch.as_tensor(betas, dtype=torch.float64)
+        return cls(torch.cumprod(1.0 - betas, dim=0))
+
+    @classmethod
+    def from_beta_range(
+        cls,
+        beta_start: float = 0.00085,
+        beta_end: float = 0.012,
+        num_train_timesteps: int = 1000,
+        beta_schedule: str = "scaled_linear",
+    ) -> DiscreteVPSchedule:
+        """Betas as diffusers builds them: ``linear`` or ``scaled_linear`` (linear in √β)."""
+        n = num_train_timesteps
+        if beta_schedule == "linear":
+            betas = torch.linspace(beta_start, beta_end, n, dtype=torch.float64)
+        elif beta_schedule == "scaled_linear":
+            betas = torch.linspace(beta_start**0.5, beta_end**0.5, n, dtype=torch.float64) ** 2
+        else:
+            raise ConfigError(
+                f"beta_schedule must be 'linear' or 'scaled_linear', got {beta_schedule!r}"
+            )
+        return cls.from_betas(betas)
+
+    def log_alpha(self, t: Tensor) -> Tensor:
+        return interp_linear(t, self.t_table, self.log_alpha_table)
+
+    def inverse_lambda(self, lam: Tensor) -> Tensor:
+        log_alpha = -0.5 * torch.logaddexp(-2.0 * lam, torch.zeros_like(lam))
+        return interp_linear(log_alpha, self.log_alpha_table.flip(0), self.t_table.flip(0))
+
+    def describe(self) -> dict[str, Any]:
+        ac = self.alphas_cumprod
+        return {
+            "kind": self.kind,
+            "num_train_timesteps": self.num_train_timesteps,
+            "alphas_cumprod_first_last": [float(ac[0]), float(ac[-1])],
+            "alphas_cumprod_sum": float(ac.sum()),
+        }
+
+
+def schedule_from_dict(spec: dict[str, Any]) -> NoiseSchedule:
+    """Rebuild a linear-VP schedule from :meth:`describe` (discrete ones come with their model)."""
+    if spec.get("kind") == LinearVPSchedule.kind:
+        return LinearVPSchedule(spec["beta_0"], spec["beta_1"], spec.get("t_eps", 1e-3))
+    raise ConfigError(f"cannot rebuild schedule {spec.get('kind')!r} from a description")
+
+
+# ----------------------------------------------------------------------------------------------
+# Time grids: N + 1 strictly decreasing times from t_max (normally 1) down to t_eps.
+
+
+def time_grid(
+    schedule: NoiseSchedule,
+    steps: int,
+    kind: str = "logsnr",
+    t_eps: float | None = None,
+    t_max: float = 1.0,
+    rho: float = 7.0,
+) -> Tensor:
+    """A grid of ``steps + 1`` times (float64, descending) from ``t_max`` to ``t_eps``.
+
+    Kinds:
+        ``uniform``: uniform in t.
+        ``logsnr``: uniform in λ (DPM-Solver's ``logSNR``).
+        ``quadratic``: uniform in √t (DPM-Solver's ``time_quadratic``).
+        ``edm``: Karras et al. (2022) eq. 5, uniform in ``σ̃^{1/ρ}`` between σ̃(t_max) and σ̃(t_eps).
+    """
+    if not isinstance(steps, int) or steps < 1:
+        raise ConfigError(f"steps (NFE) must be an integer >= 1, got {steps!r}")
+    t_eps = schedule.t_eps if t_eps is None else float(t_eps)
+    _check_range(schedule, torch.tensor([t_max, t_eps], dtype=torch.float64))
+    if not t_eps < t_max:
+        raise ConfigError(f"t_eps ({t_eps}) must be smaller than t_max ({t_max})")
+    ends = torch.tensor([t_max, t_eps], dtype=torch.float64)
+    u = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
+    if kind == "uniform":
+        grid = t_max + (t_eps - t_max) * u
+    elif kind == "logsnr":
+        lam = schedule.lambda_(ends)
+        grid = schedule.inverse_lambda(lam[0] + (lam[1] - lam[0]) * u)
+    elif kind == "quadratic":
+        r = ends.sqrt()
+        grid = (r[0] + (r[1] - r[0]) * u) ** 2
+    elif kind == "edm":
+        s = schedule.edm_sigma(ends) ** (1.0 / rho)
+        grid = schedule.t_from_edm_sigma((s[0] + (s[1] - s[0]) * u) ** rho)
+    else:
+        raise ConfigError(f"grid kind must be one of {GRID_KINDS}, got {kind!r}")
+    grid[0], grid[-1] = t_max, t_eps  # exact ends despite round-off of the inverse maps
+    return validate_grid(grid, schedule)
+
+
+def explicit_grid(
+    schedule: NoiseSchedule, values: Sequence[float] | Tensor, unit: str = "t"
+) -> Tensor:
+    """A grid from explicit values given in ``t``, EDM ``sigma`` (σ̃) or DDPM integer ``timestep``."""
+    values = torch.as_tensor(values, dtype=torch.float64).flatten()
+    if unit == "t":
+        grid = values
+    elif unit == "sigma":
+        if not bool((values > 0).all()):
+            raise ConfigError("EDM sigmas in an explicit grid must be > 0")
+        grid = schedule.t_from_edm_sigma(values)
+    elif unit == "timestep":
+        grid = schedule.t_from_timestep(values)
+    else:
+        raise ConfigError(f"grid unit must be 't', 'sigma' or 'timestep', got {unit!r}")
+    return validate_grid(grid, schedule)
+
+
+def validate_grid(grid: Tensor, schedule: NoiseSchedule | None = None) -> Tensor:
+    """Check that ``grid`` is 1-D, has ≥ 2 points, is strictly decreasing and lies in range."""
+    if grid.dim() != 1 or grid.numel() < 2:
+        raise ValueError(
+            f"a time grid must be 1-D with at least 2 points, got shape {tuple(grid.shape)}"
+        )
+    if not bool(torch.isfinite(grid).all()):
+        raise ValueError("time grid contains non-finite values")
+    if not bool((grid[1:] < grid[:-1]).all()):
+        raise ValueError(
+            f"time grid must be strictly decreasing (from noise t=1 to data), got {_fmt(grid)}"
+        )
+    if schedule is not None:
+        _check_range(schedule, grid)
+    elif not bool(((grid > 0) & (grid <= 1)).all()):
+        raise ValueError(f"time grid must lie in (0, 1], got {_fmt(grid)}")
+    return grid
+
+
+def _check_range(schedule: NoiseSchedule, times: Tensor) -> None:
+    lo = schedule.t_min * (1 - 1e-9)
+    if not bool(((times >= lo) & (times <= 1.0 + 1e-12)).all()):
+        raise ValueError(
+            f"times must lie in [t_min={schedule.t_min:g}, 1] for this {schedule.kind} schedule, "
+            f"got {_fmt(times)}"
+        )
+
+
+def _fmt(grid: Tensor) -> str:
+    vals = grid.detach().double().cpu().tolist()
+    shown = ", ".join(f"{v:.6g}" for v in vals[:12])
+    return f"[{shown}{', …' if len(vals) > 12 else ''}]"
+
+
+__all__ = [
+    "GRID_KINDS",
+    "DiscreteVPSchedule",
+    "LinearVPSchedule",
+    "NoiseSchedule",
+    "explicit_grid",
+    "interp_linear",
+    "schedule_from_dict",
+    "time_grid",
+    "validate_grid",
+]
