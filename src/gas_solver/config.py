@@ -1,0 +1,123 @@
+"""Validated configuration objects: YAML file and/or command-line flags, flags win.
+
+Each command has one dataclass. Its fields carry their help text (``field(metadata={"help": …})``),
+so the YAML keys, the CLI flags (``--batch-size`` for ``batch_size``) and the docs stay one list.
+Every bad value stops before any work with a :class:`~gas_solver.errors.ConfigError` naming the
+field.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from .errors import ConfigError, MissingAssetError
+
+C = TypeVar("C")
+
+
+def option(default: Any, help: str, **kwargs: Any) -> Any:  # noqa: A002 - mirrors argparse
+    """A dataclass field with its help text."""
+    return dataclasses.field(default=default, metadata={"help": help, **kwargs})
+
+
+def load_config(
+    cls: type[C], path: str | Path | None = None, overrides: Mapping | None = None
+) -> C:
+    """Build ``cls`` from a YAML file and overrides (``None`` values in overrides are ignored)."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise MissingAssetError(f"config file not found: {path}")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: a config file must be a mapping of field: value")
+        data.update(loaded)
+    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ConfigError(f"unknown field(s) {', '.join(unknown)}; valid: {', '.join(names)}")
+    values = {name: _coerce(name, data[name], hints[name]) for name in names if name in data}
+    config = cls(**values)
+    validate = getattr(config, "validate", None)
+    if validate is not None:
+        validate()
+    return config
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One flag per field (defaults shown in --help), plus ``--config FILE``."""
+    parser.add_argument("--config", metavar="FILE", help="YAML file with any of these fields")
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        kind = _base_type(hints[f.name])
+        help_text = f"{f.metadata.get('help', '')} (default: {f.default})"
+        if kind is bool:
+            parser.add_argument(
+                flag, dest=f.name, action=argparse.BooleanOptionalAction, help=help_text
+            )
+        else:
+            choices = f.metadata.get("choices")
+            parser.add_argument(
+                flag, dest=f.name, metavar=f.name.upper(), choices=choices, help=help_text
+            )
+
+
+def config_from_args(cls: type[C], args: argparse.Namespace) -> C:
+    overrides = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(cls)}
+    return load_config(cls, getattr(args, "config", None), overrides)
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def require(condition: bool, field: str, message: str) -> None:
+    """Raise a ConfigError naming ``field`` unless ``condition`` holds."""
+    if not condition:
+        raise ConfigError(f"{field}: {message}")
+
+
+def _base_type(hint: Any) -> Any:
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1:
+        return args[0]
+    return hint
+
+
+def _coerce(name: str, value: Any, hint: Any) -> Any:
+    optional = type(None) in typing.get_args(hint)
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{name}: a value is required")
+    kind = _base_type(hint)
+    try:
+        if kind is bool:
+            if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
+                return value.lower() in ("true", "yes", "1")
+            if isinstance(value, bool):
+                return value
+            raise ValueError
+        if kind is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if kind is float:
+            return float(value)
+        if kind is str:
+            return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}: expected {kind.__name__}, got {value!r}") from None
+    return value

@@ -1,0 +1,1 @@
+"""Training of learned solvers: losses, EMA, the trainer."""

@@ -1,0 +1,42 @@
+"""Per-sample distillation losses between a student's output and the teacher's target.
+
+Each loss maps ``(student, target)``, both ``(B, ...)``, to a ``(B,)`` tensor: the trainer averages
+over the batch only after adding any other per-sample terms (GAS: ``w·adversarial + distillation``,
+arXiv 2510.17699 §3.2). The paper's choices are LPIPS-VGG for pixel models and L1 on latents (§3.1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import Tensor
+
+from ..errors import ConfigError
+
+DistillationLoss = Callable[[Tensor, Tensor], Tensor]
+
+
+def l1_loss(student: Tensor, target: Tensor) -> Tensor:
+    """Mean absolute error per sample: ``mean_{C,H,W} |S − T|`` (the paper's latent loss)."""
+    return (student - target).abs().flatten(1).mean(1)
+
+
+def l2_loss(student: Tensor, target: Tensor) -> Tensor:
+    """Mean squared error per sample."""
+    return (student - target).pow(2).flatten(1).mean(1)
+
+
+DISTILLATION_LOSSES: dict[str, DistillationLoss] = {"l1": l1_loss, "l2": l2_loss}
+
+
+def register_loss(name: str, loss: DistillationLoss) -> None:
+    """Add a per-sample loss (e.g. LPIPS once VGG weights are available) under ``name``."""
+    DISTILLATION_LOSSES[name] = loss
+
+
+def get_loss(name: str) -> DistillationLoss:
+    if name not in DISTILLATION_LOSSES:
+        raise ConfigError(
+            f"loss: unknown distillation loss {name!r}; known: {sorted(DISTILLATION_LOSSES)}"
+        )
+    return DISTILLATION_LOSSES[name]

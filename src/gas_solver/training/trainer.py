@@ -1,0 +1,318 @@
+"""Training a Generalized Solver by distillation from a teacher set (arXiv 2510.17699 §3.3).
+
+One Adam over all solver parameters (timestep logits θ, coefficient corrections φ, offsets ξ),
+gradient-norm clipping, an EMA of the parameters with warm-up (the EMA weights are what is
+validated, saved and sampled with). The frozen model is differentiated through, never updated.
+
+Data order is a pure function of (seed, iteration): sample position ``p`` of the endless stream is
+``perm(p // n)[p % n]`` with ``perm(e)`` a seeded permutation of the ``n`` training items. A resumed
+run therefore needs no data-loader state and continues bit-exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ..config import option, require
+from ..data.teacher import TeacherSet
+from ..errors import GasSolverError
+from ..models.base import DiffusionModel
+from ..runtime import resolve_device, run_metadata, torch_save, write_json
+from ..schedules import GRID_KINDS
+from ..solvers.generalized import GeneralizedSolver
+from ..visualize import save_comparison_grid
+from .ema import EMA
+from .losses import DISTILLATION_LOSSES, get_loss
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint.pt"
+SOLVER = "solver.safetensors"
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything ``gas-solver train`` needs; defaults are the paper's EDM settings (§3.3)."""
+
+    teacher: str = option("", "teacher set folder (made by `gas-solver teacher`)")
+    out: str = option("runs/train", "output folder: solver, checkpoints, logs, pictures")
+    model: str | None = option(None, "model name or path (default: the teacher set's model)")
+    nfe: int = option(4, "number of model calls of the learned solver")
+    loss: str = option("l1", "per-sample distillation loss", choices=sorted(DISTILLATION_LOSSES))
+    init_grid: str = option("uniform", "initial time grid", choices=list(GRID_KINDS))
+    t_eps: float | None = option(None, "last time of the student grid (default: the schedule's)")
+    iterations: int = option(10000, "training iterations")
+    batch_size: int = option(24, "teacher pairs per iteration")
+    lr: float = option(1e-3, "Adam learning rate")
+    grad_clip: float = option(1.0, "gradient-norm clip on the solver parameters (0 = off)")
+    ema_decay: float = option(0.999, "EMA decay (with warm-up (1+n)/(10+n))")
+    train_size: int = option(1400, "train on the first TRAIN_SIZE teacher pairs")
+    val_size: int = option(1000, "validate on the last VAL_SIZE teacher pairs")
+    val_every: int = option(500, "iterations between validations (0 = only at the end)")
+    checkpoint_every: int = option(500, "iterations between checkpoints")
+    log_every: int = option(10, "iterations between log lines in metrics.jsonl")
+    seed: int = option(42, "seed of the data order")
+    device: str = option("auto", "cpu, cuda, cuda:N or auto")
+    grad_checkpoint: bool = option(False, "recompute each model call in backward (flat memory)")
+    resume: bool = option(False, "continue from OUT/checkpoint.pt")
+
+    def validate(self) -> None:
+        require(bool(self.teacher), "teacher", "a teacher set folder is required")
+        require(self.nfe >= 1, "nfe", f"must be >= 1, got {self.nfe}")
+        require(self.iterations >= 1, "iterations", f"must be >= 1, got {self.iterations}")
+        require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        require(self.grad_clip >= 0, "grad_clip", f"must be >= 0, got {self.grad_clip}")
+        require(0 <= self.ema_decay < 1, "ema_decay", f"must be in [0, 1), got {self.ema_decay}")
+        require(self.train_size >= 1, "train_size", f"must be >= 1, got {self.train_size}")
+        require(self.val_size >= 0, "val_size", f"must be >= 0, got {self.val_size}")
+        for name in ("val_every", "checkpoint_every", "log_every"):
+            require(getattr(self, name) >= 0, name, "must be >= 0")
+        require(self.t_eps is None or 0 < self.t_eps < 1, "t_eps", "must be in (0, 1)")
+        get_loss(self.loss)
+
+
+class Trainer:
+    """Owns the solver, its optimizer and EMA, and the loop; see :func:`train`."""
+
+    def __init__(self, config: TrainConfig, model: DiffusionModel, teacher: TeacherSet) -> None:
+        self.config = config
+        self.out = Path(config.out)
+        self.device = resolve_device(config.device)
+        self.model = model.to(self.device).eval().requires_grad_(False)
+        self.teacher = teacher
+        teacher.check_model(model)
+        self.train_idx, self.val_idx = teacher.split(config.train_size, config.val_size)
+        self.noise, self.target, self.cond = teacher.noise, teacher.target, teacher.cond
+        self.loss_fn = get_loss(config.loss)
+        self.solver = GeneralizedSolver(
+            config.nfe, model.schedule, t_eps=config.t_eps, init_grid=config.init_grid
+        ).to(self.device)
+        self.optimizer = torch.optim.Adam(
+            self.solver.parameters(), lr=config.lr, betas=(0.9, 0.999)
+        )
+        self.ema = EMA(self.solver.parameters(), config.ema_decay)
+        self.iteration = 0
+        self.last_validation: dict[str, float] = {}
+        self._writer = None
+
+    # -- data ---------------------------------------------------------------------------------
+    def batch_indices(self, iteration: int) -> Tensor:
+        """Teacher indices of one iteration's batch (stateless, see the module docstring)."""
+        n, size = len(self.train_idx), self.config.batch_size
+        positions = range(iteration * size, (iteration + 1) * size)
+        epochs = {p // n for p in positions}
+        perms = {
+            e: torch.randperm(
+                n, generator=torch.Generator().manual_seed(self.config.seed * 1_000_003 + e)
+            )
+            for e in epochs
+        }
+        return self.train_idx[torch.stack([perms[p // n][p % n] for p in positions])]
+
+    def batch(self, indices: Tensor) -> tuple[Tensor, Tensor, Any]:
+        cond = None if self.cond is None else self.cond[indices].to(self.device)
+        return self.noise[indices].to(self.device), self.target[indices].to(self.device), cond
+
+    # -- steps --------------------------------------------------------------------------------
+    def train_step(self) -> dict[str, float]:
+        noise, target, cond = self.batch(self.batch_indices(self.iteration))
+        student = self.solver(self.model, noise, cond, checkpoint=self.config.grad_checkpoint)
+        per_sample = self.loss_fn(student, target)
+        loss = per_sample.mean()
+        if not torch.isfinite(loss):
+            raise GasSolverError(
+                f"non-finite loss at iteration {self.iteration}; training stopped. The last good "
+                f"checkpoint is {self.out / CHECKPOINT} (lower --lr or check the teacher set)"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        clip = self.config.grad_clip
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            self.solver.parameters(), clip if clip > 0 else math.inf
+        )
+        self.optimizer.step()
+        self.ema.update()
+        self.iteration += 1
+        return {"loss": loss.item(), "grad_norm": float(grad_norm)}
+
+    @contextlib.contextmanager
+    def ema_weights(self) -> Iterator[GeneralizedSolver]:
+        """Temporarily load the EMA weights into the solver."""
+        raw = [p.detach().clone() for p in self.solver.parameters()]
+        self.ema.copy_to(self.solver.parameters())
+        try:
+            yield self.solver
+        finally:
+            with torch.no_grad():
+                for p, r in zip(self.solver.parameters(), raw, strict=True):
+                    p.copy_(r)
+
+    @torch.no_grad()
+    def validate(self, picture: bool = True) -> dict[str, float]:
+        """Distillation loss (and L1/L2) of the EMA solver on the validation split."""
+        if len(self.val_idx) == 0:
+            return {}
+        totals = {"val_loss": 0.0, "val_l1": 0.0, "val_l2": 0.0}
+        first = None
+        with self.ema_weights() as solver:
+            for chunk in self.val_idx.split(max(self.config.batch_size, 64)):
+                noise, target, cond = self.batch(chunk)
+                student = solver(self.model, noise, cond)
+                totals["val_loss"] += self.loss_fn(student, target).sum().item()
+                totals["val_l1"] += DISTILLATION_LOSSES["l1"](student, target).sum().item()
+                totals["val_l2"] += DISTILLATION_LOSSES["l2"](student, target).sum().item()
+                if first is None:
+                    first = (target[:8].cpu(), student[:8].cpu())
+        if picture and first is not None and len(self.model.sample_shape) == 3:
+            path = self.out / "val" / f"iter_{self.iteration:06d}.png"
+            save_comparison_grid(
+                {"teacher": first[0], f"GS (EMA) @{self.iteration}": first[1]}, path
+            )
+        return {k: v / len(self.val_idx) for k, v in totals.items()}
+
+    # -- persistence --------------------------------------------------------------------------
+    def save_checkpoint(self) -> None:
+        torch_save(
+            self.out / CHECKPOINT,
+            {
+                "iteration": self.iteration,
+                "solver": self.solver.state_dict(),
+                "ema": self.ema.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "config": dataclasses.asdict(self.config),
+            },
+        )
+        self.save_solver()
+
+    def load_checkpoint(self) -> None:
+        path = self.out / CHECKPOINT
+        if not path.is_file():
+            raise GasSolverError(f"--resume: no checkpoint at {path}")
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        self.solver.load_state_dict(state["solver"])
+        self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        self.iteration = state["iteration"]
+        self._truncate_metrics(self.iteration)
+        log.info("resumed from %s at iteration %d", path, self.iteration)
+
+    def save_solver(self, summary: dict[str, Any] | None = None) -> Path:
+        """Write the EMA solver with everything needed to trace and re-run it."""
+        with self.ema_weights() as solver:
+            metadata = {
+                "model": self.model.identity(),
+                "teacher": {
+                    "path": str(self.teacher.path),
+                    "solver": self.teacher.manifest.get("solver"),
+                },
+                "training": {
+                    "iteration": self.iteration,
+                    "config": dataclasses.asdict(self.config),
+                    **(summary or {}),
+                },
+                "run": run_metadata(),
+            }
+            solver.save(self.out / SOLVER, metadata)
+        return self.out / SOLVER
+
+    # -- logging ------------------------------------------------------------------------------
+    def log(self, record: dict[str, Any]) -> None:
+        record = {"iteration": self.iteration, **record}
+        with open(self.out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self._writer is not None:
+            for key, value in record.items():
+                if key != "iteration":
+                    self._writer.add_scalar(key, value, self.iteration)
+
+    def _truncate_metrics(self, iteration: int) -> None:
+        path = self.out / "metrics.jsonl"
+        if path.is_file():
+            keep = [
+                ln
+                for ln in path.read_text().splitlines()
+                if json.loads(ln)["iteration"] <= iteration
+            ]
+            path.write_text("".join(ln + "\n" for ln in keep))
+
+    def _open_tensorboard(self) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            log.info("tensorboard is not installed; logging to metrics.jsonl only")
+            return
+        self._writer = SummaryWriter(str(self.out / "tensorboard"), purge_step=self.iteration + 1)
+
+    # -- the loop -----------------------------------------------------------------------------
+    def run(self, progress: bool = True) -> Path:
+        cfg = self.config
+        self.out.mkdir(parents=True, exist_ok=True)
+        if cfg.resume:
+            self.load_checkpoint()
+        else:
+            (self.out / "metrics.jsonl").unlink(missing_ok=True)
+            (self.out / "config.yaml").write_text(
+                yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)
+            )
+        self._open_tensorboard()
+        if self.iteration == 0:
+            self.log({"initial": 1, **self.validate(picture=True)})
+        start, last = time.perf_counter(), self.iteration
+        bar = tqdm(
+            total=cfg.iterations,
+            initial=self.iteration,
+            desc="train GS",
+            disable=not progress,
+            unit="it",
+        )
+        try:
+            while self.iteration < cfg.iterations:
+                stats = self.train_step()
+                bar.update(1)
+                bar.set_postfix(loss=f"{stats['loss']:.4g}")
+                done = self.iteration == cfg.iterations
+                if cfg.log_every and self.iteration % cfg.log_every == 0:
+                    its = (self.iteration - last) / max(time.perf_counter() - start, 1e-9)
+                    self.log({**stats, "it_per_s": its})
+                if done or (cfg.val_every and self.iteration % cfg.val_every == 0):
+                    self.last_validation = self.validate()
+                    self.log(self.last_validation)
+                if done or (cfg.checkpoint_every and self.iteration % cfg.checkpoint_every == 0):
+                    self.save_checkpoint()
+        finally:
+            bar.close()
+            if self._writer is not None:
+                self._writer.close()
+        summary = {
+            "final_validation": self.last_validation or self.validate(picture=False),
+            "seconds": time.perf_counter() - start,
+        }
+        write_json(self.out / "summary.json", {**summary, "timesteps": self._ema_timesteps()})
+        return self.save_solver(summary)
+
+    def _ema_timesteps(self) -> list[float]:
+        with self.ema_weights() as solver, torch.no_grad():
+            return solver.timesteps().tolist()
+
+
+def train(
+    config: TrainConfig, model: DiffusionModel, teacher: TeacherSet, progress: bool = True
+) -> Path:
+    """Train a GS on ``teacher`` for ``model``; returns the path of the saved (EMA) solver."""
+    return Trainer(config, model, teacher).run(progress=progress)
