@@ -1,0 +1,437 @@
+"""The Generalized Solver (GS) of GAS (Oganov et al., arXiv 2510.17699): a learned few-step sampler.
+
+GS is DPM-Solver++(3M) (multistep, data prediction, third order up to and including the last step,
+no lower-order final) plus three learned parameter sets, all zero-initialised so that an untrained
+GS *is* DPM-Solver++(3M) on its initial grid (spec ``method-and-results.md`` §2, paper eq. 12–14,
+App. D.3):
+
+* ``mu_logit`` θ ``(N−1,)``: the timesteps, through a stick-breaking map (§2.3),
+* ``a_hat`` â and ``c_hat`` ĉ: additive corrections on the coefficients of the update, over the
+  whole history of states ``y_j`` and data predictions ``D_j`` (§2.2),
+* ``t_couple`` ξ ``(N,)``: offsets of the times at which the network is queried (§2.4).
+
+Notation (spec §2.2). States ``y_0 = noise`` at ``t_0 = 1``, …, ``y_N`` (the output) at
+``t_N = t_eps``; ``D_k`` is the data prediction at ``y_k``, for ``k = 0 … N−1`` (N network calls,
+none at ``t_N``). For the step ``k = 1 … N`` from ``t_{k−1}`` to ``t_k``:
+``h_k = λ(t_k) − λ(t_{k−1}) > 0``, ``A_k = σ(t_k)/σ(t_{k−1})``, ``φ1 = expm1(−h_k)``,
+``B_k = α(t_k)·φ1``, and the step's corrections â_i, ĉ_i are indexed by ``i`` = "steps back":
+
+* ``k = 1``: ``y_1 = (A_1 + â_1) y_0 − (B_1 + ĉ_1) D_0`` (DDIM).
+* ``k = 2``: with ``r0 = h_1/h_2`` and ``Δ0 = (D_1 − D_0)/r0``,
+  ``y_2 = (A_2 + â_1) y_1 − (B_2 + ĉ_1) D_1 − (½B_2 + ĉ_2) Δ0 + â_2 y_0``.
+* ``k ≥ 3``: with ``r0 = h_{k−1}/h_k``, ``r1 = h_{k−2}/h_k``, ``Δ0 = (D_{k−1} − D_{k−2})/r0``,
+  ``Δ1 = (D_{k−2} − D_{k−3})/r1``, ``E1 = Δ0 + r0/(r0+r1)·(Δ0 − Δ1)``, ``E2 = (Δ0 − Δ1)/(r0+r1)``,
+  ``φ2 = φ1/h_k + 1``, ``φ3 = φ2/h_k − ½``:
+  ``y_k = (A_k + â_1) y_{k−1} − (B_k + ĉ_1) D_{k−1} + (α_k φ2 + ĉ_2) E1 − (α_k φ3 + ĉ_3) E2
+  + Σ_{i=4..k} ĉ_i D_{k−i} + Σ_{i=2..k} â_i y_{k−i}``.
+
+Step ``k`` thus uses exactly ``k`` â's and ``k`` ĉ's: ``N(N+1)`` coefficient scalars in all, plus
+``N−1`` logits and ``N`` offsets (spec §2.5).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint as activation_checkpoint
+
+from .. import __version__
+from ..errors import CheckpointMismatchError, ConfigError, MissingAssetError
+from ..models.base import DiffusionModel
+from ..schedules import GRID_KINDS, NoiseSchedule, schedule_from_dict, time_grid, validate_grid
+
+MU_EPS = 1e-5
+"""Offset keeping every stick-breaking fraction μ in [1e-5, 1 − 1e-5] (``eps_mu_offset``)."""
+
+CHECKPOINT_FORMAT = "gas_solver.GeneralizedSolver/1"
+
+
+def grid_from_logits(mu_logit: Tensor, t_eps: float) -> Tensor:
+    """The stick-breaking map (spec §2.3, the official code's orientation): logits → time grid.
+
+    ``μ_j = 1e-5 + (1 − 2e-5)·sigmoid(θ_j)``, ``P_j = Π_{i≤j} μ_i`` and the ``j``-th *smallest*
+    interior time is ``s_j = t_eps + (1 − t_eps)(1 − P_j)``, ``j = 1 … N−1``. The grid is
+    ``[1, s_{N−1}, …, s_1, t_eps]``: monotone by construction, ends exact. In floating point two
+    times merge once ``P_j`` falls below the resolution of ``1 − P_j`` (saturated negative logits).
+
+    Computed without cancellation near ``t_eps``: ``1 − μ = 1e-5 + (1 − 2e-5)·sigmoid(−θ)`` and
+    ``1 − P_j = −expm1(Σ_{i≤j} log1p(−(1 − μ_i)))``.
+
+    Args:
+        mu_logit: θ, shape ``(N−1,)``.
+        t_eps: the last time ``t_N``.
+
+    Returns:
+        ``(N+1,)`` descending times in the dtype of ``mu_logit``, differentiable in it.
+    """
+    one_minus_mu = MU_EPS + (1.0 - 2.0 * MU_EPS) * torch.sigmoid(-mu_logit)
+    one_minus_p = -torch.expm1(torch.cumsum(torch.log1p(-one_minus_mu), dim=0))
+    interior = t_eps + (1.0 - t_eps) * one_minus_p  # ascending
+    ends = mu_logit.new_tensor([1.0, t_eps])
+    return torch.cat([ends[:1], interior.flip(0), ends[1:]])
+
+
+def logits_from_grid(grid: Tensor) -> Tensor:
+    """The exact inverse of :func:`grid_from_logits` for a grid from 1 down to ``grid[-1] = t_eps``.
+
+    ``P_j = (1 − s_j)/(1 − t_eps)``, ``μ_j = P_j / P_{j−1}`` (``P_0 = 1``),
+    ``θ_j = logit((μ_j − 1e-5)/(1 − 2e-5))``.
+
+    Args:
+        grid: ``(N+1,)`` strictly decreasing times with ``grid[0] = 1``.
+
+    Returns:
+        θ, shape ``(N−1,)``, float64.
+
+    Raises:
+        ConfigError: if a fraction μ falls outside ``(1e-5, 1 − 1e-5)`` (times too close).
+    """
+    grid = grid.detach().to(torch.float64)
+    t_eps = grid[-1]
+    p = (1.0 - grid[1:-1].flip(0)) / (1.0 - t_eps)
+    mu = p / torch.cat([p.new_ones(1), p[:-1]])
+    u = (mu - MU_EPS) / (1.0 - 2.0 * MU_EPS)
+    if not bool(((u > 0) & (u < 1)).all()):
+        raise ConfigError(
+            f"grid {grid.tolist()} cannot be represented by the stick-breaking map: its "
+            f"fractions (1 − s_j)/(1 − s_(j−1)) must lie in ({MU_EPS}, 1 − {MU_EPS})"
+        )
+    return torch.logit(u)
+
+
+class GeneralizedSolver(nn.Module):
+    """The Generalized Solver with ``N = nfe`` network calls (spec §2).
+
+    Parameters (all learned; names as in the official code where one exists):
+
+    * ``mu_logit``: ``(N−1,)`` timestep logits θ, see :func:`grid_from_logits`.
+    * ``t_couple``: ``(N,)`` evaluation offsets ξ; call ``k`` queries the network at ``t_k + ξ_k``.
+    * ``a_hat``: ``(N(N+1)/2,)`` corrections â on past states, packed by step: step ``k`` owns the
+      slice ``[k(k−1)/2, k(k+1)/2)``, whose entry ``i−1`` is â_i ("i steps back", ``i = 1 … k``).
+    * ``c_hat``: ``(N(N+1)/2,)`` corrections ĉ on data-prediction terms, same packing; ĉ_1, ĉ_2,
+      ĉ_3 correct the φ1, φ2 (Δ0 at k = 2), φ3 terms and ĉ_i (i ≥ 4) multiplies ``D_{k−i}``.
+
+    Args:
+        nfe: ``N ≥ 1``, the number of network calls.
+        schedule: the noise schedule of the model the solver is for; used to build the initial
+            grid, recorded in checkpoints and checked against the model in :meth:`forward`.
+        t_eps: the last time ``t_N``; default ``schedule.t_eps`` (or the last time of an explicit
+            ``init_grid``).
+        init_grid: a :func:`~gas_solver.schedules.time_grid` kind (``uniform`` is the paper's
+            init, ``logsnr``, ``edm``, ``quadratic``) or an explicit ``(N+1,)`` descending tensor
+            from 1 to ``t_eps``. It is turned into logits by the exact inverse map.
+    """
+
+    def __init__(
+        self,
+        nfe: int,
+        schedule: NoiseSchedule,
+        t_eps: float | None = None,
+        init_grid: str | Tensor = "uniform",
+    ) -> None:
+        super().__init__()
+        if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
+            raise ConfigError(f"nfe must be an integer >= 1, got {nfe!r}")
+        if isinstance(init_grid, str):
+            if init_grid not in GRID_KINDS:
+                raise ConfigError(f"init_grid must be one of {GRID_KINDS} or a tensor")
+            grid = time_grid(schedule, nfe, init_grid, t_eps)
+            self.init_grid: str | list[float] = init_grid
+        else:
+            grid = validate_grid(torch.as_tensor(init_grid, dtype=torch.float64), schedule)
+            t_eps = float(grid[-1]) if t_eps is None else t_eps
+            if grid.numel() != nfe + 1 or float(grid[0]) != 1.0 or float(grid[-1]) != t_eps:
+                raise ConfigError(
+                    f"an explicit init_grid must have nfe + 1 = {nfe + 1} times from 1 down to "
+                    f"t_eps = {t_eps}, got {grid.tolist()}"
+                )
+            self.init_grid = grid.tolist()
+        self.nfe = nfe
+        self.t_eps = float(grid[-1])
+        self.schedule_spec = schedule.describe()
+        self.metadata: dict[str, Any] = {}
+        dtype = torch.get_default_dtype()
+        n_coef = nfe * (nfe + 1) // 2
+        self.mu_logit = nn.Parameter(logits_from_grid(grid).to(dtype))
+        self.t_couple = nn.Parameter(torch.zeros(nfe, dtype=dtype))
+        self.a_hat = nn.Parameter(torch.zeros(n_coef, dtype=dtype))
+        self.c_hat = nn.Parameter(torch.zeros(n_coef, dtype=dtype))
+
+    def extra_repr(self) -> str:
+        return f"nfe={self.nfe}, t_eps={self.t_eps:g}, init_grid={self.init_grid!r}"
+
+    # -- parameters seen as solver quantities ----------------------------------------------------
+    def timesteps(self) -> Tensor:
+        """The grid ``t_0 = 1 > … > t_N = t_eps``, shape ``(N+1,)``, differentiable in θ."""
+        return grid_from_logits(self.mu_logit, self.t_eps)
+
+    def evaluation_times(self) -> Tensor:
+        """The network query times ``t_k + ξ_k``, ``k = 0 … N−1``, shape ``(N,)`` (not clamped)."""
+        return self.timesteps()[:-1] + self.t_couple
+
+    def corrections(self, step: int) -> tuple[Tensor, Tensor]:
+        """â and ĉ of step ``k = step`` (1 … N): two ``(k,)`` views, entry ``i−1`` = i steps back."""
+        if not 1 <= step <= self.nfe:
+            raise ValueError(f"step must be in 1..{self.nfe}, got {step}")
+        start = step * (step - 1) // 2
+        return self.a_hat[start : start + step], self.c_hat[start : start + step]
+
+    @torch.no_grad()
+    def describe(self) -> dict[str, Any]:
+        """JSON-able summary: grid, query times, offsets, corrections per step, parameter count."""
+        return {
+            "nfe": self.nfe,
+            "t_eps": self.t_eps,
+            "init_grid": self.init_grid,
+            "grid": self.timesteps().tolist(),
+            "evaluation_times": self.evaluation_times().tolist(),
+            "offsets": self.t_couple.tolist(),
+            "corrections": [
+                {"step": k, "a": a.tolist(), "c": c.tolist()}
+                for k in range(1, self.nfe + 1)
+                for a, c in [self.corrections(k)]
+            ],
+            "num_parameters": sum(p.numel() for p in self.parameters()),
+        }
+
+    # -- sampling --------------------------------------------------------------------------------
+    def forward(
+        self,
+        model: DiffusionModel,
+        noise: Tensor,
+        cond: Any = None,
+        *,
+        checkpoint: bool = False,
+    ) -> Tensor:
+        """Integrate from ``noise`` at ``t = 1`` to ``t_eps`` with exactly ``N`` network calls.
+
+        ``D_k = (y_k − σ(t_k)·ε̂(y_k, t_k + ξ_k)) / α(t_k)``: the network sees the shifted time,
+        the conversion to a data prediction uses the grid time (spec §2.4).
+
+        Args:
+            model: the frozen model; its schedule must be the one the solver was built for.
+            noise: ``y_0``, shape ``(B, *model.sample_shape)``.
+            cond: passed unchanged to the model.
+            checkpoint: recompute each network call in the backward pass
+                (``torch.utils.checkpoint``, non-reentrant), so activation memory does not grow
+                with N. The recomputed calls also count in ``model.nfe``.
+
+        Returns:
+            ``y_N``, the state at ``t_eps``, same shape and dtype as ``noise``; differentiable in
+            every solver parameter.
+        """
+        if model.schedule.describe() != self.schedule_spec:
+            raise ConfigError(
+                f"the solver was built for schedule {self.schedule_spec}, the model has "
+                f"{model.schedule.describe()}"
+            )
+        dtype = torch.promote_types(self.mu_logit.dtype, noise.dtype)
+        grid = self.timesteps().to(dtype)
+        query = grid[:-1] + self.t_couple.to(dtype)  # t_k + ξ_k
+        alpha, sigma = model.schedule.alpha(grid), model.schedule.sigma(grid)
+        h = model.schedule.lambda_(grid).diff()  # h_k at index k−1, all > 0
+
+        def predict(y: Tensor, t: Tensor) -> Tensor:
+            if checkpoint:
+                return activation_checkpoint(
+                    model.noise_prediction, y, t, cond, use_reentrant=False
+                )
+            return model.noise_prediction(y, t, cond)
+
+        states, preds = [noise], []
+        for k in range(1, self.nfe + 1):
+            y = states[-1]
+            eps = predict(y, query[k - 1])
+            preds.append((y - sigma[k - 1] * eps) / alpha[k - 1])
+            a, c = (v.to(dtype) for v in self.corrections(k))
+            states.append(self._step(k, states, preds, alpha[k], sigma[k] / sigma[k - 1], h, a, c))
+        return states[-1]
+
+    @staticmethod
+    def _step(
+        k: int,
+        states: list[Tensor],
+        preds: list[Tensor],
+        alpha_k: Tensor,
+        sigma_ratio: Tensor,
+        h: Tensor,
+        a: Tensor,
+        c: Tensor,
+    ) -> Tensor:
+        """``y_k`` from ``states = [y_0 … y_{k−1}]`` and ``preds = [D_0 … D_{k−1}]`` (spec §2.2)."""
+        phi1 = torch.expm1(-h[k - 1])
+        y = (sigma_ratio + a[0]) * states[-1] - (alpha_k * phi1 + c[0]) * preds[-1]
+        if k == 2:
+            delta0 = (preds[1] - preds[0]) / (h[0] / h[1])
+            y = y - (0.5 * alpha_k * phi1 + c[1]) * delta0
+        elif k >= 3:
+            r0, r1 = h[k - 2] / h[k - 1], h[k - 3] / h[k - 1]
+            delta0 = (preds[-1] - preds[-2]) / r0
+            delta1 = (preds[-2] - preds[-3]) / r1
+            e1 = delta0 + r0 / (r0 + r1) * (delta0 - delta1)
+            e2 = (delta0 - delta1) / (r0 + r1)
+            phi2 = phi1 / h[k - 1] + 1.0
+            phi3 = phi2 / h[k - 1] - 0.5
+            y = y + (alpha_k * phi2 + c[1]) * e1 - (alpha_k * phi3 + c[2]) * e2
+            for i in range(4, k + 1):
+                y = y + c[i - 1] * preds[k - i]
+        for i in range(2, k + 1):
+            y = y + a[i - 1] * states[k - i]
+        return y
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike, metadata: dict[str, Any]) -> Path:
+        """Write the parameters to ``path`` (``.safetensors``) and the metadata next to it.
+
+        The metadata JSON goes both into the safetensors header (key ``gas_solver``, what
+        :meth:`load` reads) and into a side-car ``<path minus suffix>.json`` for people. It is the
+        caller's ``metadata`` (e.g. teacher spec, training summary) plus the solver's own fields,
+        which take precedence: ``format``, ``nfe``, ``t_eps``, ``schedule``, ``init_grid``,
+        ``solver`` (:meth:`describe`), ``gas_solver_version``, ``saved_at``. Both files are
+        written atomically.
+
+        Args:
+            metadata: must contain ``"model"``, the ``identity()`` of the model the solver was
+                trained for; :meth:`load` refuses any other model.
+
+        Returns:
+            the path of the ``.safetensors`` file.
+        """
+        if "model" not in metadata:
+            raise ConfigError("solver metadata must contain 'model': the model's identity()")
+        meta = {
+            **metadata,
+            "format": CHECKPOINT_FORMAT,
+            "nfe": self.nfe,
+            "t_eps": self.t_eps,
+            "schedule": self.schedule_spec,
+            "init_grid": self.init_grid,
+            "solver": self.describe(),
+            "gas_solver_version": __version__,
+            "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        text = json.dumps(meta, indent=2)
+        tensors = {name: p.detach().cpu().contiguous() for name, p in self.state_dict().items()}
+        path = Path(path)
+        _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"gas_solver": text}))
+        _atomic_write(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(text + "\n"))
+        return path
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike,
+        model: DiffusionModel | None = None,
+        nfe: int | None = None,
+    ) -> GeneralizedSolver:
+        """Read a solver written by :meth:`save`; its metadata is on ``.metadata``.
+
+        Args:
+            model: if given, its ``identity()`` must equal the stored one, and its schedule is
+                used; otherwise the schedule is rebuilt from the metadata (linear VP only).
+            nfe: if given, must equal the stored NFE.
+
+        Raises:
+            MissingAssetError: the file does not exist.
+            CheckpointMismatchError: not a GS checkpoint, or the NFE or model identity differs
+                (the message names the differing fields).
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise MissingAssetError(
+                f"solver checkpoint {path} not found; train one with `gas-solver train` or "
+                f"pass the path of an existing .safetensors file"
+            )
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                header = f.metadata() or {}
+                tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (not a dict)
+        except (SafetensorError, OSError) as err:
+            raise CheckpointMismatchError(
+                f"{path} is not a readable safetensors file: {err}"
+            ) from err
+        meta = json.loads(header.get("gas_solver", "{}"))
+        if meta.get("format") != CHECKPOINT_FORMAT:
+            raise CheckpointMismatchError(
+                f"{path} is not a GeneralizedSolver checkpoint (format {meta.get('format')!r}, "
+                f"expected {CHECKPOINT_FORMAT!r})"
+            )
+        if nfe is not None and nfe != meta["nfe"]:
+            raise CheckpointMismatchError(
+                f"{path} holds a solver with nfe={meta['nfe']}, but nfe={nfe} was requested"
+            )
+        if model is not None:
+            expected = json.loads(json.dumps(model.identity()))
+            fields = _differences(meta["model"], expected, "model")
+            if fields:
+                raise CheckpointMismatchError(
+                    f"{path} was trained for another model; differing fields: " + "; ".join(fields)
+                )
+        if model is not None:
+            schedule = model.schedule
+        else:
+            try:
+                schedule = schedule_from_dict(meta["schedule"])
+            except ConfigError as err:
+                raise ConfigError(f"{err}; pass model= to load {path}") from err
+        init = meta["init_grid"]
+        solver = cls(
+            meta["nfe"],
+            schedule,
+            t_eps=meta["t_eps"],
+            init_grid=init if isinstance(init, str) else torch.tensor(init, dtype=torch.float64),
+        )
+        solver = solver.to(tensors["mu_logit"].dtype)
+        try:
+            solver.load_state_dict(tensors)
+        except RuntimeError as err:
+            raise CheckpointMismatchError(
+                f"{path}: parameters do not fit the solver: {err}"
+            ) from err
+        solver.metadata = meta
+        return solver
+
+
+def _differences(stored: Any, expected: Any, prefix: str) -> list[str]:
+    """Dotted paths where two JSON values differ, with both values (for error messages)."""
+    if isinstance(stored, dict) and isinstance(expected, dict):
+        return [
+            diff
+            for key in sorted(set(stored) | set(expected))
+            for diff in _differences(stored.get(key), expected.get(key), f"{prefix}.{key}")
+        ]
+    if stored != expected:
+        return [f"{prefix}: checkpoint {stored!r}, given {expected!r}"]
+    return []
+
+
+def _atomic_write(path: Path, write: Callable[[str], Any]) -> None:
+    """Call ``write(tmp)`` on a temporary file next to ``path``, then rename it onto ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "MU_EPS",
+    "GeneralizedSolver",
+    "grid_from_logits",
+    "logits_from_grid",
+]
