@@ -1,0 +1,151 @@
+"""Seeds: EDM-style seed lists and per-seed noise (determinism by seed, DESIGN principle 4).
+
+Every sample's initial noise comes from its own seed, drawn by its own CPU
+:class:`torch.Generator`, so a sample is the same whatever the batch size, the batch it falls in,
+the order of the seeds, the number of devices or the device the model runs on.
+
+Teacher seeds and evaluation seeds never overlap; the paper's defaults are
+:data:`TEACHER_SEEDS` (0–49999) and :data:`EVAL_SEEDS` (50000–99999).
+
+Note: the official GAS code draws with ``torch.Generator('cuda')``, so its noise (and its
+published teacher sets) differ from ours for the same seed; only the protocol is the same.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import Tensor
+
+from .errors import ConfigError
+
+TEACHER_SEEDS = "0-49999"
+EVAL_SEEDS = "50000-99999"
+
+MAX_SEED = 2**63 - 1  # seeds are stored as int64
+_PART = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$")
+
+
+def parse_seeds(seeds: str | int | Iterable[int]) -> list[int]:
+    """A seed list from EDM-style text (``"0-1399,2000,3000-3009"``; ranges are inclusive).
+
+    The order is kept as written. Integers and iterables of integers (lists, ``range``, 1-D
+    integer tensors) are accepted too and checked the same way.
+
+    Raises:
+        ConfigError: on an empty list, a part that is not ``N`` or ``A-B`` with ``A <= B``, a
+            negative or too large seed, or a seed listed twice.
+    """
+    out = _seed_list(seeds)
+    if not out:
+        raise ConfigError("seeds: empty seed list (expected e.g. '0-49999' or '0,5,10-19')")
+    if len(set(out)) != len(out):
+        dup = next(seed for seed, count in Counter(out).items() if count > 1)
+        raise ConfigError(f"seeds: seed {dup} is listed more than once")
+    return out
+
+
+def format_seeds(seeds: Iterable[int]) -> str:
+    """The inverse of :func:`parse_seeds`: ascending consecutive runs become ``A-B``.
+
+    ``format_seeds([0, 1, 2, 7, 5, 6]) == "0-2,7,5-6"`` and ``parse_seeds`` gives the list back.
+    """
+    parts: list[str] = []
+    run_start = prev = None
+    for seed in seeds:
+        seed = int(seed)
+        if prev is not None and seed == prev + 1:
+            prev = seed
+            continue
+        if run_start is not None:
+            parts.append(_run(run_start, prev))
+        run_start = prev = seed
+    if run_start is not None:
+        parts.append(_run(run_start, prev))
+    return ",".join(parts)
+
+
+def check_disjoint(
+    first: Iterable[int], second: Iterable[int], names: tuple[str, str] = ("teacher", "evaluation")
+) -> None:
+    """Raise :class:`ConfigError` if two seed lists share a seed (e.g. teacher vs evaluation)."""
+    common = set(first) & set(second)
+    if common:
+        raise ConfigError(
+            f"{names[0]} and {names[1]} seeds overlap ({len(common)} shared, e.g. "
+            f"{min(common)}); use disjoint ranges such as {TEACHER_SEEDS} and {EVAL_SEEDS}"
+        )
+
+
+def seeded_noise(
+    seeds: str | Sequence[int] | Tensor,
+    shape: int | Sequence[int],
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """Standard normal noise, one sample per seed: shape ``(len(seeds), *shape)``.
+
+    Sample ``i`` is ``torch.randn(shape, generator=torch.Generator().manual_seed(seeds[i]))``:
+    always drawn on the CPU in float32, then cast to ``dtype`` and moved to ``device``. So the
+    same seed gives bit-identical noise whatever the batch, its position in it, or the device,
+    and a float64 or float16 sample is the float32 one converted.
+    """
+    seeds = _seed_list(seeds)
+    shape = (int(shape),) if isinstance(shape, int) else tuple(int(s) for s in shape)
+    out = torch.empty((len(seeds), *shape), dtype=torch.float32)
+    generator = torch.Generator(device="cpu")
+    for i, seed in enumerate(seeds):
+        generator.manual_seed(seed)
+        out[i] = torch.randn(shape, generator=generator, dtype=torch.float32)
+    return out.to(device=device, dtype=dtype)
+
+
+def _seed_list(seeds: str | int | Iterable[int]) -> list[int]:
+    """Seeds as a list of checked ints (duplicates and an empty list allowed here)."""
+    if isinstance(seeds, str):
+        if not seeds.strip():
+            raise ConfigError("seeds: empty seed list (expected e.g. '0-49999' or '0,5,10-19')")
+        out: list[int] = []
+        for part in seeds.split(","):
+            match = _PART.match(part)
+            if match is None:
+                raise ConfigError(
+                    f"seeds: cannot read {part.strip()!r} in {seeds!r}; expected comma-separated "
+                    "non-negative integers or inclusive ranges like '0-49999'"
+                )
+            start = int(match.group(1))
+            stop = start if match.group(2) is None else int(match.group(2))
+            if stop < start:
+                raise ConfigError(f"seeds: range {part.strip()!r} goes downwards (start > end)")
+            _check_range(stop)
+            out.extend(range(start, stop + 1))
+        return out
+    if isinstance(seeds, Tensor):
+        if seeds.dim() > 1 or seeds.is_floating_point() or seeds.is_complex():
+            raise ConfigError("seeds: a seed tensor must be 0-D or 1-D with an integer dtype")
+        seeds = seeds.tolist()
+    if isinstance(seeds, int) and not isinstance(seeds, bool):
+        seeds = [seeds]
+    try:
+        return [_check_range(_as_seed(s)) for s in seeds]
+    except TypeError as err:
+        raise ConfigError(f"seeds: expected text, an int or integers, got {seeds!r}") from err
+
+
+def _as_seed(seed: object) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"not an integer seed: {seed!r}")
+    return int(seed)
+
+
+def _check_range(seed: int) -> int:
+    if not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"seeds: {seed} is out of range (0 to 2**63 - 1)")
+    return seed
+
+
+def _run(start: int, stop: int) -> str:
+    return str(start) if start == stop else f"{start}-{stop}"
