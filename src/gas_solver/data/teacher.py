@@ -1,0 +1,691 @@
+"""Teacher sets: the seeds, noises, conditions and many-step solver outputs a student learns from.
+
+:func:`generate_teacher_set` runs a (classic, many-step) solver on the noise of every seed and
+writes the results to a directory; :class:`TeacherSet` reads it back. The protocol follows the
+paper (spec §3.3–3.4): teacher seeds 0–49999 by default (evaluation uses 50000+), training on the
+*first* ``train_size`` items and validation on the *last* ``val_size`` (:meth:`TeacherSet.split`).
+
+On disk (format version 1)::
+
+    out_dir/
+      manifest.json            what the set is and which shards are finished (see below)
+      shard-00000.safetensors  items 0 … shard_size−1
+      shard-00001.safetensors  …
+
+Each shard is a safetensors file with one row per item, in seed-list order:
+
+* ``seed``: ``(n,)`` int64,
+* ``noise``: ``(n, *sample_shape)`` the initial noise x_T (:func:`gas_solver.seeds.seeded_noise`),
+* ``target``: ``(n, *sample_shape)`` the teacher's output for that noise,
+* ``cond``: ``(n, …)`` the condition, when ``cond_fn`` returns a tensor, or ``cond.<name>`` for
+  each entry when it returns a dict of tensors; absent for unconditional models.
+
+``manifest.json`` holds ``format``/``format_version``, ``complete``, the identity of the set
+(``model``: ``model.identity()``, ``solver``: the solver spec, ``seeds``: EDM-style text,
+``shard_size``, ``dtype``), ``num_samples``, ``sample_shape``, ``fields`` (per-item shape and dtype
+of every tensor above, and ``cond_kind``: ``none`` | ``tensor`` | ``dict``), ``shards`` (file,
+index, first item ``start``, ``count``, ``seeds``, ``sha256``, ``bytes``), the times ``created``
+and ``completed``, ``gas_solver_version``, ``torch_version``, ``python``, ``command`` (the latest
+one), and ``runs`` (one entry per invocation: start time, command, device, batch size, shards
+made). Shards carry one safetensors metadata entry, ``gas_solver``: ``{"format", "format_version",
+"shard"}`` as JSON.
+
+Shards and the manifest are written atomically (temporary file, fsync, ``os.replace``) and the
+manifest is rewritten after every shard, so an interrupted run loses at most the shard it was
+making: running the same call again keeps the finished shards whose checksum still matches and
+makes only the rest. Shard bytes contain no time stamps, so the same seeds, model and solver give
+byte-identical shards (and checksums) whatever the batch size or the interruptions.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import logging
+import math
+import os
+import shlex
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save as safetensors_save
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ..errors import CheckpointMismatchError, ConfigError, GasSolverError, MissingAssetError
+from ..models.base import DiffusionModel
+from ..runtime import atomic_write, resolve_device, run_metadata
+from ..seeds import format_seeds, parse_seeds, seeded_noise
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "gas-solver-teacher-set"
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+IDENTITY_KEYS = ("model", "solver", "seeds", "shard_size", "dtype")
+
+RunSolver = Callable[[DiffusionModel, Tensor, Any], Tensor]
+"""``run_solver(model, noise, cond) -> target``: noise ``(B, *sample_shape)`` on the device."""
+CondFn = Callable[[Tensor], "Tensor | dict[str, Tensor] | None"]
+"""``cond_fn(seeds) -> cond``: seeds ``(B,)`` int64 on the CPU; a function of the seeds alone."""
+
+
+def shard_name(index: int) -> str:
+    """File name of shard ``index``: ``shard-00000.safetensors``."""
+    return f"shard-{index:05d}.safetensors"
+
+
+# ---------------------------------------------------------------------------------------------
+# Generation
+# ---------------------------------------------------------------------------------------------
+
+
+def generate_teacher_set(
+    model: DiffusionModel,
+    out_dir: str | os.PathLike,
+    seeds: str | Iterable[int],
+    run_solver: RunSolver,
+    solver_spec: dict[str, Any],
+    *,
+    batch_size: int = 64,
+    shard_size: int = 1000,
+    cond_fn: CondFn | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+    overwrite: bool = False,
+    progress: bool = True,
+    command: str | Sequence[str] | None = None,
+) -> TeacherSet:
+    """Run ``run_solver`` on the noise of every seed and store a teacher set in ``out_dir``.
+
+    Args:
+        model: the frozen model, passed on to ``run_solver``; ``model.identity()`` is recorded.
+        out_dir: the set's directory (created if needed).
+        seeds: EDM-style text (``"0-49999"``) or integers; the order of the list is the order
+            of the items (and so decides what :meth:`TeacherSet.split` calls first and last).
+        run_solver: ``run_solver(model, noise, cond) -> target`` with ``noise: (B, *sample_shape)``
+            on ``device`` (a copy: it may be changed in place) and ``target`` of the same shape.
+            It is called under ``torch.no_grad()``.
+        solver_spec: JSON-able description of the solver (kind, steps, order, grid, …); it is
+            part of the set's identity.
+        batch_size: items per ``run_solver`` call. Batches never cross shards and do not change
+            the noise; the targets are identical as long as the model is batch-invariant.
+        shard_size: items per shard file (part of the set's layout, hence of its identity).
+        cond_fn: ``cond_fn(seeds) -> cond`` for conditional models, e.g. ImageNet labels
+            ``lambda s: s % 1000``; returns a ``(B, …)`` tensor, a dict of them, or ``None``.
+        device: where the noise and conditions go; by default the model's device. The model
+            itself is not moved.
+        dtype: dtype of the noise given to the solver (noise is drawn in float32, then cast).
+        overwrite: replace an existing set with a different identity (only this module's files
+            are deleted) instead of raising :class:`CheckpointMismatchError`.
+        progress: show a tqdm bar over the items.
+        command: the command line that asked for this set, recorded in the manifest
+            (default: this process's ``sys.argv``).
+
+    Returns:
+        The finished :class:`TeacherSet`.
+
+    Raises:
+        ConfigError: bad arguments, a non-JSON-able ``solver_spec``, a ``run_solver`` or
+            ``cond_fn`` result of the wrong type or shape, a non-empty ``out_dir`` that is not a
+            teacher set.
+        CheckpointMismatchError: ``out_dir`` holds a set of another model, solver, seed list,
+            shard size or dtype (and ``overwrite`` is false).
+    """
+    seed_list = parse_seeds(seeds)
+    for name, value in (("batch_size", batch_size), ("shard_size", shard_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ConfigError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+    device = _resolve_device(model, device)
+    identity = {
+        "model": _jsonable(model.identity(), "model.identity()"),
+        "solver": _jsonable(solver_spec, "solver_spec"),
+        "seeds": format_seeds(seed_list),
+        "shard_size": shard_size,
+        "dtype": _dtype_name(dtype),
+    }
+    if isinstance(command, (list, tuple)):
+        command = shlex.join(str(c) for c in command)
+    elif command is None:
+        command = run_metadata()["command"]  # this process's sys.argv
+    out = Path(out_dir)
+    manifest = _open_or_start(out, identity, seed_list, model, overwrite)
+    plan = [
+        (index, start, seed_list[start : start + shard_size])
+        for index, start in enumerate(range(0, len(seed_list), shard_size))
+    ]
+    done = {entry["index"] for entry in manifest["shards"]}
+    todo = [item for item in plan if item[0] not in done]
+    if not todo and manifest["complete"]:
+        logger.info("teacher set %s is already complete (%d items)", out, len(seed_list))
+        return TeacherSet(out)
+    run = {
+        "started": _now(),
+        "command": command,
+        "device": str(device),
+        "batch_size": batch_size,
+        "shards_made": 0,
+    }
+    manifest["runs"].append(run)
+    manifest["command"] = command
+    logger.info(
+        "teacher set %s: %d items in %d shards, %d finished, making %d (batch %d, device %s)",
+        out, len(seed_list), len(plan), len(done), len(todo), batch_size, device,
+    )  # fmt: skip
+    _write_manifest(out, manifest)
+
+    done_items = sum(entry["count"] for entry in manifest["shards"])
+    with (
+        torch.no_grad(),
+        tqdm(
+            total=len(seed_list),
+            initial=done_items,
+            unit="sample",
+            desc="teacher",
+            disable=not progress,
+        ) as bar,
+    ):
+        for index, start, shard_seeds in todo:
+            tensors = _make_shard(
+                model, shard_seeds, run_solver, cond_fn, batch_size, device, dtype, bar
+            )
+            fields = {k: _field_spec(t) for k, t in tensors.items()}
+            _check_fields(manifest, fields, out)
+            data = safetensors_save(tensors, metadata=_shard_metadata(index))
+            _atomic_write(out / shard_name(index), data)
+            manifest["shards"].append(
+                {
+                    "index": index,
+                    "file": shard_name(index),
+                    "start": start,
+                    "count": len(shard_seeds),
+                    "seeds": format_seeds(shard_seeds),
+                    "sha256": hashlib.sha256(data).hexdigest(),
+                    "bytes": len(data),
+                }
+            )
+            manifest["shards"].sort(key=lambda entry: entry["index"])
+            run["shards_made"] += 1
+            _write_manifest(out, manifest)
+            logger.debug("wrote %s (%d items)", shard_name(index), len(shard_seeds))
+
+    manifest["complete"] = True
+    manifest["completed"] = _now()
+    _write_manifest(out, manifest)
+    logger.info("teacher set %s complete: %d items", out, len(seed_list))
+    return TeacherSet(out)
+
+
+def _make_shard(
+    model: DiffusionModel,
+    seeds: list[int],
+    run_solver: RunSolver,
+    cond_fn: CondFn | None,
+    batch_size: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    bar: tqdm,
+) -> dict[str, Tensor]:
+    """All tensors of one shard, computed batch by batch (batches never cross shards)."""
+    parts: dict[str, list[Tensor]] = {}
+    for begin in range(0, len(seeds), batch_size):
+        batch = seeds[begin : begin + batch_size]
+        seed_tensor = torch.tensor(batch, dtype=torch.int64)
+        noise = seeded_noise(batch, model.sample_shape, dtype=dtype)
+        cond = cond_fn(seed_tensor.clone()) if cond_fn is not None else None
+        stored_cond = _flatten_cond(cond, len(batch))
+        target = run_solver(model, noise.to(device, copy=True), _to_device(cond, device))
+        expected = (len(batch), *model.sample_shape)
+        if not isinstance(target, Tensor) or tuple(target.shape) != expected:
+            got = tuple(target.shape) if isinstance(target, Tensor) else type(target).__name__
+            raise ConfigError(f"run_solver returned {got}, expected a tensor of shape {expected}")
+        target = target.detach().to("cpu").contiguous()
+        if not bool(torch.isfinite(target).all()):
+            logger.warning("run_solver gave non-finite values for seeds %s", format_seeds(batch))
+        row = {"seed": seed_tensor, "noise": noise, "target": target, **stored_cond}
+        if parts and set(row) != set(parts):
+            raise ConfigError("cond_fn must return the same kind of condition for every batch")
+        for key, value in row.items():
+            parts.setdefault(key, []).append(value)
+        bar.update(len(batch))
+    return {key: torch.cat(values).contiguous() for key, values in parts.items()}
+
+
+def _flatten_cond(cond: Any, batch: int) -> dict[str, Tensor]:
+    """The shard tensors of a condition: ``{}``, ``{"cond": t}`` or ``{"cond.<name>": t, …}``."""
+    if cond is None:
+        return {}
+    items = {"cond": cond} if isinstance(cond, Tensor) else None
+    if isinstance(cond, dict) and cond:
+        for name in cond:
+            if not isinstance(name, str) or not name or "." in name:
+                raise ConfigError(
+                    f"cond_fn dict keys must be non-empty names without '.', got {name!r}"
+                )
+        items = {f"cond.{name}": value for name, value in cond.items()}
+    if items is None or not all(isinstance(v, Tensor) for v in items.values()):
+        raise ConfigError(
+            "cond_fn must return None, a tensor or a non-empty dict of tensors "
+            f"(other conditions, e.g. text, are not supported yet), got {type(cond).__name__}"
+        )
+    out = {}
+    for key, value in items.items():
+        if value.dim() == 0 or value.shape[0] != batch:
+            raise ConfigError(
+                f"cond_fn gave {key} of shape {tuple(value.shape)} for {batch} seeds; "
+                "the first dimension must be the batch"
+            )
+        out[key] = value.detach().to("cpu", copy=True).contiguous()  # run_solver may edit cond
+    return out
+
+
+def _to_device(cond: Any, device: torch.device) -> Any:
+    if isinstance(cond, Tensor):
+        return cond.to(device)
+    if isinstance(cond, dict):
+        return {key: value.to(device) for key, value in cond.items()}
+    return cond
+
+
+def _check_fields(manifest: dict[str, Any], fields: dict[str, dict], out: Path) -> None:
+    """Record the per-item layout on the first shard; later shards must have the same one."""
+    if manifest.get("fields") is None:
+        manifest["fields"] = fields
+        manifest["cond_kind"] = "none"
+        if "cond" in fields:
+            manifest["cond_kind"] = "tensor"
+        elif any(key.startswith("cond.") for key in fields):
+            manifest["cond_kind"] = "dict"
+        return
+    if manifest["fields"] != fields:
+        raise CheckpointMismatchError(
+            f"the teacher set in {out} stores {manifest['fields']} per item but this run "
+            f"produces {fields}; cond_fn or run_solver changed. Use the original ones, or pass "
+            "overwrite=True (--overwrite) to start the set again"
+        )
+
+
+def _open_or_start(
+    out: Path,
+    identity: dict[str, Any],
+    seeds: list[int],
+    model: DiffusionModel,
+    overwrite: bool,
+) -> dict[str, Any]:
+    """The manifest to continue (finished shards verified) or a fresh one."""
+    manifest_path = out / MANIFEST_NAME
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"teacher set output {out} exists and is not a directory")
+    out.mkdir(parents=True, exist_ok=True)
+    _remove_temporaries(out)
+    existing = None
+    if manifest_path.exists():
+        try:
+            existing = _read_manifest(manifest_path)
+        except GasSolverError:
+            if not overwrite:
+                raise
+            logger.warning("overwrite: replacing the unreadable %s", manifest_path)
+            _remove_set_files(out)
+    elif any(out.iterdir()):
+        raise ConfigError(
+            f"{out} is not empty and has no {MANIFEST_NAME}, so it is not a teacher set; "
+            "choose an empty or new directory"
+        )
+    if existing is not None:
+        diff = _identity_diff(existing, identity)
+        if diff and overwrite:
+            logger.warning("overwrite: replacing the teacher set in %s (%s)", out, "; ".join(diff))
+            _remove_set_files(out)
+            existing = None
+        elif diff:
+            raise CheckpointMismatchError(
+                f"{manifest_path} belongs to a different teacher set: {'; '.join(diff)}. "
+                "Pass overwrite=True (--overwrite) to replace it, or choose another directory"
+            )
+    if existing is not None:
+        kept = []
+        for entry in existing["shards"]:
+            problem = _shard_problem(out, entry)
+            if problem is None:
+                kept.append(entry)
+            else:
+                logger.warning("%s; it will be made again", problem)
+        if len(kept) < len(existing["shards"]):
+            existing["complete"] = False
+        existing["shards"] = kept
+        if not kept:
+            existing["fields"] = None
+        return existing
+    meta = run_metadata()
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "complete": False,
+        **identity,
+        "num_samples": len(seeds),
+        "sample_shape": list(model.sample_shape),
+        "fields": None,
+        "cond_kind": None,
+        "shards": [],
+        "created": meta["created"],
+        "completed": None,
+        "gas_solver_version": meta["gas_solver_version"],
+        "torch_version": meta["torch_version"],
+        "python": meta["python"],
+        "command": meta["command"],
+        "runs": [],
+    }
+
+
+def _identity_diff(stored: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    diff = []
+    for key in IDENTITY_KEYS:
+        old, new = stored.get(key), wanted[key]
+        if old == new:
+            continue
+        if key == "seeds":
+            n_old = len(parse_seeds(old)) if isinstance(old, str) and old else 0
+            diff.append(
+                f"seeds differ (stored {n_old}: {_short(old)}; asked "
+                f"{len(parse_seeds(new))}: {_short(new)})"
+            )
+        else:
+            diff.append(f"{key} differs (stored {_short(old)}; asked {_short(new)})")
+    return diff
+
+
+def _remove_temporaries(out: Path) -> None:
+    for path in out.glob(".*.tmp"):
+        if path.name.startswith((".shard-", f".{MANIFEST_NAME}.")):
+            logger.debug("removing leftover %s", path)
+            path.unlink(missing_ok=True)
+
+
+def _remove_set_files(out: Path) -> None:
+    """Delete this module's files only (shards, manifest), never anything else in ``out``."""
+    for path in out.glob("shard-*.safetensors"):
+        path.unlink()
+    (out / MANIFEST_NAME).unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+# ---------------------------------------------------------------------------------------------
+
+
+class TeacherSet:
+    """A finished teacher set on disk (see the module docstring for the format).
+
+    Tensors are loaded lazily, one field at a time, and concatenated in seed-list order:
+
+    * :attr:`seeds` ``(N,)`` int64, :attr:`noise` and :attr:`target` ``(N, *sample_shape)``,
+    * :attr:`cond`: ``None``, a ``(N, …)`` tensor, or a dict of them.
+
+    Args:
+        path: the set's directory (or its ``manifest.json``).
+
+    Raises:
+        MissingAssetError: no manifest at ``path``.
+        GasSolverError: an unreadable, foreign, newer-format or unfinished manifest.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        path = Path(path)
+        self.path = path.parent if path.name == MANIFEST_NAME else path
+        manifest_path = self.path / MANIFEST_NAME
+        if not manifest_path.is_file():
+            raise MissingAssetError(
+                f"teacher set not found: {manifest_path} does not exist; make it with "
+                "`gas-solver teacher` (gas_solver.data.teacher.generate_teacher_set)"
+            )
+        self.manifest: dict[str, Any] = _read_manifest(manifest_path)
+        if not self.manifest["complete"]:
+            made = len(self.manifest["shards"])
+            total = math.ceil(self.manifest["num_samples"] / self.manifest["shard_size"])
+            raise GasSolverError(
+                f"teacher set {self.path} is unfinished ({made} of {total} shards); run the "
+                "same generation again to complete it"
+            )
+        self._cache: dict[str, Tensor] = {}
+
+    def __len__(self) -> int:
+        return int(self.manifest["num_samples"])
+
+    def __repr__(self) -> str:
+        return (
+            f"TeacherSet({str(self.path)!r}, items={len(self)}, "
+            f"sample_shape={tuple(self.sample_shape)}, cond={self.manifest['cond_kind']})"
+        )
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return tuple(self.manifest["sample_shape"])
+
+    @property
+    def solver_spec(self) -> dict[str, Any]:
+        return self.manifest["solver"]
+
+    @property
+    def seeds(self) -> Tensor:
+        """``(N,)`` int64, checked against the manifest's seed list."""
+        checked = "seed" in self._cache
+        seeds = self._field("seed")
+        if not checked and seeds.tolist() != parse_seeds(self.manifest["seeds"]):
+            del self._cache["seed"]
+            raise GasSolverError(
+                f"teacher set {self.path}: the seeds in the shards do not match {MANIFEST_NAME}"
+            )
+        return seeds
+
+    @property
+    def noise(self) -> Tensor:
+        """``(N, *sample_shape)`` initial noise x_T."""
+        return self._field("noise")
+
+    @property
+    def target(self) -> Tensor:
+        """``(N, *sample_shape)`` teacher outputs."""
+        return self._field("target")
+
+    @property
+    def cond(self) -> Tensor | dict[str, Tensor] | None:
+        """``None``, a ``(N, …)`` tensor, or a dict ``name -> (N, …)`` tensor."""
+        kind = self.manifest["cond_kind"]
+        if kind == "tensor":
+            return self._field("cond")
+        if kind == "dict":
+            keys = sorted(k for k in self.manifest["fields"] if k.startswith("cond."))
+            return {key.removeprefix("cond."): self._field(key) for key in keys}
+        return None
+
+    def split(self, train_size: int, val_size: int) -> tuple[Tensor, Tensor]:
+        """Item indices ``(train, val)``: the first ``train_size`` and the last ``val_size``.
+
+        As in the paper's code (spec §3.3), training uses the head of the set and validation its
+        tail, so a set made with more seeds keeps the same validation items only if it has the
+        same length. Both are ``int64`` tensors in increasing order.
+
+        Raises:
+            ConfigError: negative sizes, ``train_size < 1``, or the two parts overlapping
+                (``train_size + val_size > len(self)``).
+        """
+        for name, value in (("train_size", train_size), ("val_size", val_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"{name} must be a non-negative integer, got {value!r}")
+        if train_size < 1:
+            raise ConfigError("train_size must be at least 1")
+        n = len(self)
+        if train_size + val_size > n:
+            raise ConfigError(
+                f"train_size + val_size = {train_size} + {val_size} exceeds the {n} items of "
+                f"teacher set {self.path}: training takes the first items and validation the "
+                "last, and they must not overlap"
+            )
+        return torch.arange(train_size), torch.arange(n - val_size, n)
+
+    def verify(self) -> None:
+        """Check every shard's size and sha256 against the manifest.
+
+        Raises:
+            MissingAssetError: a shard file is missing (its path is named).
+            GasSolverError: a shard's size or checksum differs (its path is named).
+        """
+        for entry in self.manifest["shards"]:
+            problem = _shard_problem(self.path, entry)
+            if problem is not None:
+                path = self.path / entry["file"]
+                error = MissingAssetError if not path.exists() else GasSolverError
+                raise error(f"{problem}; make the set again (same call with overwrite=True)")
+
+    def check_model(self, model: DiffusionModel) -> None:
+        """Raise :class:`CheckpointMismatchError` if the set was made with another model."""
+        stored, given = self.manifest["model"], _jsonable(model.identity(), "model.identity()")
+        if stored != given:
+            keys = sorted(k for k in set(stored) | set(given) if stored.get(k) != given.get(k))
+            details = "; ".join(
+                f"{k}: set {_short(stored.get(k))}, model {_short(given.get(k))}" for k in keys
+            )
+            raise CheckpointMismatchError(
+                f"teacher set {self.path} was made with a different model ({details})"
+            )
+
+    def _field(self, key: str) -> Tensor:
+        if key in self._cache:
+            return self._cache[key]
+        spec = self.manifest["fields"].get(key)
+        if spec is None:
+            raise GasSolverError(f"teacher set {self.path} has no field {key!r}")
+        dtype = _dtype_from_name(spec["dtype"])
+        out = torch.empty((len(self), *spec["shape"]), dtype=dtype)
+        for entry in self.manifest["shards"]:
+            path = self.path / entry["file"]
+            if not path.is_file():
+                raise MissingAssetError(f"teacher set shard missing: {path}")
+            try:
+                with safe_open(str(path), framework="pt") as f:
+                    value = f.get_tensor(key)
+            except (SafetensorError, OSError, ValueError) as err:
+                raise GasSolverError(
+                    f"cannot read {key!r} from teacher set shard {path}: {err}; "
+                    "TeacherSet.verify() checks every shard"
+                ) from err
+            expected = (entry["count"], *spec["shape"])
+            if tuple(value.shape) != expected or value.dtype != dtype:
+                raise GasSolverError(
+                    f"teacher set shard {path}: {key!r} is {tuple(value.shape)} {value.dtype}, "
+                    f"the manifest says {expected} {dtype}"
+                )
+            out[entry["start"] : entry["start"] + entry["count"]] = value
+        self._cache[key] = out
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def _shard_metadata(index: int) -> dict[str, str]:
+    # One key only: safetensors writes several metadata keys in a varying order, and shard bytes
+    # must be reproducible.
+    info = {"format": FORMAT, "format_version": FORMAT_VERSION, "shard": index}
+    return {"gas_solver": json.dumps(info, sort_keys=True)}
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise GasSolverError(f"cannot read teacher set manifest {path}: {err}") from err
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise GasSolverError(f"{path} is not a gas-solver teacher set manifest")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise GasSolverError(
+            f"{path} has teacher-set format version {version}; this gas-solver reads version "
+            f"{FORMAT_VERSION}"
+        )
+    return manifest
+
+
+def _write_manifest(out: Path, manifest: dict[str, Any]) -> None:
+    manifest["updated"] = _now()
+    text = json.dumps(manifest, indent=2) + "\n"
+    _atomic_write(out / MANIFEST_NAME, text.encode())
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file next to ``path``, fsync, then ``os.replace``."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
+    atomic_write(path, write)
+
+
+def _shard_problem(root: Path, entry: dict[str, Any]) -> str | None:
+    """``None`` if the shard file exists with the manifest's size and sha256, else why not."""
+    path = root / entry["file"]
+    if not path.is_file():
+        return f"teacher set shard missing: {path}"
+    if path.stat().st_size != entry["bytes"]:
+        return (
+            f"teacher set shard {path} has {path.stat().st_size} bytes, expected {entry['bytes']}"
+        )
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            digest.update(block)
+    if digest.hexdigest() != entry["sha256"]:
+        return f"teacher set shard {path} is corrupt (sha256 mismatch)"
+    return None
+
+
+def _resolve_device(model: DiffusionModel, device: torch.device | str | None) -> torch.device:
+    if device is not None:
+        return resolve_device(str(device))
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+def _field_spec(tensor: Tensor) -> dict[str, Any]:
+    return {"shape": list(tensor.shape[1:]), "dtype": _dtype_name(tensor.dtype)}
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _dtype_from_name(name: str) -> torch.dtype:
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype):
+        raise GasSolverError(f"unknown dtype {name!r} in a teacher set manifest")
+    return dtype
+
+
+def _jsonable(value: Any, what: str) -> Any:
+    """``value`` as it reads back from JSON (tuples become lists), or a clear ConfigError."""
+    try:
+        return json.loads(json.dumps(value))
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{what} must be JSON-serialisable: {err}") from err
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
