@@ -244,7 +244,7 @@ def test_save_load_round_trip(tmp_path) -> None:
     meta = loaded.metadata
     assert meta["teacher"] == {"solver": "unipc", "nfe": 20} and meta["steps"] == 7
     assert meta["nfe"] == 4 and meta["t_eps"] == 1e-3 and meta["init_grid"] == "logsnr"
-    assert meta["schedule"] == model.schedule.describe()
+    assert meta["schedule"] == model.schedule.describe() and "created" in meta["run"]
     assert meta["model"] == json.loads(json.dumps(model.identity()))
     assert json.loads((tmp_path / "gs.json").read_text()) == meta
     with safe_open(str(path), framework="pt") as f:

@@ -33,9 +33,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +42,9 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
-from .. import __version__
 from ..errors import CheckpointMismatchError, ConfigError, MissingAssetError
 from ..models.base import DiffusionModel
+from ..runtime import atomic_write, run_metadata
 from ..schedules import GRID_KINDS, NoiseSchedule, schedule_from_dict, time_grid, validate_grid
 
 MU_EPS = 1e-5
@@ -295,10 +292,10 @@ class GeneralizedSolver(nn.Module):
 
         The metadata JSON goes both into the safetensors header (key ``gas_solver``, what
         :meth:`load` reads) and into a side-car ``<path minus suffix>.json`` for people. It is the
-        caller's ``metadata`` (e.g. teacher spec, training summary) plus the solver's own fields,
-        which take precedence: ``format``, ``nfe``, ``t_eps``, ``schedule``, ``init_grid``,
-        ``solver`` (:meth:`describe`), ``gas_solver_version``, ``saved_at``. Both files are
-        written atomically.
+        caller's ``metadata`` (e.g. teacher spec, training summary; ``run`` defaults to
+        :func:`~gas_solver.runtime.run_metadata`) plus the solver's own fields, which take
+        precedence: ``format``, ``nfe``, ``t_eps``, ``schedule``, ``init_grid`` and ``solver``
+        (:meth:`describe`). Both files are written atomically.
 
         Args:
             metadata: must contain ``"model"``, the ``identity()`` of the model the solver was
@@ -310,6 +307,7 @@ class GeneralizedSolver(nn.Module):
         if "model" not in metadata:
             raise ConfigError("solver metadata must contain 'model': the model's identity()")
         meta = {
+            "run": run_metadata(),
             **metadata,
             "format": CHECKPOINT_FORMAT,
             "nfe": self.nfe,
@@ -317,14 +315,12 @@ class GeneralizedSolver(nn.Module):
             "schedule": self.schedule_spec,
             "init_grid": self.init_grid,
             "solver": self.describe(),
-            "gas_solver_version": __version__,
-            "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         text = json.dumps(meta, indent=2)
         tensors = {name: p.detach().cpu().contiguous() for name, p in self.state_dict().items()}
         path = Path(path)
-        _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"gas_solver": text}))
-        _atomic_write(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(text + "\n"))
+        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"gas_solver": text}))
+        atomic_write(path.with_suffix(".json"), lambda tmp: tmp.write_text(text + "\n"))
         return path
 
     @classmethod
@@ -413,19 +409,6 @@ def _differences(stored: Any, expected: Any, prefix: str) -> list[str]:
     if stored != expected:
         return [f"{prefix}: checkpoint {stored!r}, given {expected!r}"]
     return []
-
-
-def _atomic_write(path: Path, write: Callable[[str], Any]) -> None:
-    """Call ``write(tmp)`` on a temporary file next to ``path``, then rename it onto ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 __all__ = [
