@@ -369,6 +369,7 @@ def _open_or_start(
         "format_version": FORMAT_VERSION,
         "complete": False,
         **identity,
+        "model_source": getattr(model, "source", None),
         "num_samples": len(seeds),
         "sample_shape": list(model.sample_shape),
         "fields": None,
@@ -467,6 +468,11 @@ class TeacherSet:
     @property
     def sample_shape(self) -> tuple[int, ...]:
         return tuple(self.manifest["sample_shape"])
+
+    @property
+    def model_source(self) -> str | None:
+        """The name or path the model was loaded from (``model.source``), if it had one."""
+        return self.manifest.get("model_source")
 
     @property
     def solver_spec(self) -> dict[str, Any]:

@@ -343,25 +343,7 @@ class GeneralizedSolver(nn.Module):
                 (the message names the differing fields).
         """
         path = Path(path)
-        if not path.is_file():
-            raise MissingAssetError(
-                f"solver checkpoint {path} not found; train one with `gas-solver train` or "
-                f"pass the path of an existing .safetensors file"
-            )
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                header = f.metadata() or {}
-                tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (not a dict)
-        except (SafetensorError, OSError) as err:
-            raise CheckpointMismatchError(
-                f"{path} is not a readable safetensors file: {err}"
-            ) from err
-        meta = json.loads(header.get("gas_solver", "{}"))
-        if meta.get("format") != CHECKPOINT_FORMAT:
-            raise CheckpointMismatchError(
-                f"{path} is not a GeneralizedSolver checkpoint (format {meta.get('format')!r}, "
-                f"expected {CHECKPOINT_FORMAT!r})"
-            )
+        meta, tensors = _read_checkpoint(path)
         if nfe is not None and nfe != meta["nfe"]:
             raise CheckpointMismatchError(
                 f"{path} holds a solver with nfe={meta['nfe']}, but nfe={nfe} was requested"
@@ -398,6 +380,33 @@ class GeneralizedSolver(nn.Module):
         return solver
 
 
+def _read_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """The metadata and tensors of a GS checkpoint, with errors that say what is wrong."""
+    if not path.is_file():
+        raise MissingAssetError(
+            f"solver checkpoint {path} not found; train one with `gas-solver train` or "
+            f"pass the path of an existing .safetensors file"
+        )
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+            tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (not a dict)
+    except (SafetensorError, OSError) as err:
+        raise CheckpointMismatchError(f"{path} is not a readable safetensors file: {err}") from err
+    meta = json.loads(header.get("gas_solver", "{}"))
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointMismatchError(
+            f"{path} is not a GeneralizedSolver checkpoint (format {meta.get('format')!r}, "
+            f"expected {CHECKPOINT_FORMAT!r})"
+        )
+    return meta, tensors
+
+
+def load_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The metadata of a GS checkpoint (e.g. to find its model before :meth:`GeneralizedSolver.load`)."""
+    return _read_checkpoint(Path(path))[0]
+
+
 def _differences(stored: Any, expected: Any, prefix: str) -> list[str]:
     """Dotted paths where two JSON values differ, with both values (for error messages)."""
     if isinstance(stored, dict) and isinstance(expected, dict):
@@ -416,5 +425,6 @@ __all__ = [
     "MU_EPS",
     "GeneralizedSolver",
     "grid_from_logits",
+    "load_metadata",
     "logits_from_grid",
 ]

@@ -217,6 +217,7 @@ class Trainer:
         with self.ema_weights() as solver:
             metadata = {
                 "model": self.model.identity(),
+                "model_source": getattr(self.model, "source", None),
                 "teacher": {
                     "path": str(self.teacher.path),
                     "solver": self.teacher.manifest.get("solver"),
