@@ -8,11 +8,13 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
-from .errors import GasSolverError
+from .config import add_config_arguments, config_from_args
+from .errors import ConfigError, GasSolverError
 
 log = logging.getLogger("gas_solver")
 
 SUBCOMMANDS = {
+    "models": "list the built-in models",
     "teacher": "generate a teacher set (noise → many-step solver target) in shards",
     "train": "train a Generalized Solver (GS, or GAS with --loss gas) on a teacher set",
     "sample": "sample with a trained solver or a classic one, to PNGs / .npz and a grid",
@@ -33,8 +35,74 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, help_text in SUBCOMMANDS.items():
-        sub.add_parser(name, help=help_text, description=help_text)
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        if name in COMMANDS:
+            config_class, handler = COMMANDS[name]()
+            if config_class is not None:
+                add_config_arguments(command, config_class)
+            command.set_defaults(handler=handler, config_class=config_class)
     return parser
+
+
+def _models_command():
+    def run(args: argparse.Namespace) -> int:
+        from .models.loading import BUILTIN_MODELS
+
+        for name, (_, description) in BUILTIN_MODELS.items():
+            print(f"{name:20s} {description}")
+        return 0
+
+    return None, run
+
+
+def _teacher_command():
+    from .pipeline import TeacherConfig, make_teacher
+
+    def run(args: argparse.Namespace) -> int:
+        teacher = make_teacher(config_from_args(TeacherConfig, args))
+        print(f"teacher set: {teacher.path} ({len(teacher)} samples)")
+        return 0
+
+    return TeacherConfig, run
+
+
+def _train_command():
+    from .data.teacher import TeacherSet
+    from .models.loading import load_model
+    from .runtime import resolve_device
+    from .training.trainer import TrainConfig, train
+
+    def run(args: argparse.Namespace) -> int:
+        config = config_from_args(TrainConfig, args)
+        teacher = TeacherSet(config.teacher)
+        source = config.model or teacher.model_source
+        if not source:
+            raise ConfigError("model: the teacher set does not name its model; pass --model")
+        model = load_model(source, resolve_device(config.device))
+        path = train(config, model, teacher)
+        print(f"trained solver: {path}")
+        return 0
+
+    return TrainConfig, run
+
+
+def _sample_command():
+    from .pipeline import SampleConfig, run_sample
+
+    def run(args: argparse.Namespace) -> int:
+        out = run_sample(config_from_args(SampleConfig, args))
+        print(f"samples: {out}")
+        return 0
+
+    return SampleConfig, run
+
+
+COMMANDS = {
+    "models": _models_command,
+    "teacher": _teacher_command,
+    "train": _train_command,
+    "sample": _sample_command,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

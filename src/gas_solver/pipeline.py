@@ -1,0 +1,205 @@
+"""What the ``teacher`` and ``sample`` commands do, as library functions with validated configs."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .config import option, require
+from .data.teacher import TeacherSet, generate_teacher_set
+from .errors import ConfigError
+from .models.base import DiffusionModel
+from .models.loading import load_model
+from .runtime import atomic_write, resolve_device, run_metadata, write_json
+from .schedules import LinearVPSchedule
+from .seeds import EVAL_SEEDS, parse_seeds, seeded_noise
+from .solvers.generalized import GeneralizedSolver, load_metadata
+from .solvers.registry import SolverSpec, parse_solver_spec
+from .visualize import save_image_grid, save_scatter, to_uint8
+
+log = logging.getLogger(__name__)
+
+Sampler = Callable[[DiffusionModel, Tensor, Any], Tensor]
+
+PIXEL_TEACHER_T_EPS = 1e-4
+"""Teacher t_eps for continuous-time pixel (EDM) models, as in the paper (spec §1, Table 17)."""
+
+
+@dataclasses.dataclass
+class TeacherConfig:
+    """``gas-solver teacher``: run a many-step solver on seeded noise and store the pairs."""
+
+    model: str = option("", "model name or path (`gas-solver models` lists built-ins)")
+    out: str = option("runs/teacher", "output folder of the teacher set")
+    seeds: str = option("0-2399", "teacher seeds, EDM style ranges (train first, validate last)")
+    solver: str = option(
+        "unipc:nfe=20,order=3,variant=bh1,grid=logsnr",
+        "teacher solver spec NAME[:KEY=VALUE,...] (the paper's UniPC-3, NFE 20, logSNR grid)",
+    )
+    batch_size: int = option(64, "samples per model call batch")
+    shard_size: int = option(1000, "samples per shard file")
+    device: str = option("auto", "cpu, cuda, cuda:N or auto")
+    overwrite: bool = option(False, "replace an existing teacher set of other settings")
+
+    def validate(self) -> None:
+        require(bool(self.model), "model", "a model name or path is required")
+        parse_seeds(self.seeds)
+        parse_solver_spec(self.solver)
+        require(self.batch_size >= 1, "batch_size", "must be >= 1")
+        require(self.shard_size >= 1, "shard_size", "must be >= 1")
+
+
+@dataclasses.dataclass
+class SampleConfig:
+    """``gas-solver sample``: samples of a trained GS or a classic solver for a seed range."""
+
+    solver: str = option("unipc:nfe=4", "a GS checkpoint (.safetensors) or a classic solver spec")
+    model: str | None = option(None, "model name or path (default: the checkpoint's model)")
+    seeds: str = option("50000-50063", "evaluation seeds (disjoint from teacher seeds)")
+    out: str = option("runs/sample", "output folder")
+    batch_size: int = option(64, "samples per batch")
+    device: str = option("auto", "cpu, cuda, cuda:N or auto")
+    png: bool = option(True, "write one PNG per sample (image models)")
+    npz: bool = option(True, "write samples.npz (float32 samples and their seeds)")
+
+    def validate(self) -> None:
+        parse_seeds(self.seeds)
+        require(self.batch_size >= 1, "batch_size", "must be >= 1")
+        if not is_checkpoint(self.solver):
+            parse_solver_spec(self.solver)
+            require(bool(self.model), "model", "required with a classic solver")
+
+
+def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> Path:
+    """Atomic ``np.savez`` (through a file object, so no ``.npz`` suffix is appended)."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+    return atomic_write(path, write)
+
+
+def is_checkpoint(solver: str) -> bool:
+    return solver.endswith(".safetensors") or Path(solver).is_file()
+
+
+def teacher_spec(text: str, model: DiffusionModel) -> SolverSpec:
+    """Parse a teacher spec; continuous pixel models default to the paper's t_eps = 1e-4."""
+    spec = parse_solver_spec(text)
+    if (
+        spec.t_eps is None
+        and isinstance(spec.grid, str)
+        and isinstance(model.schedule, LinearVPSchedule)
+    ):
+        spec = dataclasses.replace(spec, t_eps=PIXEL_TEACHER_T_EPS)
+    return spec
+
+
+def make_teacher(config: TeacherConfig, progress: bool = True) -> TeacherSet:
+    device = resolve_device(config.device)
+    model = load_model(config.model, device)
+    spec = teacher_spec(config.solver, model)
+    return generate_teacher_set(
+        model, config.out, config.seeds, spec, spec.to_dict(),
+        batch_size=config.batch_size, shard_size=config.shard_size, device=device,
+        overwrite=config.overwrite, progress=progress,
+    )  # fmt: skip
+
+
+def load_sampler(
+    solver: str, model: DiffusionModel | None = None, device: str | torch.device = "cpu"
+) -> tuple[DiffusionModel, Sampler, dict[str, Any]]:
+    """Resolve a solver string to ``(model, sampler, description)``.
+
+    ``solver`` is a GS checkpoint path or a classic spec (``unipc:nfe=4``). A checkpoint knows its
+    model (``model_source`` in its metadata), so ``model`` may then be omitted.
+    """
+    if is_checkpoint(solver):
+        meta = load_metadata(solver)
+        if model is None:
+            source = meta.get("model_source")
+            if not source:
+                raise ConfigError(f"model: {solver} does not name its model; pass --model")
+            model = load_model(source, device)
+        gs = GeneralizedSolver.load(solver, model=model).to(device)
+        return model, gs, {"solver": "gs", "checkpoint": str(solver), "nfe": gs.nfe}
+    if model is None:
+        raise ConfigError(f"model: required to run the classic solver {solver!r}")
+    spec = parse_solver_spec(solver)
+    return model, spec, {"solver": spec.name, **spec.to_dict()}
+
+
+@torch.no_grad()
+def generate(
+    model: DiffusionModel,
+    sampler: Sampler,
+    seeds: list[int],
+    batch_size: int,
+    progress: bool = True,
+) -> Tensor:
+    """Samples for ``seeds`` (each from its own seeded noise), on the model's device, in order."""
+    device = next((b.device for b in model.buffers()), torch.device("cpu"))
+    chunks = []
+    for start in tqdm(
+        range(0, len(seeds), batch_size), desc="sample", unit="batch", disable=not progress
+    ):
+        noise = seeded_noise(seeds[start : start + batch_size], model.sample_shape, device=device)
+        chunks.append(sampler(model, noise, None).float().cpu())
+    return torch.cat(chunks)
+
+
+def run_sample(config: SampleConfig, progress: bool = True) -> Path:
+    """Write samples (PNGs, ``samples.npz``), a grid picture and ``sample.json``; returns the folder."""
+    device = resolve_device(config.device)
+    model = load_model(config.model, device) if config.model else None
+    model, sampler, description = load_sampler(config.solver, model, device)
+    seeds = parse_seeds(config.seeds)
+    samples = generate(model, sampler, seeds, config.batch_size, progress)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if config.npz:
+        arrays = {"samples": samples.numpy(), "seeds": np.asarray(seeds, dtype=np.int64)}
+        save_npz(out / "samples.npz", arrays)
+    if samples.dim() == 4:
+        save_image_grid(samples[:64], out / "grid.png")
+        if config.png:
+            from PIL import Image
+
+            (out / "images").mkdir(exist_ok=True)
+            for seed, pixels in zip(seeds, to_uint8(samples), strict=True):
+                Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(
+                    out / "images" / f"{seed:06d}.png"
+                )
+    elif samples[0].numel() == 2:
+        save_scatter({description["solver"]: samples}, out / "scatter.png", title=config.solver)
+    write_json(
+        out / "sample.json",
+        {
+            "solver": description,
+            "seeds": config.seeds,
+            "count": len(seeds),
+            "model": model.identity(),
+            "run": run_metadata(),
+        },
+    )
+    log.info("wrote %d samples to %s", len(seeds), out)
+    return out
+
+
+__all__ = [
+    "EVAL_SEEDS",
+    "SampleConfig",
+    "TeacherConfig",
+    "load_sampler",
+    "make_teacher",
+    "run_sample",
+]
