@@ -1,0 +1,91 @@
+"""The command line end to end (subprocess): teacher → train → sample on the analytic model."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+
+def gas(*args, cwd):
+    return subprocess.run(
+        [sys.executable, "-m", "gas_solver.cli", *map(str, args)],
+        cwd=cwd, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+def test_help_lists_every_subcommand(tmp_path):
+    result = gas("--help", cwd=tmp_path)
+    assert result.returncode == 0
+    for command in ("teacher", "train", "sample", "fid", "compare", "export", "demo", "models"):
+        assert command in result.stdout
+
+
+def test_teacher_train_sample(tmp_path):
+    teacher = gas(
+        "teacher", "--model", "gmm-ring", "--seeds", "0-239", "--out", "teacher", cwd=tmp_path
+    )
+    assert teacher.returncode == 0, teacher.stderr
+    manifest = json.loads((tmp_path / "teacher" / "manifest.json").read_text())
+    assert manifest["solver"]["name"] == "unipc" and manifest["solver"]["t_eps"] == 1e-4
+
+    config = tmp_path / "train.yaml"
+    config.write_text("nfe: 3\niterations: 30\ntrain_size: 200\nval_size: 40\nbatch_size: 16\n")
+    train = gas(
+        "train", "--config", config, "--teacher", "teacher", "--out", "run",
+        "--iterations", 20, "--checkpoint-every", 10, cwd=tmp_path,
+    )  # fmt: skip
+    assert train.returncode == 0, train.stderr
+    assert (tmp_path / "run" / "solver.safetensors").is_file()
+    saved = json.loads((tmp_path / "run" / "solver.json").read_text())
+    assert saved["nfe"] == 3 and saved["training"]["iteration"] == 20  # flags beat the file
+    records = [
+        json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert any("val_loss" in r for r in records)
+
+    sample = gas(
+        "sample",
+        "--solver",
+        "run/solver.safetensors",
+        "--seeds",
+        "50000-50009",
+        "--out",
+        "s",
+        cwd=tmp_path,
+    )
+    assert sample.returncode == 0, sample.stderr
+    data = np.load(tmp_path / "s" / "samples.npz")
+    assert data["samples"].shape == (10, 2) and list(data["seeds"]) == list(range(50000, 50010))
+    assert (tmp_path / "s" / "scatter.png").is_file()
+
+    classic = gas(
+        "sample",
+        "--solver",
+        "dpmpp:nfe=3",
+        "--model",
+        "gmm-ring",
+        "--seeds",
+        "50000-50009",
+        "--out",
+        "c",
+        cwd=tmp_path,
+    )
+    assert classic.returncode == 0, classic.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "--teacher", "missing", "--nfe", "0"], "nfe"),
+        (["teacher", "--model", "nope", "--out", "t"], "unknown model"),
+        (["sample", "--solver", "unipc:order=9,nfe=4", "--model", "gmm-ring"], "order"),
+        (["teacher", "--model", "gmm-ring", "--seeds", "5-1"], "seeds"),
+    ],
+)
+def test_user_errors_are_one_line_messages(tmp_path, args, message):
+    result = gas(*args, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert message in result.stderr
