@@ -6,7 +6,7 @@ TORCH ?= torch==2.13.0
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint format clean
+.PHONY: demo test lint clean
 
 $(BIN)/gas-solver: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,8 +15,15 @@ $(BIN)/gas-solver: pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[test]"
 	@touch $@
 
+# The README's worked example on the exact analytic model (about a minute on a laptop CPU).
 demo: $(BIN)/gas-solver
-	$(BIN)/gas-solver --help
+	$(BIN)/gas-solver teacher --model gmm-ring --seeds 0-599 --out runs/ring/teacher
+	$(BIN)/gas-solver train --teacher runs/ring/teacher --out runs/ring/gs4 --nfe 4 \
+		--iterations 300 --train-size 500 --val-size 100 --init-grid logsnr --val-every 100
+	$(BIN)/gas-solver sample --solver runs/ring/gs4/solver.safetensors --seeds 50000-50999 \
+		--out runs/ring/gs4-samples
+	$(BIN)/gas-solver sample --solver dpmpp:nfe=4,order=3 --model gmm-ring --seeds 50000-50999 \
+		--out runs/ring/dpmpp4-samples
 
 test: $(BIN)/gas-solver
 	$(BIN)/ruff check src tests benchmarks
