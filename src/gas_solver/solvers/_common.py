@@ -1,0 +1,30 @@
+"""Helpers shared by the classic solvers: order checks and the schedule terms of a grid."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor
+
+from ..errors import ConfigError
+from ..schedules import NoiseSchedule, validate_grid
+
+
+def check_order(solver: str, order: int, supported: Iterable[int]) -> None:
+    """Raise :class:`ConfigError` unless ``order`` is one of ``supported``."""
+    supported = tuple(supported)
+    if isinstance(order, bool) or not isinstance(order, int) or order not in supported:
+        raise ConfigError(f"{solver}: order must be one of {supported}, got {order!r}")
+
+
+def check_grid(grid: Tensor, schedule: NoiseSchedule) -> Tensor:
+    """The grid as a float64 tensor, validated (1-D, strictly decreasing, within the schedule)."""
+    if not isinstance(grid, Tensor):
+        raise TypeError(f"grid must be a 1-D tensor of times, got {type(grid).__name__}")
+    return validate_grid(grid.to(torch.float64), schedule)
+
+
+def vp_terms(schedule: NoiseSchedule, grid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``α(t)``, ``σ(t)`` and ``λ(t)`` on the grid, each ``(N+1,)`` in float64."""
+    return schedule.alpha(grid), schedule.sigma(grid), schedule.lambda_(grid)
