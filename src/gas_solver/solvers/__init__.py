@@ -1,0 +1,24 @@
+"""Solvers: classic ones as plain functions, and the registry that names and configures them.
+
+Every classic solver has the signature ``solver(model, x, grid, cond=None, *, options) -> Tensor``
+(``x`` at ``grid[0]``, result at ``grid[-1]``), makes one model call per grid point except the
+last (Heun: two per step), and is differentiable.
+"""
+
+from .dpm_solver import ddim, dpm_solver_pp
+from .heun import heun
+from .ipndm import ipndm
+from .registry import SOLVERS, ClassicSolver, SolverSpec, parse_solver_spec
+from .unipc import unipc
+
+__all__ = [
+    "SOLVERS",
+    "ClassicSolver",
+    "SolverSpec",
+    "ddim",
+    "dpm_solver_pp",
+    "heun",
+    "ipndm",
+    "parse_solver_spec",
+    "unipc",
+]
