@@ -6,7 +6,7 @@ t = 1 to t_eps = 1e-3 on logSNR grids and compare with an 8th-order adaptive ref
 expected order, which is:
 
 * DDIM 1, DPM-Solver++(2M) 2, Heun 2, iPNDM (variable step) its order;
-* UniPC-p: p + 1 (the corrector adds one order; Zhao et al. 2023, Thm 3.3);
+* UniPC-p: p + 1 (the corrector adds one order, Zhao et al. 2023);
 * DPM-Solver++(3M): **2**. Its update (DPM-Solver reference code, diffusers, GAS base solver)
   estimates ``E₂ ≈ h² D''/2`` but weights it with the coefficient of ``h² D''``, so a D quadratic
   in λ is not integrated exactly; doubling that term gives order 3. We keep the reference formula
@@ -46,7 +46,7 @@ T_EPS = 1e-3
 
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread():
-    """These tensors are tiny: one intra-op thread is several times faster than two on a busy box."""
+    """Tiny tensors: one intra-op thread is several times faster than two on a busy machine."""
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -58,7 +58,7 @@ class UNetEpsModel(DiffusionModel):
 
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread():
-    """Tiny tensors: one intra-op thread is several times faster than two on a busy box."""
+    """Tiny tensors: one intra-op thread is several times faster than two on a busy machine."""
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -22,7 +22,7 @@ def ddim(model: DiffusionModel, x: Tensor, grid: Tensor, cond: Any = None) -> Te
     ``x_{i+1} = (σ_{i+1}/σ_i) x_i − α_{i+1} φ₁ D_i``
 
     Song, Meng & Ermon (2021), *Denoising Diffusion Implicit Models*, eq. 12 with σ_t = 0; written
-    as the first-order exponential integrator of Lu et al. (2022b), *DPM-Solver++*, eq. 8 / Alg. 1.
+    as the first-order solver of Lu et al. (2022b), *DPM-Solver++*, arXiv 2211.01095.
 
     Args:
         model: the diffusion model (one call per grid point except the last: ``N`` calls).
@@ -56,8 +56,12 @@ def dpm_solver_pp(
       ``φ₃ = (φ₁ + h)/h² − ½``, ``E₁ = Δ₀ + r₀/(r₀+r₁)(Δ₀ − Δ₁)``, ``E₂ = (Δ₀ − Δ₁)/(r₀+r₁)``.
 
     Lu et al. (2022b), *DPM-Solver++*, arXiv 2211.01095, Alg. 2 (2M); the 3M update is the one of
-    the DPM-Solver reference code and of the GAS paper (arXiv 2510.17699, App. D.3). The first steps
-    warm up with orders 1, 2, …; ``N`` model calls in all, none at ``grid[-1]``.
+    the DPM-Solver reference code, diffusers and the GAS base solver (arXiv 2510.17699, App. D.3).
+    The first steps warm up with orders 1, 2, …; ``N`` model calls in all, none at ``grid[-1]``.
+
+    Note: ``E₂ ≈ h² D''/2`` but gets the coefficient of ``h² D''``, so the 3M step is exact for D
+    linear in λ, not quadratic, and converges at order 2 (``tests/test_solvers.py``); doubling
+    that term would give order 3. It is kept as is to equal diffusers and the GS initialisation.
 
     Args:
         model, x, grid, cond: as in :func:`ddim`.

@@ -17,9 +17,9 @@ def heun(model: DiffusionModel, x: Tensor, grid: Tensor, cond: Any = None) -> Te
     with ``Δ = σ̃_{i+1} − σ̃_i`` and ``x = α y``.
 
     Karras et al. (2022), *Elucidating the Design Space of Diffusion-Based Generative Models*,
-    Alg. 1 (deterministic, s(t) = α). EDM skips the correction on its last step because its grid ends
-    at σ̃ = 0; ours ends at ``t_eps > 0``, so every step is corrected and the cost is **2 model
-    calls per step, NFE = 2·(len(grid) − 1)** (EDM counts 2N − 1).
+    Alg. 1 (deterministic, s(t) = α). EDM skips the correction on its last step because its grid
+    ends at σ̃ = 0; ours ends at ``t_eps > 0``, so every step is corrected and the cost is
+    **2 model calls per step, NFE = 2·(len(grid) − 1)** (EDM counts 2N − 1).
 
     Args:
         model, x, grid, cond: as in :func:`~gas_solver.solvers.dpm_solver.ddim`.

@@ -37,7 +37,7 @@ def ipndm(
     order ``k = min(order, i+1)`` (lower-order warm start); in x,
     ``x_{i+1} = (α_{i+1}/α_i) x_i + α_{i+1}(σ̃_{i+1} − σ̃_i) Σ_j b_j ε̂_{i−j}``. Order 1 is DDIM.
 
-    Zhang & Chen (2023), *DEIS*, arXiv 2204.13902, §5 (iPNDM: PNDM with a multistep warm start
+    Zhang & Chen (2023), *DEIS*, arXiv 2204.13902 (iPNDM: PNDM with a multistep warm start
     instead of Runge–Kutta), as used with GITS/LD3 schedules (Zhou et al. 2024, *AMED*; Chen et
     al. 2024, *GITS*). ``N`` model calls, none at ``grid[-1]``.
 

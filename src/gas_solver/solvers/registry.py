@@ -145,8 +145,8 @@ class SolverSpec:
         set_("nfe", int(self.nfe))
         if self.nfe % info.calls_per_step:
             raise ConfigError(
-                f"nfe: {self.name} makes {info.calls_per_step} model calls per step, so nfe must be "
-                f"a multiple of {info.calls_per_step}, got {self.nfe}"
+                f"nfe: {self.name} makes {info.calls_per_step} model calls per step, so nfe "
+                f"must be a multiple of {info.calls_per_step}, got {self.nfe}"
             )
         order = info.default_order if self.order is None else self.order
         if not _is_int(order) or order not in info.orders:
@@ -205,7 +205,7 @@ class SolverSpec:
         return explicit_grid(schedule, self.grid, unit=self.grid_unit)
 
     def run(self, model: DiffusionModel, noise: Tensor, grid: Tensor, cond: Any = None) -> Tensor:
-        """Solve from ``noise`` at ``grid[0]`` to ``grid[-1]`` on a given grid (kept differentiable)."""
+        """Solve from ``noise`` at ``grid[0]`` to ``grid[-1]`` on a given (differentiable) grid."""
         check_noise(model, noise)
         if grid.dim() != 1 or grid.numel() != self.steps + 1:
             raise ConfigError(
@@ -273,7 +273,7 @@ def parse_solver_spec(text: str, **defaults: Any) -> SolverSpec:
 
 
 def check_noise(model: DiffusionModel, noise: Tensor) -> None:
-    """Raise :class:`ConfigError` unless ``noise`` is a ``(B, *model.sample_shape)`` float tensor."""
+    """Raise :class:`ConfigError` unless ``noise`` is a float tensor ``(B, *sample_shape)``."""
     if not isinstance(noise, Tensor) or not noise.is_floating_point():
         raise ConfigError(f"noise: must be a floating-point tensor, got {type(noise).__name__}")
     if noise.dim() != len(model.sample_shape) + 1 or tuple(noise.shape[1:]) != model.sample_shape:

@@ -26,19 +26,22 @@ def unipc(
 ) -> Tensor:
     """UniPC-p: the UniP-p predictor plus the UniC-p corrector, which reuses the next evaluation.
 
-    A step of order ``p`` from ``t_i`` to ``t_{i+1}`` (``h = λ_{i+1} − λ_i``, ``r_k = (λ_{i−k} −
-    λ_i)/h``, ``Δ_k = (D_{i−k} − D_i)/r_k``, ``B(h) = −h`` for bh1 or ``e^{−h} − 1`` for bh2):
+    A step of order ``p`` from ``t_i`` to ``t_{i+1}`` (``h = λ_{i+1} − λ_i``,
+    ``r_k = (λ_{i−k} − λ_i)/h``, ``Δ_k = (D_{i−k} − D_i)/r_k``, ``B(h) = −h`` (bh1) or
+    ``e^{−h} − 1`` (bh2)):
 
     * UniP: ``x̃_{i+1} = (σ_{i+1}/σ_i) x_i − α_{i+1}(e^{−h}−1) D_i − α_{i+1} B(h) Σ_{k<p} a_k Δ_k``
-    * the model is evaluated once at ``x̃_{i+1}``: ``D_{i+1} = x̂₀(x̃_{i+1}, t_{i+1})``;
+    * the model is evaluated once, at ``x̃_{i+1}``: ``D_{i+1} = x̂₀(x̃_{i+1}, t_{i+1})``;
     * UniC: ``x_{i+1}`` = the same with weights ``c_k`` and the extra term ``c_p (D_{i+1} − D_i)``.
 
     The weights solve ``R a = g`` with ``R_{jk} = r_k^{j−1}`` (``r_p = 1``) and
-    ``g_j = j! (h φ_{j+1}(−h)) / B(h)`` (Zhao et al. 2023, *UniPC*, arXiv 2302.04867, Alg. 2 and
-    eq. 8–9; App. B for B(h)). As in the UniPC reference code and diffusers, order-2 predictors and
-    order-1 correctors use the weight ½ instead of the solve. ``D_{i+1}`` stays the prediction at
-    the *uncorrected* point (it is what the next step uses). The first steps warm up with orders
-    1, 2, …; there is no corrector after the last step, so ``N`` model calls in all.
+    ``g_j = j! (−h) φ_{j+1}(−h) / B(h)``, where ``φ₁(z) = (e^z − 1)/z`` and
+    ``φ_{k+1}(z) = (φ_k(z) − 1/k!)/z`` (Zhao et al. 2023, *UniPC*, arXiv 2302.04867, §3,
+    data-prediction form). As in the UniPC reference code and diffusers, order-2 predictors and
+    order-1 correctors use the weight ½ instead of the solve; elsewhere ``B(h)·a`` does not depend
+    on B, so bh1 and bh2 differ only in those steps. ``D_{i+1}`` stays the prediction at the
+    *uncorrected* point (the next step uses it). The first steps warm up with orders 1, 2, …;
+    there is no corrector after the last step, so ``N`` model calls in all.
 
     Args:
         model, x, grid, cond: as in :func:`~gas_solver.solvers.dpm_solver.ddim`.
