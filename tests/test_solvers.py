@@ -6,7 +6,8 @@ t = 1 to t_eps = 1e-3 on logSNR grids and compare with an 8th-order adaptive ref
 expected order, which is:
 
 * DDIM 1, DPM-Solver++(2M) 2, Heun 2, iPNDM (variable step) its order;
-* UniPC-p: p + 1 (the corrector adds one order, Zhao et al. 2023);
+* UniPC-p: p + 1 (the corrector adds one order, Zhao et al. 2023), run without
+  lower_order_final (a first-order last step would cap every solver at order 2);
 * DPM-Solver++(3M): **2**. Its update (DPM-Solver reference code, diffusers, GAS base solver)
   estimates ``E₂ ≈ h² D''/2`` but weights it with the coefficient of ``h² D''``, so a D quadratic
   in λ is not integrated exactly; doubling that term gives order 3. We keep the reference formula
