@@ -1,0 +1,30 @@
+"""Evaluation: FID with the offline EDM/NVIDIA Inception, and fidelity to the teacher."""
+
+from .fid import (
+    FIDStatistics,
+    InceptionFeatures,
+    compute_fid,
+    compute_statistics,
+    frechet_distance,
+    inception_features,
+    load_inception,
+    load_statistics,
+    reference_statistics,
+)
+from .fidelity import Fidelity, FidelitySummary, fidelity, summarize_fidelity
+
+__all__ = [
+    "FIDStatistics",
+    "Fidelity",
+    "FidelitySummary",
+    "InceptionFeatures",
+    "compute_fid",
+    "compute_statistics",
+    "fidelity",
+    "frechet_distance",
+    "inception_features",
+    "load_inception",
+    "load_statistics",
+    "reference_statistics",
+    "summarize_fidelity",
+]

