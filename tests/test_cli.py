@@ -1,6 +1,7 @@
 """The command line end to end (subprocess): teacher → train → sample on the analytic model."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -11,7 +12,7 @@ import pytest
 def gas(*args, cwd):
     return subprocess.run(
         [sys.executable, "-m", "gas_solver.cli", *map(str, args)],
-        cwd=cwd, capture_output=True, text=True, timeout=300,
+        cwd=cwd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )  # fmt: skip
 
 

@@ -15,6 +15,7 @@ log = logging.getLogger("gas_solver")
 
 SUBCOMMANDS = {
     "models": "list the built-in models",
+    "train-model": "train a small diffusion model (the bundled default) on a bundled data set",
     "teacher": "generate a teacher set (noise → many-step solver target) in shards",
     "train": "train a Generalized Solver (GS, or GAS with --loss gas) on a teacher set",
     "sample": "sample with a trained solver or a classic one, to PNGs / .npz and a grid",
@@ -97,7 +98,19 @@ def _sample_command():
     return SampleConfig, run
 
 
+def _train_model_command():
+    from .training.denoiser import DenoiserConfig, train_denoiser
+
+    def run(args: argparse.Namespace) -> int:
+        folder = train_denoiser(config_from_args(DenoiserConfig, args))
+        print(f"model: {folder}")
+        return 0
+
+    return DenoiserConfig, run
+
+
 COMMANDS = {
+    "train-model": _train_model_command,
     "models": _models_command,
     "teacher": _teacher_command,
     "train": _train_command,

@@ -1,13 +1,14 @@
 """Turn a model name or path into a :class:`DiffusionModel`.
 
-Built-in names need no files; anything else is a path (adapters for diffusers folders and EDM
-checkpoints plug in here). The string a model was loaded from is kept as ``model.source`` so
+Built-in names need no files; anything else is a local folder in the diffusers pipeline layout
+(:mod:`gas_solver.models.diffusers`); EDM checkpoints will plug in here too. The string a model was loaded from is kept as ``model.source`` so
 teacher sets and checkpoints can name it and later commands can load it again.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -15,6 +16,7 @@ from ..errors import ConfigError
 from ..schedules import DiscreteVPSchedule
 from .analytic import GaussianMixtureModel
 from .base import DiffusionModel
+from .diffusers import load_diffusers_unet
 
 
 def _ring_discrete() -> DiffusionModel:
@@ -36,11 +38,15 @@ BUILTIN_MODELS: dict[str, tuple[Callable[[], DiffusionModel], str]] = {
 
 
 def load_model(source: str, device: str | torch.device = "cpu") -> DiffusionModel:
-    """Load a model by built-in name (see ``BUILTIN_MODELS``)."""
+    """Load a model by built-in name (see ``BUILTIN_MODELS``) or from a local diffusers folder."""
     if source in BUILTIN_MODELS:
         model = BUILTIN_MODELS[source][0]()
+    elif Path(source).is_dir():
+        model = load_diffusers_unet(source)
     else:
         known = ", ".join(BUILTIN_MODELS)
-        raise ConfigError(f"model: unknown model {source!r}; built-in models: {known}")
+        raise ConfigError(
+            f"model: {source!r} is neither a built-in model ({known}) nor a local model folder"
+        )
     model.source = source
     return model.to(device).eval().requires_grad_(False)
