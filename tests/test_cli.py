@@ -80,7 +80,7 @@ def test_teacher_train_sample(tmp_path):
     "args, message",
     [
         (["train", "--teacher", "missing", "--nfe", "0"], "nfe"),
-        (["teacher", "--model", "nope", "--out", "t"], "unknown model"),
+        (["teacher", "--model", "nope", "--out", "t"], "neither a built-in model"),
         (["sample", "--solver", "unipc:order=9,nfe=4", "--model", "gmm-ring"], "order"),
         (["teacher", "--model", "gmm-ring", "--seeds", "5-1"], "seeds"),
     ],

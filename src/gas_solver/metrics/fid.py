@@ -178,17 +178,23 @@ class InceptionFeatures(nn.Module):
         net: the TorchScript network of ``default_1.pt`` (input ``(B, 3, 299, 299)`` in
             [−1, 1), output ``(B, 2048)``).
         channels_last: feed the network NHWC memory (faster convolutions on CPU).
+        device: where ``net`` lives; default: the device of its first parameter, else the CPU
+            (a frozen TorchScript has no parameters).
     """
 
-    def __init__(self, net: nn.Module, channels_last: bool = True) -> None:
+    def __init__(
+        self, net: nn.Module, channels_last: bool = True, device: torch.device | None = None
+    ) -> None:
         super().__init__()
         self.net = net
         self.channels_last = channels_last
+        if device is None:
+            device = next((p.device for p in net.parameters()), torch.device("cpu"))
+        self.device = torch.device(device)
 
     def forward(self, images: Tensor) -> Tensor:
         """``images: (B, C, H, W)`` float in [−1, 1] or uint8 → features ``(B, 2048)`` float32."""
-        device = next(iter(self.net.parameters())).device
-        x = preprocess(images.to(device))
+        x = preprocess(images.to(self.device))
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.net(x)
@@ -225,7 +231,7 @@ def load_inception(
     net = torch.jit.load(str(file), map_location=device).eval()
     for p in net.parameters():
         p.requires_grad_(False)
-    model = InceptionFeatures(net)
+    model = InceptionFeatures(net, device=device)
     _INCEPTION_CACHE[key] = model
     logger.debug("loaded FID Inception %s on %s", file, device)
     return model
