@@ -2,7 +2,10 @@
 
 from .errors import CheckpointMismatchError, ConfigError, GasSolverError, MissingAssetError
 from .models import DiffusionModel, GaussianMixtureModel
+from .models.loading import load_model
+from .sampling import sample
 from .schedules import DiscreteVPSchedule, LinearVPSchedule, NoiseSchedule, explicit_grid, time_grid
+from .solvers import GeneralizedSolver, SolverSpec
 
 __version__ = "0.1.0"
 
@@ -13,10 +16,14 @@ __all__ = [
     "DiscreteVPSchedule",
     "GasSolverError",
     "GaussianMixtureModel",
+    "GeneralizedSolver",
     "LinearVPSchedule",
     "MissingAssetError",
     "NoiseSchedule",
+    "SolverSpec",
     "__version__",
     "explicit_grid",
+    "load_model",
+    "sample",
     "time_grid",
 ]

@@ -6,6 +6,7 @@ last (Heun: two per step), and is differentiable.
 """
 
 from .dpm_solver import ddim, dpm_solver_pp
+from .generalized import GeneralizedSolver
 from .heun import heun
 from .ipndm import ipndm
 from .registry import SOLVERS, ClassicSolver, SolverSpec, parse_solver_spec
@@ -14,6 +15,7 @@ from .unipc import unipc
 __all__ = [
     "SOLVERS",
     "ClassicSolver",
+    "GeneralizedSolver",
     "SolverSpec",
     "ddim",
     "dpm_solver_pp",
