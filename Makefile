@@ -18,9 +18,8 @@ $(BIN)/gas-solver: pyproject.toml
 
 # The README's worked example on the exact analytic model (about a minute on a laptop CPU).
 demo: $(BIN)/gas-solver
-	$(BIN)/gas-solver teacher --model gmm-ring --seeds 0-599 --out runs/ring/teacher
-	$(BIN)/gas-solver train --teacher runs/ring/teacher --out runs/ring/gs4 --nfe 4 \
-		--iterations 300 --train-size 500 --val-size 100 --init-grid logsnr --val-every 100
+	$(BIN)/gas-solver teacher --config configs/ring/teacher.yaml
+	$(BIN)/gas-solver train --config configs/ring/train.yaml
 	$(BIN)/gas-solver sample --solver runs/ring/gs4/solver.safetensors --seeds 50000-50999 \
 		--out runs/ring/gs4-samples
 	$(BIN)/gas-solver sample --solver dpmpp:nfe=4,order=3 --model gmm-ring --seeds 50000-50999 \
