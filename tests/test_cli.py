@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 
 def gas(*args, cwd):
@@ -90,3 +91,47 @@ def test_user_errors_are_one_line_messages(tmp_path, args, message):
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert message in result.stderr
+
+
+def test_train_killed_and_resumed_equals_uninterrupted(tmp_path):
+    import signal
+    import time
+
+    from safetensors.torch import load_file
+
+    assert (
+        gas(
+            "teacher", "--model", "gmm-ring", "--seeds", "0-99", "--out", "teacher", cwd=tmp_path
+        ).returncode
+        == 0
+    )
+    common = ["train", "--teacher", "teacher", "--nfe", 3, "--iterations", 200, "--batch-size", 8,
+              "--train-size", 80, "--val-size", 20, "--val-every", 0, "--checkpoint-every", 10]  # fmt: skip
+    assert gas(*common, "--out", "straight", cwd=tmp_path).returncode == 0
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "gas_solver.cli", *map(str, common), "--out", "killed"]
+    proc = subprocess.Popen(
+        command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    checkpoint = tmp_path / "killed" / "checkpoint.pt"
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "training finished before it could be interrupted"
+
+    resumed = gas(*common, "--out", "killed", "--resume", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    a = load_file(tmp_path / "straight" / "solver.safetensors")
+    b = load_file(tmp_path / "killed" / "solver.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    losses = [
+        [
+            json.loads(line).get("loss")
+            for line in (tmp_path / d / "metrics.jsonl").read_text().splitlines()
+        ]
+        for d in ("straight", "killed")
+    ]
+    assert losses[0] == losses[1]
