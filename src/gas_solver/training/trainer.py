@@ -33,7 +33,7 @@ from ..models.base import DiffusionModel
 from ..runtime import resolve_device, run_metadata, torch_save, write_json
 from ..schedules import GRID_KINDS
 from ..solvers.generalized import GeneralizedSolver
-from ..visualize import save_comparison_grid
+from ..visualize import save_comparison_grid, save_scatter
 from .ema import EMA
 from .losses import DISTILLATION_LOSSES, get_loss
 
@@ -176,13 +176,18 @@ class Trainer:
                 totals["val_l1"] += DISTILLATION_LOSSES["l1"](student, target).sum().item()
                 totals["val_l2"] += DISTILLATION_LOSSES["l2"](student, target).sum().item()
                 if first is None:
-                    first = (target[:8].cpu(), student[:8].cpu())
-        if picture and first is not None and len(self.model.sample_shape) == 3:
-            path = self.out / "val" / f"iter_{self.iteration:06d}.png"
-            save_comparison_grid(
-                {"teacher": first[0], f"GS (EMA) @{self.iteration}": first[1]}, path
-            )
+                    first = {"teacher": target.cpu(), f"GS (EMA) @{self.iteration}": student.cpu()}
+        if picture and first is not None:
+            self._save_picture(first)
         return {k: v / len(self.val_idx) for k, v in totals.items()}
+
+    def _save_picture(self, rows: dict[str, Tensor]) -> None:
+        """Teacher vs student on the first validation items: image rows, or a 2-D scatter."""
+        path = self.out / "val" / f"iter_{self.iteration:06d}.png"
+        if len(self.model.sample_shape) == 3:
+            save_comparison_grid({name: x[:8] for name, x in rows.items()}, path)
+        elif self.model.sample_shape == (2,):
+            save_scatter(rows, path, title="validation: teacher vs GS")
 
     # -- persistence --------------------------------------------------------------------------
     def save_checkpoint(self) -> None:
