@@ -240,6 +240,21 @@ def test_npz_of_images_gets_statistics(inception, images, features, tmp_path) ->
     np.testing.assert_allclose(got.sigma, want.sigma, rtol=1e-4, atol=1e-6)
 
 
+def test_folder_of_images_gets_statistics(inception, images, features, tmp_path) -> None:
+    """PNGs as EDM's generate.py writes them (grey, uint8) → the same statistics."""
+    from PIL import Image
+
+    real = quantize(images[0][:4])
+    for k, img in enumerate(real):
+        Image.fromarray(img[0].numpy()).save(tmp_path / f"{k:06d}.png")
+    got = reference_statistics(tmp_path, model=inception, batch_size=BATCH, progress=False)
+    want = compute_statistics(torch.from_numpy(features[0][:4]), features=True)
+    np.testing.assert_allclose(got.mu, want.mu, rtol=1e-5, atol=1e-6)
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "odd.png")
+    with pytest.raises(ConfigError, match="differ in size"):
+        compute_statistics(tmp_path, model=inception, batch_size=8, progress=False)
+
+
 def test_dataset_reference_statistics_are_cached(features, tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("GAS_SOLVER_CACHE", str(tmp_path))
     stats = reference_statistics("mnist", num_images=4, batch_size=BATCH)
