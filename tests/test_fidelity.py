@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from gas_solver.errors import ConfigError
-from gas_solver.metrics import Fidelity, fidelity, summarize_fidelity
+from gas_solver.metrics import Fidelity, per_sample_fidelity, summarize_fidelity
 
 
 def test_per_sample_values_by_hand() -> None:
@@ -14,7 +14,7 @@ def test_per_sample_values_by_hand() -> None:
     output = target.clone()
     output[0] += 0.2  # uniform error 0.2
     output[1, 0, 0, 0] = 1.0  # one pixel off by 1 of 4
-    m = fidelity(output, target)
+    m = per_sample_fidelity(output, target)
     assert m.l1.tolist() == pytest.approx([0.2, 0.25, 0.0])
     assert m.rmse.tolist() == pytest.approx([0.2, 0.5, 0.0])
     # PSNR = 20 log10(2 / RMSE) for data in [-1, 1]
@@ -27,8 +27,10 @@ def test_summary_over_batches() -> None:
     g = torch.Generator().manual_seed(0)
     target = torch.rand(10, 3, 4, 4, generator=g) * 2 - 1
     output = target + 0.1 * torch.randn(target.shape, generator=g)
-    whole = fidelity(output, target)
-    parts = [fidelity(o, t) for o, t in zip(output.split(4), target.split(4), strict=True)]
+    whole = per_sample_fidelity(output, target)
+    parts = [
+        per_sample_fidelity(o, t) for o, t in zip(output.split(4), target.split(4), strict=True)
+    ]
     s = summarize_fidelity(parts)
     assert s == summarize_fidelity(whole)
     assert s.num_samples == 10
@@ -40,10 +42,10 @@ def test_summary_over_batches() -> None:
 
 def test_identical_pairs_and_errors() -> None:
     x = torch.zeros(2, 4)
-    s = summarize_fidelity(fidelity(x, x))
+    s = summarize_fidelity(per_sample_fidelity(x, x))
     assert s.l1_mean == 0 and math.isinf(s.psnr_mean) and math.isnan(s.psnr_std)
     with pytest.raises(ConfigError, match="differ in shape"):
-        fidelity(torch.zeros(2, 4), torch.zeros(2, 5))
+        per_sample_fidelity(torch.zeros(2, 4), torch.zeros(2, 5))
     with pytest.raises(ConfigError, match="no fidelity"):
         summarize_fidelity([])
-    assert isinstance(fidelity(x, x + 1), Fidelity)
+    assert isinstance(per_sample_fidelity(x, x + 1), Fidelity)

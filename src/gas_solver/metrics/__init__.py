@@ -11,7 +11,7 @@ from .fid import (
     load_statistics,
     reference_statistics,
 )
-from .fidelity import Fidelity, FidelitySummary, fidelity, summarize_fidelity
+from .fidelity import Fidelity, FidelitySummary, per_sample_fidelity, summarize_fidelity
 
 __all__ = [
     "FIDStatistics",
@@ -20,11 +20,11 @@ __all__ = [
     "InceptionFeatures",
     "compute_fid",
     "compute_statistics",
-    "fidelity",
     "frechet_distance",
     "inception_features",
     "load_inception",
     "load_statistics",
+    "per_sample_fidelity",
     "reference_statistics",
     "summarize_fidelity",
 ]

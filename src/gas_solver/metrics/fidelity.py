@@ -17,7 +17,7 @@ from torch import Tensor
 
 from ..errors import ConfigError
 
-__all__ = ["Fidelity", "FidelitySummary", "fidelity", "summarize_fidelity"]
+__all__ = ["Fidelity", "FidelitySummary", "per_sample_fidelity", "summarize_fidelity"]
 
 DATA_RANGE = 2.0
 
@@ -30,7 +30,9 @@ class Fidelity(NamedTuple):
     psnr: Tensor
 
 
-def fidelity(output: Tensor, target: Tensor, *, data_range: float = DATA_RANGE) -> Fidelity:
+def per_sample_fidelity(
+    output: Tensor, target: Tensor, *, data_range: float = DATA_RANGE
+) -> Fidelity:
     """Per-sample distances between a solver's ``output`` and the teacher's ``target``.
 
     Args:
