@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from . import __version__
 from .config import add_config_arguments, config_from_args
@@ -109,12 +110,37 @@ def _train_model_command():
     return DenoiserConfig, run
 
 
+def _fid_command():
+    from .evaluation import FIDConfig, format_fid, run_fid
+
+    def run(args: argparse.Namespace) -> int:
+        print(format_fid(run_fid(config_from_args(FIDConfig, args))))
+        return 0
+
+    return FIDConfig, run
+
+
+def _compare_command():
+    from .evaluation import CompareConfig, run_compare
+
+    def run(args: argparse.Namespace) -> int:
+        config = config_from_args(CompareConfig, args)
+        run_compare(config)
+        print((Path(config.out) / "compare.md").read_text(), end="")
+        print(f"comparison (table, JSON, pictures): {config.out}")
+        return 0
+
+    return CompareConfig, run
+
+
 COMMANDS = {
     "train-model": _train_model_command,
     "models": _models_command,
     "teacher": _teacher_command,
     "train": _train_command,
     "sample": _sample_command,
+    "fid": _fid_command,
+    "compare": _compare_command,
 }
 
 
