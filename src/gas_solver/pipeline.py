@@ -21,7 +21,7 @@ from .models.loading import load_model
 from .runtime import atomic_write, resolve_device, run_metadata, write_json
 from .schedules import LinearVPSchedule
 from .seeds import EVAL_SEEDS, parse_seeds, seeded_noise
-from .solvers.generalized import GeneralizedSolver, load_metadata
+from .solvers.generalized import SOLVER_FILE, GeneralizedSolver, load_metadata
 from .solvers.registry import SolverSpec, parse_solver_spec
 from .visualize import save_image_grid, save_scatter, to_uint8
 
@@ -89,7 +89,9 @@ def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> Path:
 
 
 def is_checkpoint(solver: str) -> bool:
-    return solver.endswith(".safetensors") or Path(solver).is_file()
+    """A GS checkpoint: a ``.safetensors`` path, an existing file, or a training run folder."""
+    path = Path(solver)
+    return solver.endswith(".safetensors") or path.is_file() or (path / SOLVER_FILE).is_file()
 
 
 def teacher_spec(text: str, model: DiffusionModel) -> SolverSpec:

@@ -100,8 +100,3 @@ def summarize_fidelity(metrics: Fidelity | Iterable[Fidelity]) -> FidelitySummar
         raise ConfigError("no fidelity metrics to summarise")
     (l1_m, l1_s), (rmse_m, rmse_s), (psnr_m, psnr_s) = map(_mean_std, (l1, rmse, psnr))
     return FidelitySummary(l1.numel(), l1_m, l1_s, rmse_m, rmse_s, psnr_m, psnr_s)
-
-
-#: Former name, kept for callers written against it (not re-exported by ``gas_solver.metrics``,
-#: where a function named like this module would hide the module).
-fidelity = per_sample_fidelity

@@ -75,7 +75,7 @@ def load_diffusers_unet(folder: str | Path) -> DiffusersUNetModel:
             f"{unet_dir}: only unconditional UNet2DModel folders are supported so far, "
             f"got {unet_config.get('_class_name')}"
         )
-    unet = UNet2DModel.from_pretrained(unet_dir)
+    unet = UNet2DModel.from_pretrained(unet_dir, low_cpu_mem_usage=False)  # no accelerate needed
     scheduler = DDPMScheduler.from_pretrained(scheduler_dir)
     return DiffusersUNetModel(unet, scheduler, _fingerprint(unet_dir))
 

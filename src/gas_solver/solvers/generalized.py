@@ -51,6 +51,8 @@ MU_EPS = 1e-5
 """Offset keeping every stick-breaking fraction μ in [1e-5, 1 − 1e-5] (``eps_mu_offset``)."""
 
 CHECKPOINT_FORMAT = "gas_solver.GeneralizedSolver/1"
+SOLVER_FILE = "solver.safetensors"
+"""File name of a trained solver inside a training run folder (what ``gas-solver train`` writes)."""
 
 
 def grid_from_logits(mu_logit: Tensor, t_eps: float) -> Tensor:
@@ -381,7 +383,10 @@ class GeneralizedSolver(nn.Module):
 
 
 def _read_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
-    """The metadata and tensors of a GS checkpoint, with errors that say what is wrong."""
+    """The metadata and tensors of a GS checkpoint (a file, or a run folder holding
+    ``solver.safetensors``), with errors that say what is wrong."""
+    if path.is_dir() and (path / SOLVER_FILE).is_file():
+        path = path / SOLVER_FILE
     if not path.is_file():
         raise MissingAssetError(
             f"solver checkpoint {path} not found; train one with `gas-solver train` or "
@@ -423,6 +428,7 @@ def _differences(stored: Any, expected: Any, prefix: str) -> list[str]:
 __all__ = [
     "CHECKPOINT_FORMAT",
     "MU_EPS",
+    "SOLVER_FILE",
     "GeneralizedSolver",
     "grid_from_logits",
     "load_metadata",

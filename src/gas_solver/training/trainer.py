@@ -28,11 +28,12 @@ from tqdm.auto import tqdm
 
 from ..config import option, require
 from ..data.teacher import TeacherSet
-from ..errors import GasSolverError
+from ..errors import ConfigError, GasSolverError
 from ..models.base import DiffusionModel
+from ..models.loading import load_model
 from ..runtime import resolve_device, run_metadata, torch_save, write_json
 from ..schedules import GRID_KINDS
-from ..solvers.generalized import GeneralizedSolver
+from ..solvers.generalized import SOLVER_FILE, GeneralizedSolver
 from ..visualize import save_comparison_grid, save_scatter
 from .ema import EMA
 from .losses import DISTILLATION_LOSSES, get_loss
@@ -40,7 +41,6 @@ from .losses import DISTILLATION_LOSSES, get_loss
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
-SOLVER = "solver.safetensors"
 
 
 @dataclasses.dataclass
@@ -234,8 +234,8 @@ class Trainer:
                 },
                 "run": run_metadata(),
             }
-            solver.save(self.out / SOLVER, metadata)
-        return self.out / SOLVER
+            solver.save(self.out / SOLVER_FILE, metadata)
+        return self.out / SOLVER_FILE
 
     # -- logging ------------------------------------------------------------------------------
     def log(self, record: dict[str, Any]) -> None:
@@ -322,3 +322,12 @@ def train(
 ) -> Path:
     """Train a GS on ``teacher`` for ``model``; returns the path of the saved (EMA) solver."""
     return Trainer(config, model, teacher).run(progress=progress)
+
+
+def train_from_config(config: TrainConfig, progress: bool = True) -> Path:
+    """``gas-solver train``: open the teacher set, load its model (or ``config.model``), train."""
+    teacher = TeacherSet(config.teacher)
+    source = config.model or teacher.model_source
+    if not source:
+        raise ConfigError("model: the teacher set does not name its model; pass --model")
+    return train(config, load_model(source, resolve_device(config.device)), teacher, progress)
