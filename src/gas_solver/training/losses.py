@@ -3,6 +3,7 @@
 Each loss maps ``(student, target)``, both ``(B, ...)``, to a ``(B,)`` tensor: the trainer averages
 over the batch only after adding any other per-sample terms (GAS: ``w·adversarial + distillation``,
 arXiv 2510.17699 §3.2). The paper's choices are LPIPS-VGG for pixel models and L1 on latents (§3.1).
+``"lpips"`` (:mod:`.lpips`) loads its VGG16 weights only when first called.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Callable
 from torch import Tensor
 
 from ..errors import ConfigError
+from .lpips import lpips_loss
 
 DistillationLoss = Callable[[Tensor, Tensor], Tensor]
 
@@ -26,11 +28,15 @@ def l2_loss(student: Tensor, target: Tensor) -> Tensor:
     return (student - target).pow(2).flatten(1).mean(1)
 
 
-DISTILLATION_LOSSES: dict[str, DistillationLoss] = {"l1": l1_loss, "l2": l2_loss}
+DISTILLATION_LOSSES: dict[str, DistillationLoss] = {
+    "l1": l1_loss,
+    "l2": l2_loss,
+    "lpips": lpips_loss,
+}
 
 
 def register_loss(name: str, loss: DistillationLoss) -> None:
-    """Add a per-sample loss (e.g. LPIPS once VGG weights are available) under ``name``."""
+    """Add a per-sample loss ``fn(student, target) -> (B,)`` under ``name``."""
     DISTILLATION_LOSSES[name] = loss
 
 
