@@ -62,13 +62,17 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
         kind = _base_type(hints[f.name])
-        help_text = f"{f.metadata.get('help', '')} (default: {f.default})"
+        choices = f.metadata.get("choices")
+        help_text = f.metadata.get("help", "")
+        if choices:
+            help_text += f" ({' | '.join(map(str, choices))})"
+        if f.default not in (None, ""):
+            help_text += f" (default: {f.default})"
         if kind is bool:
             parser.add_argument(
                 flag, dest=f.name, action=argparse.BooleanOptionalAction, help=help_text
             )
         else:
-            choices = f.metadata.get("choices")
             parser.add_argument(
                 flag, dest=f.name, metavar=f.name.upper(), choices=choices, help=help_text
             )
