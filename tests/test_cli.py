@@ -47,6 +47,10 @@ def test_teacher_train_sample(tmp_path):
     ]
     assert any("val_loss" in r for r in records)
 
+    gas_on_2d = gas("train", "--teacher", "teacher", "--loss", "gas", "--out", "g", cwd=tmp_path)
+    assert gas_on_2d.returncode == 2 and "Traceback" not in gas_on_2d.stderr
+    assert "image-shaped samples" in gas_on_2d.stderr and not (tmp_path / "g").exists()
+
     sample = gas(
         "sample",
         "--solver",
@@ -81,6 +85,7 @@ def test_teacher_train_sample(tmp_path):
     "args, message",
     [
         (["train", "--teacher", "missing", "--nfe", "0"], "nfe"),
+        (["train", "--teacher", "t", "--loss", "l2"], "--loss"),
         (["teacher", "--model", "nope", "--out", "t"], "neither a built-in model"),
         (["sample", "--solver", "unipc:order=9,nfe=4", "--model", "gmm-ring"], "order"),
         (["teacher", "--model", "gmm-ring", "--seeds", "5-1"], "seeds"),

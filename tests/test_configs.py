@@ -19,7 +19,8 @@ def test_preset_is_valid(path):
     else:
         config = load_config(TrainConfig, path, {"teacher": "t"})
         assert config.nfe >= 1
+        assert config.loss == ("gas" if "gas" in path.name else "gs")
 
 
 def test_there_are_presets():
-    assert len(PRESETS) >= 6
+    assert len(PRESETS) >= 8

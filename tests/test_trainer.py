@@ -1,5 +1,6 @@
-"""GS training on the exact Gaussian mixture: it must beat its initialisation and the classic
-solvers at the same NFE, and a resumed run must equal an uninterrupted one bit for bit."""
+"""GS and GAS training on exact Gaussian mixtures: GS must beat its initialisation and the classic
+solvers at the same NFE; GAS (on an image-shaped mixture) must move the solver and the
+discriminator; a resumed run must equal an uninterrupted one bit for bit."""
 
 import json
 
@@ -8,7 +9,7 @@ import torch
 
 from gas_solver.config import load_config
 from gas_solver.data.teacher import TeacherSet, generate_teacher_set
-from gas_solver.errors import ConfigError
+from gas_solver.errors import CheckpointMismatchError, ConfigError, GasSolverError
 from gas_solver.models import GaussianMixtureModel
 from gas_solver.schedules import time_grid
 from gas_solver.seeds import seeded_noise
@@ -147,6 +148,12 @@ def test_ema_warmup_matches_formula():
         ("nfe", 0, "nfe"),
         ("lr", -1.0, "lr"),
         ("loss", "lpips2", "loss"),
+        ("loss", "l1", "distillation: l1"),
+        ("distillation", "lpips2", "distillation"),
+        ("adv_weight", -1.0, "adv_weight"),
+        ("disc_lr", 0.0, "disc_lr"),
+        ("r1_gamma", -0.1, "r1_gamma"),
+        ("disc_preset", "huge", "disc_preset"),
         ("batch_size", "x", "batch_size"),
         ("bogus", 1, "unknown field"),
     ],
@@ -159,3 +166,165 @@ def test_bad_config_names_the_field(tmp_path, field, value, message):
 def test_seeded_noise_used_by_teacher_is_the_trainers_input(teacher_dir):
     teacher = TeacherSet(teacher_dir)
     torch.testing.assert_close(teacher.noise[:5], seeded_noise(range(5), (2,)))
+
+
+# -- GAS --------------------------------------------------------------------------------------
+
+
+def _image_model() -> GaussianMixtureModel:
+    """An exact mixture whose samples are 1×8×8 images: four smooth patterns."""
+    ramp = torch.linspace(-1, 1, 8)
+    patterns = [ramp[:, None] * ramp[None, :], ramp[:, None].expand(8, 8), ramp.expand(8, 8)]
+    means = torch.stack([*patterns, -patterns[0]])[:, None]
+    return GaussianMixtureModel(means, 0.2).requires_grad_(False)
+
+
+@pytest.fixture(scope="module")
+def image_teacher_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("gmm-image") / "teacher"
+    _teacher(_image_model(), path, seeds="0-119")
+    return path
+
+
+def _gas_config(tmp_path, teacher_dir, **kw) -> TrainConfig:
+    base = dict(
+        teacher=str(teacher_dir), out=str(tmp_path / "gas"), loss="gas", nfe=3, train_size=100,
+        val_size=20, batch_size=8, iterations=6, val_every=0, checkpoint_every=3, log_every=1,
+        device="cpu", disc_preset="tiny", disc_lr=1e-3,
+    )  # fmt: skip
+    return load_config(TrainConfig, overrides={**base, **kw})
+
+
+def _records(path) -> list[dict]:
+    return [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_gas_changes_solver_and_discriminator_and_resumes_exactly(image_teacher_dir, tmp_path):
+    model, teacher = _image_model(), TeacherSet(image_teacher_dir)
+    straight = Trainer(
+        _gas_config(tmp_path, image_teacher_dir, out=str(tmp_path / "a")), model, teacher
+    )
+    solver0 = [p.clone() for p in straight.solver.parameters()]
+    disc0 = {k: v.clone() for k, v in straight.adversary.discriminator.state_dict().items()}
+    straight.run(progress=False)
+    assert any(
+        not torch.equal(p, q) for p, q in zip(solver0, straight.solver.parameters(), strict=True)
+    )
+    disc = straight.adversary.discriminator.state_dict()
+    assert all(not torch.equal(disc0[k], disc[k]) for k in disc if disc0[k].abs().sum() > 0)
+    assert not straight.adversary.discriminator.training
+
+    half = _gas_config(tmp_path, image_teacher_dir, out=str(tmp_path / "b"), iterations=3)
+    Trainer(half, model, teacher).run(progress=False)
+    rest = _gas_config(tmp_path, image_teacher_dir, out=str(tmp_path / "b"), resume=True)
+    resumed = Trainer(rest, model, teacher)
+    resumed.run(progress=False)
+
+    for p, q in zip(straight.solver.parameters(), resumed.solver.parameters(), strict=True):
+        assert torch.equal(p, q)
+    for p, q in zip(straight.ema.shadow, resumed.ema.shadow, strict=True):
+        assert torch.equal(p, q)
+    a, b = straight.adversary, resumed.adversary
+    for (k, p), q in zip(
+        a.discriminator.state_dict().items(), b.discriminator.state_dict().values(), strict=True
+    ):
+        assert torch.equal(p, q), k
+    for sa, sb in zip(
+        a.optimizer.state_dict()["state"].values(),
+        b.optimizer.state_dict()["state"].values(),
+        strict=True,
+    ):
+        assert torch.equal(sa["exp_avg_sq"], sb["exp_avg_sq"])
+    assert torch.equal(straight.fake_noise.get_state(), resumed.fake_noise.get_state())
+
+    steps = [
+        [
+            {k: v for k, v in r.items() if k != "it_per_s"}
+            for r in _records(tmp_path / d)
+            if "loss" in r
+        ]
+        for d in ("a", "b")
+    ]
+    assert steps[0] == steps[1] and len(steps[0]) == 6  # every logged statistic, bit for bit
+    step = steps[0][0]
+    for key in (
+        "disc_loss",
+        "r1",
+        "r2",
+        "sign_real",
+        "sign_fake",
+        "sign_real_minus_fake",
+        "distillation",
+        "adversarial",
+    ):
+        assert key in step, key
+    assert step["loss"] == pytest.approx(step["adversarial"] + step["distillation"], rel=1e-5)
+    saved = json.loads((tmp_path / "a" / "solver.json").read_text())
+    assert saved["training"]["config"]["loss"] == "gas"
+
+
+def test_gas_discriminator_can_start_from_a_checkpoint(image_teacher_dir, tmp_path):
+    model, teacher = _image_model(), TeacherSet(image_teacher_dir)
+    first = Trainer(_gas_config(tmp_path, image_teacher_dir, iterations=3), model, teacher)
+    first.run(progress=False)
+    again = Trainer(
+        _gas_config(
+            tmp_path,
+            image_teacher_dir,
+            out=str(tmp_path / "c"),
+            disc_checkpoint=str(tmp_path / "gas" / "checkpoint.pt"),
+        ),
+        model,
+        teacher,
+    )
+    for p, q in zip(
+        first.adversary.discriminator.parameters(),
+        again.adversary.discriminator.parameters(),
+        strict=True,
+    ):
+        assert torch.equal(p, q)
+
+
+def test_gas_needs_image_samples_that_fit_the_discriminator(
+    teacher_dir, image_teacher_dir, tmp_path
+):
+    with pytest.raises(ConfigError, match="image-shaped"):
+        Trainer(_gas_config(tmp_path, teacher_dir), _model(), TeacherSet(teacher_dir))
+    with pytest.raises(ConfigError, match="made for 32"):
+        Trainer(
+            _gas_config(tmp_path, image_teacher_dir, disc_preset="r3gan-32"),
+            _image_model(),
+            TeacherSet(image_teacher_dir),
+        )
+
+
+def test_resume_refuses_another_method(image_teacher_dir, tmp_path):
+    model, teacher = _image_model(), TeacherSet(image_teacher_dir)
+    Trainer(_gas_config(tmp_path, image_teacher_dir, loss="gs", iterations=3), model, teacher).run(
+        progress=False
+    )
+    gas = Trainer(_gas_config(tmp_path, image_teacher_dir, resume=True), model, teacher)
+    with pytest.raises(CheckpointMismatchError, match="--loss gs"):
+        gas.run(progress=False)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(image_teacher_dir, tmp_path):
+    model, teacher = _image_model(), TeacherSet(image_teacher_dir)
+    Trainer(_gas_config(tmp_path, image_teacher_dir, iterations=3), model, teacher).run(
+        progress=False
+    )
+    good = (tmp_path / "gas" / "checkpoint.pt").read_bytes()
+    trainer = Trainer(_gas_config(tmp_path, image_teacher_dir, resume=True), model, teacher)
+    load = trainer.load_checkpoint
+
+    def load_then_poison():
+        load()
+        with torch.no_grad():
+            next(trainer.adversary.discriminator.parameters()).fill_(float("nan"))
+
+    trainer.load_checkpoint = load_then_poison
+    with pytest.raises(
+        GasSolverError, match="non-finite discriminator loss at iteration 3.*checkpoint"
+    ):
+        trainer.run(progress=False)
+    assert (tmp_path / "gas" / "checkpoint.pt").read_bytes() == good

@@ -1,12 +1,19 @@
-"""Training a Generalized Solver by distillation from a teacher set (arXiv 2510.17699 §3.3).
+"""Training a Generalized Solver by distillation from a teacher set (arXiv 2510.17699 §3.2–3.3).
+
+Two methods share this loop: **GS** (``loss: gs``) minimises the per-sample distillation distance
+to the teacher; **GAS** (``loss: gas``) adds ``w·adversarial`` per sample, with one step of an
+R3GAN discriminator per iteration before the solver's step (:mod:`.adversarial`).
 
 One Adam over all solver parameters (timestep logits θ, coefficient corrections φ, offsets ξ),
-gradient-norm clipping, an EMA of the parameters with warm-up (the EMA weights are what is
-validated, saved and sampled with). The frozen model is differentiated through, never updated.
+gradient-norm clipping (solver only), an EMA of the parameters with warm-up (the EMA weights are
+what is validated, saved and sampled with). The frozen model is differentiated through, never
+updated.
 
 Data order is a pure function of (seed, iteration): sample position ``p`` of the endless stream is
 ``perm(p // n)[p % n]`` with ``perm(e)`` a seeded permutation of the ``n`` training items. A resumed
-run therefore needs no data-loader state and continues bit-exactly.
+run therefore needs no data-loader state and continues bit-exactly. GAS draws the fakes' fresh
+noise from its own ``torch.Generator``, whose state is checkpointed with the discriminator and its
+optimizer.
 """
 
 from __future__ import annotations
@@ -28,30 +35,36 @@ from tqdm.auto import tqdm
 
 from ..config import option, require
 from ..data.teacher import TeacherSet
-from ..errors import ConfigError, GasSolverError
+from ..errors import CheckpointMismatchError, ConfigError, GasSolverError
 from ..models.base import DiffusionModel
 from ..models.loading import load_model
 from ..runtime import resolve_device, run_metadata, torch_save, write_json
 from ..schedules import GRID_KINDS
 from ..solvers.generalized import SOLVER_FILE, GeneralizedSolver
 from ..visualize import save_comparison_grid, save_scatter
+from .adversarial import Adversary, NonFiniteLossError
+from .discriminator import PRESET_CHOICES, build_discriminator, image_shape
 from .ema import EMA
 from .losses import DISTILLATION_LOSSES, get_loss
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
+METHODS = ("gs", "gas")
 
 
 @dataclasses.dataclass
 class TrainConfig:
-    """Everything ``gas-solver train`` needs; defaults are the paper's EDM settings (§3.3)."""
+    """Everything ``gas-solver train`` needs; defaults are the paper's EDM settings (§3.2–3.3)."""
 
     teacher: str = option("", "teacher set folder (made by `gas-solver teacher`)")
     out: str = option("runs/train", "output folder: solver, checkpoints, logs, pictures")
     model: str | None = option(None, "model name or path (default: the teacher set's model)")
     nfe: int = option(4, "number of model calls of the learned solver")
-    loss: str = option("l1", "per-sample distillation loss", choices=sorted(DISTILLATION_LOSSES))
+    loss: str = option("gs", "method: gs (distillation) or gas (+ adversarial)", choices=METHODS)
+    distillation: str = option(
+        "l1", "per-sample distillation distance", choices=sorted(DISTILLATION_LOSSES)
+    )
     init_grid: str = option("uniform", "initial time grid", choices=list(GRID_KINDS))
     t_eps: float | None = option(None, "last time of the student grid (default: the schedule's)")
     iterations: int = option(10000, "training iterations")
@@ -68,6 +81,19 @@ class TrainConfig:
     device: str = option("auto", "cpu, cuda, cuda:N or auto")
     grad_checkpoint: bool = option(False, "recompute each model call in backward (flat memory)")
     resume: bool = option(False, "continue from OUT/checkpoint.pt")
+    adv_weight: float = option(
+        1.0, "GAS: weight w of the adversarial term (paper: 0.1 on CIFAR-10, 1.0 elsewhere)"
+    )
+    disc_lr: float = option(1e-5, "GAS: discriminator Adam learning rate")
+    r1_gamma: float = option(0.2, "GAS: gamma of the penalties gamma/2*(R1 + R2)")
+    disc_preset: str = option(
+        "auto",
+        "GAS: discriminator architecture; auto = r3gan-32 at 32x32, r3gan-64 at 64x64, else small",
+        choices=PRESET_CHOICES,
+    )
+    disc_checkpoint: str | None = option(
+        None, "GAS: start the discriminator from this file (.safetensors or a GAS checkpoint.pt)"
+    )
 
     def validate(self) -> None:
         require(bool(self.teacher), "teacher", "a teacher set folder is required")
@@ -82,11 +108,39 @@ class TrainConfig:
         for name in ("val_every", "checkpoint_every", "log_every"):
             require(getattr(self, name) >= 0, name, "must be >= 0")
         require(self.t_eps is None or 0 < self.t_eps < 1, "t_eps", "must be in (0, 1)")
-        get_loss(self.loss)
+        require(
+            self.loss in METHODS,
+            "loss",
+            f"the method, one of {list(METHODS)}, got {self.loss!r}"
+            + (
+                f" (the distillation distance is now `distillation: {self.loss}`)"
+                if self.loss in DISTILLATION_LOSSES
+                else ""
+            ),
+        )
+        require(
+            self.distillation in DISTILLATION_LOSSES,
+            "distillation",
+            f"unknown distance {self.distillation!r}; known: {sorted(DISTILLATION_LOSSES)}",
+        )
+        require(self.adv_weight >= 0, "adv_weight", f"must be >= 0, got {self.adv_weight}")
+        require(self.disc_lr > 0, "disc_lr", f"must be > 0, got {self.disc_lr}")
+        require(self.r1_gamma >= 0, "r1_gamma", f"must be >= 0, got {self.r1_gamma}")
+        require(
+            self.disc_preset in PRESET_CHOICES,
+            "disc_preset",
+            f"one of {PRESET_CHOICES}, got {self.disc_preset!r}",
+        )
+
+    @property
+    def method(self) -> str:
+        """``GS`` or ``GAS``, for labels."""
+        return self.loss.upper()
 
 
 class Trainer:
-    """Owns the solver, its optimizer and EMA, and the loop; see :func:`train`."""
+    """Owns the solver, its optimizer and EMA (GAS: the :class:`Adversary`), and the loop; see
+    :func:`train`."""
 
     def __init__(self, config: TrainConfig, model: DiffusionModel, teacher: TeacherSet) -> None:
         self.config = config
@@ -96,8 +150,16 @@ class Trainer:
         self.teacher = teacher
         teacher.check_model(model)
         self.train_idx, self.val_idx = teacher.split(config.train_size, config.val_size)
+        self.loss_fn = get_loss(config.distillation)
+        self.adversary: Adversary | None = None
+        if config.loss == "gas":  # checked against the data before anything is trained
+            disc = build_discriminator(
+                model.sample_shape, config.disc_preset, config.disc_checkpoint, seed=config.seed
+            )
+            self.adversary = Adversary(disc.to(self.device), config.disc_lr, config.r1_gamma)
+            # fresh noise of the fakes: its own generator, checkpointed (bit-exact resume)
+            self.fake_noise = torch.Generator().manual_seed(config.seed * 1_000_003 + 777_767)
         self.noise, self.target, self.cond = teacher.noise, teacher.target, teacher.cond
-        self.loss_fn = get_loss(config.loss)
         self.solver = GeneralizedSolver(
             config.nfe, model.schedule, t_eps=config.t_eps, init_grid=config.init_grid
         ).to(self.device)
@@ -129,15 +191,30 @@ class Trainer:
 
     # -- steps --------------------------------------------------------------------------------
     def train_step(self) -> dict[str, float]:
+        try:
+            return self._train_step()
+        except NonFiniteLossError as err:
+            raise GasSolverError(
+                f"{err} at iteration {self.iteration}; training stopped. The last good checkpoint "
+                f"is {self.out / CHECKPOINT} (lower --lr / --disc-lr or check the teacher set)"
+            ) from None
+
+    def _train_step(self) -> dict[str, float]:
         noise, target, cond = self.batch(self.batch_indices(self.iteration))
+        stats: dict[str, float] = {}
+        if self.adversary is not None:
+            stats.update(self._discriminator_step(noise, target, cond))
         student = self.solver(self.model, noise, cond, checkpoint=self.config.grad_checkpoint)
         per_sample = self.loss_fn(student, target)
+        if self.adversary is not None:
+            distillation = per_sample
+            adversarial = self.adversary.generator_loss(student, target)
+            per_sample = self.config.adv_weight * adversarial.to(per_sample.dtype) + distillation
+            stats["distillation"] = distillation.mean().item()
+            stats["adversarial"] = adversarial.mean().item()
         loss = per_sample.mean()
         if not torch.isfinite(loss):
-            raise GasSolverError(
-                f"non-finite loss at iteration {self.iteration}; training stopped. The last good "
-                f"checkpoint is {self.out / CHECKPOINT} (lower --lr or check the teacher set)"
-            )
+            raise NonFiniteLossError("non-finite loss")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         clip = self.config.grad_clip
@@ -147,7 +224,15 @@ class Trainer:
         self.optimizer.step()
         self.ema.update()
         self.iteration += 1
-        return {"loss": loss.item(), "grad_norm": float(grad_norm)}
+        return {"loss": loss.item(), "grad_norm": float(grad_norm), **stats}
+
+    def _discriminator_step(self, noise: Tensor, target: Tensor, cond: Any) -> dict[str, float]:
+        """Fakes from fresh noise (same conditions, no gradient) against the batch's targets."""
+        assert self.adversary is not None
+        fresh = torch.randn(noise.shape, generator=self.fake_noise, dtype=noise.dtype)
+        with torch.no_grad():
+            fake = self.solver(self.model, fresh.to(self.device), cond)
+        return self.adversary.discriminator_step(target, fake)
 
     @contextlib.contextmanager
     def ema_weights(self) -> Iterator[GeneralizedSolver]:
@@ -176,7 +261,8 @@ class Trainer:
                 totals["val_l1"] += DISTILLATION_LOSSES["l1"](student, target).sum().item()
                 totals["val_l2"] += DISTILLATION_LOSSES["l2"](student, target).sum().item()
                 if first is None:
-                    first = {"teacher": target.cpu(), f"GS (EMA) @{self.iteration}": student.cpu()}
+                    label = f"{self.config.method} (EMA) @{self.iteration}"
+                    first = {"teacher": target.cpu(), label: student.cpu()}
         if picture and first is not None:
             self._save_picture(first)
         return {k: v / len(self.val_idx) for k, v in totals.items()}
@@ -187,21 +273,24 @@ class Trainer:
         if len(self.model.sample_shape) == 3:
             save_comparison_grid({name: x[:8] for name, x in rows.items()}, path)
         elif self.model.sample_shape == (2,):
-            save_scatter(rows, path, title="validation: teacher vs GS")
+            save_scatter(rows, path, title=f"validation: teacher vs {self.config.method}")
 
     # -- persistence --------------------------------------------------------------------------
     def save_checkpoint(self) -> None:
-        torch_save(
-            self.out / CHECKPOINT,
-            {
-                "iteration": self.iteration,
-                "solver": self.solver.state_dict(),
-                "ema": self.ema.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "torch_rng": torch.get_rng_state(),
-                "config": dataclasses.asdict(self.config),
-            },
-        )
+        state = {
+            "iteration": self.iteration,
+            "method": self.config.loss,
+            "solver": self.solver.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "config": dataclasses.asdict(self.config),
+        }
+        if self.adversary is not None:
+            state["adversary"] = self.adversary.state_dict()
+            state["discriminator"] = state["adversary"]["discriminator"]  # for --disc-checkpoint
+            state["fake_noise_rng"] = self.fake_noise.get_state()
+        torch_save(self.out / CHECKPOINT, state)
         self.save_solver()
 
     def load_checkpoint(self) -> None:
@@ -209,10 +298,24 @@ class Trainer:
         if not path.is_file():
             raise GasSolverError(f"--resume: no checkpoint at {path}")
         state = torch.load(path, map_location=self.device, weights_only=False)
+        method = state.get("method", "gs")
+        if method != self.config.loss:
+            raise CheckpointMismatchError(
+                f"--resume: {path} was trained with --loss {method}, not --loss {self.config.loss}"
+            )
+        if self.adversary is not None:
+            saved = state["adversary"]["discriminator"]["architecture"]
+            if saved != self.adversary.discriminator.arch.to_dict():
+                raise CheckpointMismatchError(
+                    f"--resume: the discriminator in {path} has another architecture ({saved}) "
+                    "than the one configured (disc_preset / disc_checkpoint)"
+                )
+            self.adversary.load_state_dict(state["adversary"])
+            self.fake_noise.set_state(state["fake_noise_rng"].cpu())
         self.solver.load_state_dict(state["solver"])
         self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"])
+        torch.set_rng_state(state["torch_rng"].cpu())
         self.iteration = state["iteration"]
         self._truncate_metrics(self.iteration)
         log.info("resumed from %s at iteration %d", path, self.iteration)
@@ -283,7 +386,7 @@ class Trainer:
         bar = tqdm(
             total=cfg.iterations,
             initial=self.iteration,
-            desc="train GS",
+            desc=f"train {cfg.method}",
             disable=not progress,
             unit="it",
         )
@@ -320,13 +423,15 @@ class Trainer:
 def train(
     config: TrainConfig, model: DiffusionModel, teacher: TeacherSet, progress: bool = True
 ) -> Path:
-    """Train a GS on ``teacher`` for ``model``; returns the path of the saved (EMA) solver."""
+    """Train a GS or GAS on ``teacher`` for ``model``; returns the path of the saved EMA solver."""
     return Trainer(config, model, teacher).run(progress=progress)
 
 
 def train_from_config(config: TrainConfig, progress: bool = True) -> Path:
     """``gas-solver train``: open the teacher set, load its model (or ``config.model``), train."""
     teacher = TeacherSet(config.teacher)
+    if config.loss == "gas":  # fail before loading the model
+        image_shape(teacher.sample_shape)
     source = config.model or teacher.model_source
     if not source:
         raise ConfigError("model: the teacher set does not name its model; pass --model")
