@@ -127,3 +127,6 @@ def test_save_and_load_round_trip(tmp_path):
     torch.save({"solver": {}}, tmp_path / "other.pt")
     with pytest.raises(CheckpointMismatchError, match="no discriminator"):
         build_discriminator((4, 16, 16), checkpoint=tmp_path / "other.pt")
+    (tmp_path / "junk.pt").write_text("not a checkpoint")
+    with pytest.raises(CheckpointMismatchError, match="cannot read"):
+        build_discriminator((4, 16, 16), checkpoint=tmp_path / "junk.pt")

@@ -334,25 +334,14 @@ class Discriminator(nn.Module):
                 f"disc_checkpoint: {path} not found (a discriminator .safetensors or the "
                 "checkpoint.pt of a `gas-solver train --loss gas` run)"
             )
-        if path.suffix == ".safetensors":
-            from safetensors import safe_open
-
-            with safe_open(str(path), framework="pt") as f:
-                metadata = f.metadata() or {}
-                if "architecture" not in metadata:
-                    raise CheckpointMismatchError(f"{path} is not a gas-solver discriminator file")
-                entry = {
-                    "architecture": json.loads(metadata["architecture"]),
-                    "state": {k: f.get_tensor(k) for k in f.keys()},  # noqa: SIM118
-                }
-        else:
-            data = torch.load(path, map_location="cpu", weights_only=False)
-            entry = data.get("discriminator", data) if isinstance(data, dict) else None
-            if not isinstance(entry, dict) or "architecture" not in entry or "state" not in entry:
-                raise CheckpointMismatchError(
-                    f"{path} holds no discriminator (expected a GAS training checkpoint or "
-                    "{'architecture': ..., 'state': ...})"
-                )
+        try:
+            entry = _read_entry(path)
+        except CheckpointMismatchError:
+            raise
+        except Exception as err:  # noqa: BLE001 - any unreadable file gets the same message
+            raise CheckpointMismatchError(
+                f"disc_checkpoint: cannot read {path} ({type(err).__name__}: {err})"
+            ) from None
         return cls.from_checkpoint(entry, str(path))
 
     @classmethod
@@ -365,6 +354,29 @@ class Discriminator(nn.Module):
                 f"{source}: discriminator weights do not fit: {err}"
             ) from None
         return disc
+
+
+def _read_entry(path: Path) -> dict[str, Any]:
+    """``{"architecture": …, "state": …}`` from a discriminator file (see Discriminator.load)."""
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            if "architecture" not in metadata:
+                raise CheckpointMismatchError(f"{path} is not a gas-solver discriminator file")
+            return {
+                "architecture": json.loads(metadata["architecture"]),
+                "state": {k: f.get_tensor(k) for k in f.keys()},  # noqa: SIM118
+            }
+    data = torch.load(path, map_location="cpu", weights_only=True)
+    entry = data.get("discriminator", data) if isinstance(data, dict) else None
+    if not isinstance(entry, dict) or "architecture" not in entry or "state" not in entry:
+        raise CheckpointMismatchError(
+            f"{path} holds no discriminator (expected a GAS training checkpoint or "
+            "{'architecture': ..., 'state': ...})"
+        )
+    return entry
 
 
 def build_discriminator(
