@@ -56,7 +56,7 @@ def commands() -> dict[str, tuple[str, type | None, Action]]:
         ),
         "teacher": ("generate a teacher set (noise → many-step solver target) in shards", TeacherConfig, teacher),
         "train": (
-            "train a Generalized Solver (GS) on a teacher set",
+            "train a Generalized Solver on a teacher set: GS (--loss gs) or GAS (--loss gas)",
             TrainConfig,
             lambda c: f"trained solver: {train_from_config(c)}",
         ),
