@@ -21,7 +21,6 @@ Action = Callable[[Any], str]
 
 PLANNED = {
     "export": "export a trained solver (diffusers scheduler, k-diffusion sampler)",
-    "demo": "the whole method on the bundled MNIST model, with a report",
 }
 
 
@@ -33,6 +32,7 @@ def _list_models(_: Any) -> str:
 
 def commands() -> dict[str, tuple[str, type | None, Action]]:
     """name → (help, config class, action)."""
+    from .demo import DemoConfig, run_demo
     from .evaluation import CompareConfig, FIDConfig, format_fid, run_compare, run_fid
     from .pipeline import SampleConfig, TeacherConfig, make_teacher, run_sample
     from .training.denoiser import DenoiserConfig, train_denoiser
@@ -66,6 +66,7 @@ def commands() -> dict[str, tuple[str, type | None, Action]]:
             lambda c: f"samples: {run_sample(c)}",
         ),
         "fid": ("Fréchet Inception Distance of images against reference statistics", FIDConfig, lambda c: format_fid(run_fid(c))),
+        "demo": ("the whole method on one model: teacher → GS → comparison → report", DemoConfig, lambda c: f"report: {run_demo(c)}"),
         "compare": ("run several solvers on the same seeds and tabulate FID and teacher fidelity", CompareConfig, compare),
     }  # fmt: skip
 
