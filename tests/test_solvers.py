@@ -45,15 +45,6 @@ from gas_solver.solvers.ipndm import AB_WEIGHTS, adams_bashforth_weights
 T_EPS = 1e-3
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is several times faster than two on a busy machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def gmm() -> GaussianMixtureModel:
     means = [[1.0, 0.5], [-1.0, 0.0], [0.3, -1.2]]

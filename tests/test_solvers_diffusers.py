@@ -56,15 +56,6 @@ class UNetEpsModel(DiffusionModel):
         return self.unet(x, self.schedule.timestep(t)).sample
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is several times faster than two on a busy machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def unet(tmp_path_factory):
     torch.manual_seed(0)
