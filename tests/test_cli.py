@@ -140,3 +140,24 @@ def test_train_killed_and_resumed_equals_uninterrupted(tmp_path):
         for d in ("straight", "killed")
     ]
     assert losses[0] == losses[1]
+
+
+def test_gas_training_from_the_cli_on_an_image_model(tmp_path):
+    assert (
+        gas(
+            "teacher", "--model", "gmm-digits", "--seeds", "0-39", "--out", "teacher", cwd=tmp_path
+        ).returncode
+        == 0
+    )
+    train = gas(
+        "train", "--teacher", "teacher", "--out", "gas", "--loss", "gas", "--disc-preset", "tiny",
+        "--nfe", 3, "--iterations", 3, "--batch-size", 4, "--train-size", 32, "--val-size", 8, "--log-every", 1,
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert train.returncode == 0, train.stderr
+    saved = json.loads((tmp_path / "gas" / "solver.json").read_text())
+    assert saved["training"]["config"]["loss"] == "gas"
+    records = [
+        json.loads(line) for line in (tmp_path / "gas" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert sum("disc_loss" in r and "r1" in r for r in records) == 3

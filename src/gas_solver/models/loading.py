@@ -1,8 +1,9 @@
 """Turn a model name or path into a :class:`DiffusionModel`.
 
-Built-in names need no files; anything else is a local folder in the diffusers pipeline layout
-(:mod:`gas_solver.models.diffusers`); EDM checkpoints will plug in here too. The string a model was loaded from is kept as ``model.source`` so
-teacher sets and checkpoints can name it and later commands can load it again.
+Built-in names need no files of their own; anything else is a local folder in the diffusers
+pipeline layout (:mod:`gas_solver.models.diffusers`); EDM checkpoints will plug in here too. The
+string a model was loaded from is kept as ``model.source`` so teacher sets and checkpoints can name
+it and later commands can load it again.
 """
 
 from __future__ import annotations
@@ -25,6 +26,13 @@ def _ring_discrete() -> DiffusionModel:
     )
 
 
+def _digits_mixture() -> DiffusionModel:
+    """64 real 8×8 digits as the means of an exact mixture: image-shaped and exact."""
+    from ..data.datasets import load_digits
+
+    return GaussianMixtureModel(load_digits().images[:64], stds=0.1)
+
+
 BUILTIN_MODELS: dict[str, tuple[Callable[[], DiffusionModel], str]] = {
     "gmm-ring": (
         GaussianMixtureModel.ring,
@@ -33,6 +41,10 @@ BUILTIN_MODELS: dict[str, tuple[Callable[[], DiffusionModel], str]] = {
     "gmm-ring-discrete": (
         _ring_discrete,
         "the same mixture under a discrete DDPM schedule (LDM/SD style)",
+    ),
+    "gmm-digits": (
+        _digits_mixture,
+        "exact mixture of 64 Gaussians centred on real 8x8 sklearn digits (images, std 0.1)",
     ),
 }
 
