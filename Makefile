@@ -24,8 +24,8 @@ demo: $(BIN)/gas-solver
 	$(BIN)/gas-solver train --config configs/ring/train.yaml
 	$(BIN)/gas-solver sample --solver runs/ring/gs4/solver.safetensors --seeds 50000-50999 \
 		--out runs/ring/gs4-samples
-	$(BIN)/gas-solver sample --solver dpmpp:nfe=4,order=3 --model gmm-ring --seeds 50000-50999 \
-		--out runs/ring/dpmpp4-samples
+	$(BIN)/gas-solver compare --model gmm-ring --seeds 50000-50999 --out runs/ring/compare \
+		--solvers "runs/ring/gs4;ddim:nfe=4;dpmpp:nfe=4;unipc:nfe=4;ipndm:nfe=4"
 
 test: $(BIN)/gas-solver
 	$(BIN)/ruff check src tests benchmarks docs
