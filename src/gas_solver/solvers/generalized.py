@@ -108,6 +108,54 @@ def logits_from_grid(grid: Tensor) -> Tensor:
     return torch.logit(u)
 
 
+def step_weights(
+    k: int, alpha_k: Tensor, sigma_ratio: Tensor, h: Tensor, a: Tensor, c: Tensor
+) -> tuple[list[Tensor], list[Tensor]]:
+    """The effective coefficients of step ``k``: ``y_k = Σ_j w_j y_j + Σ_j v_j D_j``, j = 0 … k−1.
+
+    DPM-Solver++(3M) (spec §2.2) with the additive corrections, expanded over the history. With
+    ``φ1 = expm1(−h_k)``, ``A = σ(t_k)/σ(t_{k−1})``, ``B = α(t_k) φ1`` and "i steps back" indexing:
+
+    * all k: ``w_{k−1} = A + â_1``, ``v_{k−1} = −(B + ĉ_1)``, ``w_{k−i} = â_i`` (i ≥ 2);
+    * k = 2: ``− (½B + ĉ_2) Δ0`` with ``Δ0 = (D_1 − D_0)/r0``, ``r0 = h_1/h_2``;
+    * k ≥ 3: ``+ P·E1 − Q·E2`` with ``P = α_k φ2 + ĉ_2``, ``Q = α_k φ3 + ĉ_3``,
+      ``E1 = (1+ρ)Δ0 − ρΔ1``, ``E2 = (Δ0 − Δ1)/(r0+r1)``, ``ρ = r0/(r0+r1)``,
+      ``Δ0 = (D_{k−1} − D_{k−2})/r0``, ``Δ1 = (D_{k−2} − D_{k−3})/r1``; and ``v_{k−i} += ĉ_i``
+      (i ≥ 4).
+
+    Args:
+        k: the step, 1 … N.
+        alpha_k: α(t_k); sigma_ratio: σ(t_k)/σ(t_{k−1}); h: ``(N,)`` λ increments.
+        a, c: ``(k,)`` corrections â, ĉ of this step (entry ``i−1`` = i steps back).
+
+    Returns:
+        ``(w, v)``: two lists of k scalar tensors, index j weighting ``y_j`` and ``D_j``.
+    """
+    zero = torch.zeros((), dtype=h.dtype, device=h.device)
+    w = [a[k - j - 1] for j in range(k)]  # â_i on y_{k−i}
+    v = [zero] * k
+    phi1 = torch.expm1(-h[k - 1])
+    w[k - 1] = w[k - 1] + sigma_ratio
+    v[k - 1] = -(alpha_k * phi1 + c[0])
+    if k == 2:
+        u0 = -(0.5 * alpha_k * phi1 + c[1]) / (h[0] / h[1])  # weight of (D_1 − D_0)
+        v[1], v[0] = v[1] + u0, v[0] - u0
+    elif k >= 3:
+        r0, r1 = h[k - 2] / h[k - 1], h[k - 3] / h[k - 1]
+        phi2 = phi1 / h[k - 1] + 1.0
+        phi3 = phi2 / h[k - 1] - 0.5
+        p, q = alpha_k * phi2 + c[1], alpha_k * phi3 + c[2]
+        rho = r0 / (r0 + r1)
+        u0 = (p * (1 + rho) - q / (r0 + r1)) / r0  # weight of (D_{k−1} − D_{k−2})
+        u1 = (-p * rho + q / (r0 + r1)) / r1  # weight of (D_{k−2} − D_{k−3})
+        v[k - 1] = v[k - 1] + u0
+        v[k - 2] = v[k - 2] - u0 + u1
+        v[k - 3] = v[k - 3] - u1
+        for i in range(4, k + 1):
+            v[k - i] = v[k - i] + c[i - 1]
+    return w, v
+
+
 class GeneralizedSolver(nn.Module):
     """The Generalized Solver with ``N = nfe`` network calls (spec §2).
 
@@ -267,25 +315,18 @@ class GeneralizedSolver(nn.Module):
         a: Tensor,
         c: Tensor,
     ) -> Tensor:
-        """``y_k`` from ``states = [y_0 … y_{k−1}]`` and ``preds = [D_0 … D_{k−1}]`` (spec §2.2)."""
-        phi1 = torch.expm1(-h[k - 1])
-        y = (sigma_ratio + a[0]) * states[-1] - (alpha_k * phi1 + c[0]) * preds[-1]
-        if k == 2:
-            delta0 = (preds[1] - preds[0]) / (h[0] / h[1])
-            y = y - (0.5 * alpha_k * phi1 + c[1]) * delta0
-        elif k >= 3:
-            r0, r1 = h[k - 2] / h[k - 1], h[k - 3] / h[k - 1]
-            delta0 = (preds[-1] - preds[-2]) / r0
-            delta1 = (preds[-2] - preds[-3]) / r1
-            e1 = delta0 + r0 / (r0 + r1) * (delta0 - delta1)
-            e2 = (delta0 - delta1) / (r0 + r1)
-            phi2 = phi1 / h[k - 1] + 1.0
-            phi3 = phi2 / h[k - 1] - 0.5
-            y = y + (alpha_k * phi2 + c[1]) * e1 - (alpha_k * phi3 + c[2]) * e2
-            for i in range(4, k + 1):
-                y = y + c[i - 1] * preds[k - i]
-        for i in range(2, k + 1):
-            y = y + a[i - 1] * states[k - i]
+        """``y_k = Σ_j w_j y_j + Σ_j v_j D_j`` (paper eq. 12) with the weights of :func:`step_weights`.
+
+        Summing scaled history tensors, rather than building Δ0, Δ1, E1, E2, keeps only the
+        shared states and predictions alive for the backward pass.
+        """
+        w_states, w_preds = step_weights(k, alpha_k, sigma_ratio, h, a, c)
+        y = w_states[k - 1] * states[k - 1]
+        for weight, tensor in (
+            *zip(w_states[:-1], states, strict=False),
+            *zip(w_preds, preds, strict=True),
+        ):
+            y = y + weight * tensor
         return y
 
     # -- checkpoints -----------------------------------------------------------------------------
@@ -433,4 +474,5 @@ __all__ = [
     "grid_from_logits",
     "load_metadata",
     "logits_from_grid",
+    "step_weights",
 ]
