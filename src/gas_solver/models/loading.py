@@ -9,7 +9,6 @@ it and later commands can load it again.
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
@@ -17,7 +16,7 @@ from ..errors import ConfigError
 from ..schedules import DiscreteVPSchedule
 from .analytic import GaussianMixtureModel
 from .base import DiffusionModel
-from .diffusers import load_diffusers_unet
+from .diffusers import is_diffusers_source, load_diffusers_model
 
 
 def _ring_discrete() -> DiffusionModel:
@@ -53,8 +52,8 @@ def load_model(source: str, device: str | torch.device = "cpu") -> DiffusionMode
     """Load a model by built-in name (see ``BUILTIN_MODELS``) or from a local diffusers folder."""
     if source in BUILTIN_MODELS:
         model = BUILTIN_MODELS[source][0]()
-    elif Path(source).is_dir():
-        model = load_diffusers_unet(source)
+    elif is_diffusers_source(source):  # a folder, optionally "folder:guidance=S"
+        model = load_diffusers_model(source)
     else:
         known = ", ".join(BUILTIN_MODELS)
         raise ConfigError(
