@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -357,3 +358,54 @@ def test_teacher_set_with_labels_trains_a_gs(tmp_path, class_dirs):
         not torch.equal(a, b) for a, b in zip(before, trainer.solver.parameters(), strict=True)
     ]
     assert any(changed)
+
+
+# -- the teacher and sample commands ----------------------------------------------------------------
+def test_make_teacher_stores_labels_and_run_sample_decodes_latents(tmp_path, class_unet):
+    from PIL import Image
+
+    from gas_solver.pipeline import SampleConfig, TeacherConfig, make_teacher, run_sample
+
+    vae = diffusers.AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=2, block_out_channels=(8, 8),
+        layers_per_block=1, norm_num_groups=4, sample_size=16,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+    )  # fmt: skip
+    source = f"{save_pipeline(tmp_path / 'ldm', class_unet, vae=vae)}:guidance=1.5"
+    config = load_config(
+        TeacherConfig,
+        overrides=dict(
+            model=source, out=str(tmp_path / "teacher"), seeds="3-8", solver="ddim:nfe=3",
+            batch_size=4, device="cpu",
+        ),
+    )  # fmt: skip
+    teacher = make_teacher(config, progress=False)
+    torch.testing.assert_close(teacher.cond, torch.arange(3, 9) % CLASSES)
+    assert teacher.model_source == source and teacher.sample_shape == (2, 8, 8)
+    config = load_config(
+        SampleConfig,
+        overrides=dict(
+            solver="ddim:nfe=2", model=source, seeds="50000-50002", out=str(tmp_path / "s"),
+            device="cpu",
+        ),
+    )  # fmt: skip
+    out = run_sample(config, progress=False)
+    arrays = np.load(out / "samples.npz")
+    assert arrays["samples"].shape == (3, 2, 8, 8) and arrays["images"].shape == (3, 3, 16, 16)
+    assert Image.open(out / "images" / "050001.png").size == (16, 16)
+
+
+def test_make_teacher_with_a_prompt_file(tmp_path, text_dir):
+    from gas_solver.pipeline import TeacherConfig, make_teacher
+
+    (tmp_path / "prompts.txt").write_text("a cat\n\na dog\n")
+    config = load_config(
+        TeacherConfig,
+        overrides=dict(
+            model=f"{text_dir}:guidance=2", out=str(tmp_path / "teacher"), seeds="0-2",
+            solver="ddim:nfe=2", device="cpu", prompts=str(tmp_path / "prompts.txt"),
+        ),
+    )  # fmt: skip
+    teacher = make_teacher(config, progress=False)
+    ids = teacher.cond["input_ids"]
+    assert ids.shape == (3, 10) and torch.equal(ids[0], ids[2]) and not torch.equal(ids[0], ids[1])

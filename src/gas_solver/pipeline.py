@@ -14,7 +14,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .config import option, require
-from .data.teacher import TeacherSet, generate_teacher_set
+from .data.teacher import CondFn, TeacherSet, generate_teacher_set
 from .errors import ConfigError
 from .models.base import DiffusionModel
 from .models.loading import load_model
@@ -48,9 +48,14 @@ class TeacherConfig:
     shard_size: int = option(1000, "samples per shard file")
     device: str = option("auto", "cpu, cuda, cuda:N or auto")
     overwrite: bool = option(False, "replace an existing teacher set of other settings")
+    prompts: str | None = option(
+        None, "text models: a file of prompts, one a line; seed s gets prompt s mod count"
+    )
 
     def validate(self) -> None:
         require(bool(self.model), "model", "a model name or path is required")
+        if self.prompts is not None:
+            require(Path(self.prompts).is_file(), "prompts", f"{self.prompts} is not a file")
         parse_seeds(self.seeds)
         parse_solver_spec(self.solver)
         require(self.batch_size >= 1, "batch_size", "must be >= 1")
@@ -67,6 +72,9 @@ class SampleConfig:
     out: str = option("runs/sample", "output folder")
     batch_size: int = option(64, "samples per batch")
     device: str = option("auto", "cpu, cuda, cuda:N or auto")
+    prompts: str | None = option(
+        None, "text models: a file of prompts, one a line; seed s gets prompt s mod count"
+    )
     png: bool = option(True, "write one PNG per sample (image models)")
     npz: bool = option(True, "write samples.npz (float32 samples and their seeds)")
 
@@ -106,6 +114,18 @@ def teacher_spec(text: str, model: DiffusionModel) -> SolverSpec:
     return spec
 
 
+def seed_cond_fn(model: DiffusionModel, prompts: str | None = None) -> CondFn | None:
+    """The conditions of seeds: prompts from a file (one a line, seed s gets prompt s mod count)
+    for text models, else the model's ``default_cond`` (class models: label = seed mod classes,
+    spec §3.4), else none (unconditional models)."""
+    if prompts is not None:
+        from .models.diffusers import prompt_cond_fn
+
+        lines = [line.strip() for line in Path(prompts).read_text().splitlines() if line.strip()]
+        return prompt_cond_fn(model, lines)
+    return getattr(model, "default_cond", None)
+
+
 def make_teacher(config: TeacherConfig, progress: bool = True) -> TeacherSet:
     device = resolve_device(config.device)
     model = load_model(config.model, device)
@@ -114,6 +134,7 @@ def make_teacher(config: TeacherConfig, progress: bool = True) -> TeacherSet:
         model, config.out, config.seeds, spec, spec.to_dict(),
         batch_size=config.batch_size, shard_size=config.shard_size, device=device,
         overwrite=config.overwrite, progress=progress,
+        cond_fn=seed_cond_fn(model, config.prompts),
     )  # fmt: skip
 
 
@@ -147,15 +168,26 @@ def generate(
     seeds: list[int],
     batch_size: int,
     progress: bool = True,
+    cond_fn: CondFn | None = None,
 ) -> Tensor:
-    """Samples for ``seeds`` (each from its own seeded noise), on the model's device, in order."""
+    """Samples for ``seeds`` (each from its own seeded noise), on the model's device, in order.
+
+    ``cond_fn(seeds)`` gives the conditions; by default the model's (:func:`seed_cond_fn`).
+    """
     device = next((b.device for b in model.buffers()), torch.device("cpu"))
+    cond_fn = cond_fn or seed_cond_fn(model)
     chunks = []
     for start in tqdm(
         range(0, len(seeds), batch_size), desc="sample", unit="batch", disable=not progress
     ):
-        noise = seeded_noise(seeds[start : start + batch_size], model.sample_shape, device=device)
-        chunks.append(sampler(model, noise, None).float().cpu())
+        batch = seeds[start : start + batch_size]
+        noise = seeded_noise(batch, model.sample_shape, device=device)
+        cond = None if cond_fn is None else cond_fn(torch.tensor(batch, dtype=torch.int64))
+        if isinstance(cond, Tensor):
+            cond = cond.to(device)
+        elif isinstance(cond, dict):
+            cond = {key: value.to(device) for key, value in cond.items()}
+        chunks.append(sampler(model, noise, cond).float().cpu())
     return torch.cat(chunks)
 
 
@@ -165,11 +197,18 @@ def run_sample(config: SampleConfig, progress: bool = True) -> Path:
     model = load_model(config.model, device) if config.model else None
     model, sampler, description = load_sampler(config.solver, model, device)
     seeds = parse_seeds(config.seeds)
-    samples = generate(model, sampler, seeds, config.batch_size, progress)
+    cond_fn = seed_cond_fn(model, config.prompts)
+    samples = generate(model, sampler, seeds, config.batch_size, progress, cond_fn)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
+    arrays = {"samples": samples.numpy(), "seeds": np.asarray(seeds, dtype=np.int64)}
+    if getattr(model, "is_latent", False):  # latents are stored; pictures are decoded images
+        with torch.no_grad():
+            samples = torch.cat(
+                [model.decode(chunk).float().cpu() for chunk in samples.split(config.batch_size)]
+            )
+        arrays["images"] = samples.numpy()
     if config.npz:
-        arrays = {"samples": samples.numpy(), "seeds": np.asarray(seeds, dtype=np.int64)}
         save_npz(out / "samples.npz", arrays)
     if samples.dim() == 4:
         save_image_grid(samples[:64], out / "grid.png")
@@ -204,4 +243,5 @@ __all__ = [
     "load_sampler",
     "make_teacher",
     "run_sample",
+    "seed_cond_fn",
 ]
