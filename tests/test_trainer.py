@@ -328,3 +328,24 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(image_teacher_
     ):
         trainer.run(progress=False)
     assert (tmp_path / "gas" / "checkpoint.pt").read_bytes() == good
+
+
+def test_dict_conditions_are_replayed_by_index(tmp_path):
+    """Text-style conditions (a dict of tensors) come back for exactly the batch's items."""
+    model = _model()
+
+    def run(model, noise, cond):
+        return noise * 0.5
+
+    def cond_fn(seeds):
+        return {"input_ids": seeds[:, None].repeat(1, 3), "mask": seeds[:, None] % 2}
+
+    teacher = generate_teacher_set(
+        model, tmp_path / "teacher", "0-39", run, {"name": "half"}, cond_fn=cond_fn, progress=False
+    )
+    trainer = Trainer(_config(tmp_path, train_size=32, val_size=8, iterations=2), model, teacher)
+    indices = trainer.batch_indices(1)
+    _, _, cond = trainer.batch(indices)
+    assert torch.equal(cond["input_ids"][:, 0], teacher.seeds[indices])
+    assert torch.equal(cond["mask"][:, 0], teacher.seeds[indices] % 2)
+    trainer.run(progress=False)

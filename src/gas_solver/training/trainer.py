@@ -186,7 +186,12 @@ class Trainer:
         return self.train_idx[torch.stack([perms[p // n][p % n] for p in positions])]
 
     def batch(self, indices: Tensor) -> tuple[Tensor, Tensor, Any]:
-        cond = None if self.cond is None else self.cond[indices].to(self.device)
+        """Noise, target and condition (none, a tensor, or a dict of tensors) of ``indices``."""
+        cond = self.cond
+        if isinstance(cond, dict):
+            cond = {key: value[indices].to(self.device) for key, value in cond.items()}
+        elif cond is not None:
+            cond = cond[indices].to(self.device)
         return self.noise[indices].to(self.device), self.target[indices].to(self.device), cond
 
     # -- steps --------------------------------------------------------------------------------
