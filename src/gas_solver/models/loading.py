@@ -9,6 +9,7 @@ it and later commands can load it again.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -32,7 +33,18 @@ def _digits_mixture() -> DiffusionModel:
     return GaussianMixtureModel(load_digits().images[:64], stds=0.1)
 
 
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+
+
+def _mnist32() -> DiffusionModel:
+    return load_diffusers_model(ASSETS / "mnist32")
+
+
 BUILTIN_MODELS: dict[str, tuple[Callable[[], DiffusionModel], str]] = {
+    "mnist32": (
+        _mnist32,
+        "the bundled DDPM UNet (636k params) trained on 5000 real MNIST digits, 32x32, see its card",
+    ),
     "gmm-ring": (
         GaussianMixtureModel.ring,
         "exact 2-D mixture of 8 Gaussians on a circle, linear VP (EDM) schedule",
