@@ -198,7 +198,7 @@ def generate_teacher_set(
             fields = {k: _field_spec(t) for k, t in tensors.items()}
             _check_fields(manifest, fields, out)
             data = safetensors_save(tensors, metadata=_shard_metadata(index))
-            _atomic_write(out / shard_name(index), data)
+            atomic_write(out / shard_name(index), lambda tmp, data=data: tmp.write_bytes(data))
             manifest["shards"].append(
                 {
                     "index": index,
@@ -624,19 +624,7 @@ def _read_manifest(path: Path) -> dict[str, Any]:
 def _write_manifest(out: Path, manifest: dict[str, Any]) -> None:
     manifest["updated"] = _now()
     text = json.dumps(manifest, indent=2) + "\n"
-    _atomic_write(out / MANIFEST_NAME, text.encode())
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file next to ``path``, fsync, then ``os.replace``."""
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-
-    atomic_write(path, write)
+    atomic_write(out / MANIFEST_NAME, lambda tmp: tmp.write_text(text))
 
 
 def _shard_problem(root: Path, entry: dict[str, Any]) -> str | None:
