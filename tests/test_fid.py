@@ -298,3 +298,45 @@ def test_wrong_inception_file_is_rejected(monkeypatch, tmp_path) -> None:
     monkeypatch.setattr(detector, "inception_path", lambda: fake)
     with pytest.raises(MissingAssetError, match="sha1"):
         load_inception()
+
+
+# --- shipped and compact statistics -------------------------------------------------------------
+
+
+def test_compact_statistics_round_trip_within_float16(tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    feats = rng.normal(size=(300, 64)) * rng.uniform(0.1, 1, size=64)
+    stats = compute_statistics(torch.from_numpy(feats), features=True)
+    path = stats.save(tmp_path / "compact.npz", compact=True)
+    back = load_statistics(path)
+    assert back.num_images == 300
+    assert np.array_equal(back.sigma, back.sigma.T)
+    assert np.allclose(back.sigma, stats.sigma, rtol=1e-3, atol=1e-4)
+    assert np.allclose(back.mu, stats.mu, rtol=1e-6)
+    other = compute_statistics(torch.from_numpy(feats[:150] + 0.3), features=True)
+    exact, packed = other.frechet_distance(stats, "eigh"), other.frechet_distance(back, "eigh")
+    assert abs(exact - packed) < 1e-3 * exact
+
+
+def test_shipped_mnist_statistics_are_used(monkeypatch) -> None:
+    def no_compute(*args, **kwargs):
+        raise AssertionError("shipped statistics must not be recomputed")
+
+    monkeypatch.setattr(fid, "compute_statistics", no_compute)
+    stats = reference_statistics("mnist")
+    assert stats.num_images == 5000 and stats.mu.shape == (2048,)
+    assert np.array_equal(stats.sigma, stats.sigma.T)
+    assert np.all(np.diag(stats.sigma) >= 0)
+
+
+def test_cached_reference_root_gives_the_same_distance() -> None:
+    rng = np.random.default_rng(1)
+    a = compute_statistics(torch.from_numpy(rng.normal(size=(80, 32))), features=True)
+    b = compute_statistics(torch.from_numpy(rng.normal(size=(60, 32)) * 1.5 + 0.2), features=True)
+    first = a.frechet_distance(b, "eigh")
+    assert "sqrt_sigma" in b.__dict__  # kept for the next comparison
+    assert a.frechet_distance(b, "eigh") == first
+    assert first == pytest.approx(a.frechet_distance(b, "sqrtm"), rel=1e-8)
+    assert first == pytest.approx(
+        frechet_distance(a.mu, a.sigma, b.mu, b.sigma, method="eigh"), rel=1e-10
+    )

@@ -30,13 +30,24 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()  # read once at import: os.umask can only be read by setting it
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp)`` on a temporary file next to ``path``, fsync it, then rename it into
-    place: a crash leaves either the old file or the complete new one."""
+    place: a crash leaves either the old file or the complete new one. The file gets the
+    permissions a plain ``open`` would give it (``mkstemp`` makes it owner-only)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)
     try:
         write(Path(tmp))
         with open(tmp, "rb") as f:
