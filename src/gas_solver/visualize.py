@@ -1,8 +1,14 @@
-"""Pictures: image grids of samples, and plots of solver time grids."""
+"""Pictures: image grids of samples, and plots of solver time grids.
+
+Everything here takes images in [−1, 1] with 1 or 3 channels; latent models' samples are decoded
+first (:func:`gas_solver.pipeline.to_images`). Row and tick labels (solver specs, checkpoint paths)
+are wrapped (:func:`wrap_label`) so long ones are never cut off.
+"""
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -11,7 +17,44 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from .errors import ConfigError
 from .runtime import atomic_write
+
+LABEL_WIDTH = 90
+"""Characters per line of a row label in :func:`save_comparison_grid` (10-inch figure, 9 pt)."""
+TICK_LABEL_WIDTH = 40
+"""Characters per line of a solver label on the y axis of :func:`plot_time_grids`."""
+LABEL_FONT_SIZE = 9
+_BREAK_AFTER = re.compile(r"(?<=[\s/\\,;:=_])")  # a label may break after these characters
+
+
+def wrap_label(text: str, width: int = LABEL_WIDTH) -> list[str]:
+    """Split a label into lines of at most ``width`` characters, never dropping a character.
+
+    Lines break after a space, ``/``, ``\\``, ``,``, ``;``, ``:``, ``=`` or ``_`` where possible
+    (solver specs and checkpoint paths have few spaces), else inside a run longer than ``width``.
+    Spaces at the ends of lines are dropped; every other character is kept in order, so
+    ``"".join(lines)`` is ``text`` without the spaces where it was broken.
+    """
+    if width < 1:
+        raise ValueError(f"width must be >= 1, got {width}")
+    lines: list[str] = []
+    line = ""
+    for piece in _BREAK_AFTER.split(text):
+        while piece:
+            if len(line) + len(piece.rstrip()) <= width:
+                line, piece = line + piece, ""
+            elif line.strip():
+                lines.append(line.rstrip())
+                line = ""
+                piece = piece.lstrip(" ")
+            else:  # a run longer than a line: cut it
+                piece = piece.lstrip(" ")
+                lines.append(piece[:width])
+                line, piece = "", piece[width:]
+    if line.strip() or not lines:
+        lines.append(line.rstrip())
+    return lines
 
 
 def to_uint8(images: Tensor) -> np.ndarray:
@@ -22,6 +65,11 @@ def to_uint8(images: Tensor) -> np.ndarray:
 
 def image_grid(images: Tensor, nrow: int | None = None, pad: int = 1) -> Image.Image:
     """Tile ``(B, C, H, W)`` images in [−1, 1] into one picture, ``nrow`` images per row."""
+    if images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise ConfigError(
+            f"image grid: images must be (B, C, H, W) with C = 1 or 3, got "
+            f"{tuple(images.shape)} (decode latent samples first: gas_solver.pipeline.to_images)"
+        )
     pixels = to_uint8(images)
     count, height, width, channels = pixels.shape
     nrow = nrow or math.ceil(math.sqrt(count))
@@ -41,23 +89,44 @@ def save_image_grid(images: Tensor, path: str | Path, nrow: int | None = None) -
     return atomic_write(path, lambda tmp: grid.save(tmp, format="PNG"))
 
 
-def save_comparison_grid(rows: Mapping[str, Tensor], path: str | Path, scale: int = 2) -> Path:
-    """One row of images per named set (same noise in the same column), labelled on the left."""
+def save_comparison_grid(
+    rows: Mapping[str, Tensor], path: str | Path, label_width: int = LABEL_WIDTH
+) -> Path:
+    """One row of images per named set (same noise in the same column); see
+    :func:`comparison_figure`."""
+    return _save_figure(comparison_figure(rows, label_width), path)
+
+
+def comparison_figure(rows: Mapping[str, Tensor], label_width: int = LABEL_WIDTH):
+    """A matplotlib figure with one row of images ``(B, C, H, W)`` in [−1, 1] per named set.
+
+    Each row's name is written above it, left-aligned and wrapped to ``label_width`` characters
+    (:func:`wrap_label`), so checkpoint paths and long solver specs are shown whole; the figure
+    grows with the number of label lines.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     names = list(rows)
-    fig, axes = plt.subplots(len(names), 1, figsize=(10, 1.0 + 0.9 * len(names) * scale / 2))
-    for ax, name in zip(np.atleast_1d(axes), names, strict=True):
-        images = rows[name]
-        ax.imshow(image_grid(images, nrow=images.shape[0]), cmap="gray", interpolation="nearest")
-        ax.set_ylabel(name, rotation=0, ha="right", va="center")
-        ax.set_xticks([])
-        ax.set_yticks([])
+    grids = [image_grid(rows[name], nrow=rows[name].shape[0]) for name in names]
+    labels = ["\n".join(wrap_label(name, label_width)) for name in names]
+    width = 10.0  # inches
+    line = LABEL_FONT_SIZE * 1.4 / 72  # inches per label line
+    heights = [
+        width * grid.height / grid.width + line * (label.count("\n") + 1) + 0.15
+        for grid, label in zip(grids, labels, strict=True)
+    ]
+    fig = plt.figure(figsize=(width, sum(heights) + 0.2))
+    spec = fig.add_gridspec(len(names), 1, height_ratios=heights)
+    for i, (grid, label) in enumerate(zip(grids, labels, strict=True)):
+        ax = fig.add_subplot(spec[i])
+        ax.imshow(grid, cmap="gray", interpolation="nearest")
+        ax.set_title(label, loc="left", fontsize=LABEL_FONT_SIZE, family="monospace")
+        ax.set_axis_off()
     fig.tight_layout()
-    return _save_figure(fig, path)
+    return fig
 
 
 def plot_time_grids(
@@ -72,7 +141,9 @@ def plot_time_grids(
     fig, ax = plt.subplots(figsize=(8, 0.6 + 0.45 * len(grids)))
     for row, (name, times) in enumerate(grids.items()):
         ax.plot(list(times), [row] * len(times), "o-", markersize=5, label=name)
-    ax.set_yticks(range(len(grids)), list(grids))
+    ax.set_yticks(
+        range(len(grids)), ["\n".join(wrap_label(name, TICK_LABEL_WIDTH)) for name in grids]
+    )
     ax.set_xscale("log")
     ax.set_xlabel("t (log scale; sampling runs from t = 1 down to t_eps)")
     ax.invert_xaxis()
