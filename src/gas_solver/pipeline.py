@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -191,8 +191,62 @@ def generate(
     return torch.cat(chunks)
 
 
+def is_latent(model: DiffusionModel) -> bool:
+    """Whether the model samples latents that :meth:`decode` turns into images (LDM, SD)."""
+    return bool(getattr(model, "is_latent", False))
+
+
+def makes_images(model: DiffusionModel) -> bool:
+    """Whether the model's samples are pictures: a latent model (its decoded samples), or a
+    pixel model of samples ``(C, H, W)`` with C = 1 or 3."""
+    shape = tuple(model.sample_shape)
+    return is_latent(model) or (len(shape) == 3 and shape[0] in (1, 3))
+
+
+def image_batches(model: DiffusionModel, samples: Tensor, batch_size: int = 64) -> Iterator[Tensor]:
+    """Model outputs → images in [−1, 1], one batch at a time (float32, on the CPU).
+
+    The one place that turns what a sampler returns into pictures: latent models are decoded
+    (``model.decode``, without gradient, ``batch_size`` latents per call, so the decoder's memory
+    stays bounded), pixel models' samples are passed through unchanged. Lazy, so a consumer such
+    as the FID never holds all decoded images at once.
+
+    Args:
+        model: the model that made ``samples``.
+        samples: ``(N, *model.sample_shape)``, e.g. latents ``(N, 4, 64, 64)`` of SD.
+        batch_size: samples per decoder call.
+
+    Yields:
+        ``(b, C, H, W)`` images; for latent models the decoder's resolution and channels.
+    """
+    if batch_size < 1:
+        raise ConfigError(f"batch_size: must be >= 1, got {batch_size}")
+    latent = is_latent(model)
+    for chunk in samples.split(batch_size):
+        if not latent:
+            yield chunk
+            continue
+        with torch.no_grad():
+            yield model.decode(chunk).float().cpu()
+
+
+def to_images(model: DiffusionModel, samples: Tensor, batch_size: int = 64) -> Tensor:
+    """All of :func:`image_batches` in one tensor ``(N, C, H, W)``; ``samples`` itself for pixel
+    models. Meant for a few pictures (grids); stream :func:`image_batches` for many."""
+    if not is_latent(model):
+        return samples
+    return torch.cat(list(image_batches(model, samples, batch_size)))
+
+
 def run_sample(config: SampleConfig, progress: bool = True) -> Path:
-    """Write samples (PNGs, ``samples.npz``), a grid picture and ``sample.json``; returns the folder."""
+    """Write samples (PNGs, ``samples.npz``), a grid picture and ``sample.json``; returns the folder.
+
+    Image models get one PNG per seed and ``grid.png`` (the first 64); latent models' pictures
+    are their decoded images, decoded batch by batch (:func:`image_batches`) and written as they
+    come, so only the latents, the grid's images and (with ``npz``) the decoded ``images`` array
+    are held. ``samples.npz`` holds ``samples`` (latents for latent models), ``seeds``, and for
+    latent models ``images``. 2-D models get ``scatter.png``.
+    """
     device = resolve_device(config.device)
     model = load_model(config.model, device) if config.model else None
     model, sampler, description = load_sampler(config.solver, model, device)
@@ -202,26 +256,30 @@ def run_sample(config: SampleConfig, progress: bool = True) -> Path:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     arrays = {"samples": samples.numpy(), "seeds": np.asarray(seeds, dtype=np.int64)}
-    if getattr(model, "is_latent", False):  # latents are stored; pictures are decoded images
-        with torch.no_grad():
-            samples = torch.cat(
-                [model.decode(chunk).float().cpu() for chunk in samples.split(config.batch_size)]
-            )
-        arrays["images"] = samples.numpy()
-    if config.npz:
-        save_npz(out / "samples.npz", arrays)
-    if samples.dim() == 4:
-        save_image_grid(samples[:64], out / "grid.png")
+    if makes_images(model):
+        keep_decoded = is_latent(model) and config.npz  # latents are stored, and their images
+        grid, decoded, done = [], [], 0
         if config.png:
             from PIL import Image
 
             (out / "images").mkdir(exist_ok=True)
-            for seed, pixels in zip(seeds, to_uint8(samples), strict=True):
-                Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(
-                    out / "images" / f"{seed:06d}.png"
-                )
+        for images in image_batches(model, samples, config.batch_size):
+            grid.append(images[: max(0, 64 - done)])
+            if keep_decoded:
+                decoded.append(images.numpy())
+            if config.png:
+                for seed, pixels in zip(seeds[done:], to_uint8(images), strict=False):
+                    Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(
+                        out / "images" / f"{seed:06d}.png"
+                    )
+            done += len(images)
+        if keep_decoded:
+            arrays["images"] = np.concatenate(decoded)
+        save_image_grid(torch.cat(grid), out / "grid.png")
     elif samples[0].numel() == 2:
         save_scatter({description["solver"]: samples}, out / "scatter.png", title=config.solver)
+    if config.npz:
+        save_npz(out / "samples.npz", arrays)
     write_json(
         out / "sample.json",
         {
@@ -240,8 +298,12 @@ __all__ = [
     "EVAL_SEEDS",
     "SampleConfig",
     "TeacherConfig",
+    "image_batches",
+    "is_latent",
     "load_sampler",
     "make_teacher",
+    "makes_images",
     "run_sample",
     "seed_cond_fn",
+    "to_images",
 ]
