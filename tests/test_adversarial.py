@@ -137,3 +137,28 @@ def test_state_round_trip():
     b = Adversary(_disc(seed=5), lr=1e-3)
     b.load_state_dict(a.state_dict())
     assert a.discriminator_step(real, fake) == b.discriminator_step(real, fake)
+
+
+def test_latent_sample_shapes_fit_the_discriminator():
+    """GAS on latent models discriminates latents (spec §3.2): SD's 4×64×64 gets the paper's
+    FFHQ-64 architecture with a 4-channel stem, LDM's VQ-f4 3×64×64 the 3-channel one."""
+    from gas_solver.errors import ConfigError
+    from gas_solver.training.discriminator import image_shape
+
+    for channels in (4, 3):
+        arch = preset_arch("auto", (channels, 64, 64))
+        assert (arch.in_channels, arch.resolution) == (channels, 64)
+        assert arch.widths == (384, 768, 768, 768, 768)
+    assert image_shape((4, 8, 8)) == (4, 8)
+    with pytest.raises(ConfigError, match="square"):
+        image_shape((4, 64, 32))
+
+    # one step on 4-channel latents: reals, fakes and the penalties all have the latent shape
+    disc = Discriminator(preset_arch("tiny", (4, 8, 8)), seed=0)
+    adversary = Adversary(disc, lr=1e-3)
+    real, fake = torch.randn(2, 6, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    stats = adversary.discriminator_step(real, fake)
+    assert all(math.isfinite(value) for value in stats.values())
+    student = fake.clone().requires_grad_(True)
+    adversary.generator_loss(student, real).sum().backward()
+    assert student.grad is not None and student.grad.shape == (6, 4, 8, 8)

@@ -9,6 +9,11 @@ gradient-norm clipping (solver only), an EMA of the parameters with warm-up (the
 what is validated, saved and sampled with). The frozen model is differentiated through, never
 updated.
 
+Latent models (LDM, SD) are trained on latents throughout, as in the paper (spec §3.1–3.2): the
+distillation distance, the validation L1/L2 and the GAS discriminator's reals (teacher targets)
+and fakes are all latents ``(C, H, W)``, e.g. 4×64×64 for SD. Only the validation pictures
+(``val/iter_*.png``: teacher and EMA student on the first validation items) are decoded images.
+
 Data order is a pure function of (seed, iteration): sample position ``p`` of the endless stream is
 ``perm(p // n)[p % n]`` with ``perm(e)`` a seeded permutation of the ``n`` training items. A resumed
 run therefore needs no data-loader state and continues bit-exactly. GAS draws the fakes' fresh
@@ -38,6 +43,7 @@ from ..data.teacher import TeacherSet
 from ..errors import CheckpointMismatchError, ConfigError, GasSolverError
 from ..models.base import DiffusionModel
 from ..models.loading import load_model
+from ..pipeline import makes_images, to_images
 from ..runtime import resolve_device, run_metadata, torch_save, write_json
 from ..schedules import GRID_KINDS
 from ..solvers.generalized import SOLVER_FILE, GeneralizedSolver
@@ -273,10 +279,12 @@ class Trainer:
         return {k: v / len(self.val_idx) for k, v in totals.items()}
 
     def _save_picture(self, rows: dict[str, Tensor]) -> None:
-        """Teacher vs student on the first validation items: image rows, or a 2-D scatter."""
+        """Teacher vs student on the first validation items: image rows (latent models: the
+        decoded images), or a 2-D scatter; other sample shapes get no picture."""
         path = self.out / "val" / f"iter_{self.iteration:06d}.png"
-        if len(self.model.sample_shape) == 3:
-            save_comparison_grid({name: x[:8] for name, x in rows.items()}, path)
+        if makes_images(self.model):
+            images = {name: to_images(self.model, x[:8]) for name, x in rows.items()}
+            save_comparison_grid(images, path)
         elif self.model.sample_shape == (2,):
             save_scatter(rows, path, title=f"validation: teacher vs {self.config.method}")
 
@@ -331,9 +339,10 @@ class Trainer:
             metadata = {
                 "model": self.model.identity(),
                 "model_source": getattr(self.model, "source", None),
-                "teacher": {
+                "teacher": {  # seeds: evaluation must avoid them (compare checks)
                     "path": str(self.teacher.path),
                     "solver": self.teacher.manifest.get("solver"),
+                    "seeds": self.teacher.manifest.get("seeds"),
                 },
                 "training": {
                     "iteration": self.iteration,
