@@ -27,6 +27,7 @@ from gas_solver.models.diffusers import (  # noqa: E402
 )
 from gas_solver.models.loading import load_model  # noqa: E402
 from gas_solver.schedules import explicit_grid  # noqa: E402
+from gas_solver.seeds import seeded_noise  # noqa: E402
 from gas_solver.solvers import ddim, dpm_solver_pp  # noqa: E402
 from gas_solver.solvers.registry import parse_solver_spec  # noqa: E402
 from gas_solver.training.trainer import TrainConfig, Trainer  # noqa: E402
@@ -409,3 +410,89 @@ def test_make_teacher_with_a_prompt_file(tmp_path, text_dir):
     teacher = make_teacher(config, progress=False)
     ids = teacher.cond["input_ids"]
     assert ids.shape == (3, 10) and torch.equal(ids[0], ids[2]) and not torch.equal(ids[0], ids[1])
+
+
+# -- GAS and validation pictures on a latent model --------------------------------------------------
+@pytest.fixture(scope="module")
+def sd_like_dir(tmp_path_factory):
+    """An SD-shaped latent model: a UNet on 4×8×8 latents and an AutoencoderKL to 3×16×16."""
+    torch.manual_seed(6)
+    unet = diffusers.UNet2DModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16),
+        layers_per_block=1, norm_num_groups=4, down_block_types=("DownBlock2D",) * 2,
+        up_block_types=("UpBlock2D",) * 2,
+    )  # fmt: skip
+    vae = diffusers.AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8),
+        layers_per_block=1, norm_num_groups=4, sample_size=16, scaling_factor=0.5,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+    )  # fmt: skip
+    return save_pipeline(tmp_path_factory.mktemp("sd-like"), unet, vae=vae)
+
+
+def test_gas_trains_on_latents_and_draws_decoded_validation_pictures(
+    tmp_path, sd_like_dir, monkeypatch
+):
+    import gas_solver.training.trainer as trainer_module
+
+    model = load_model(str(sd_like_dir))
+    assert model.is_latent and model.sample_shape == (4, 8, 8)
+    spec = parse_solver_spec("ddim:nfe=3")
+    teacher = generate_teacher_set(
+        model, tmp_path / "teacher", "0-11", spec, spec.to_dict(), batch_size=6, progress=False
+    )
+    assert teacher.target.shape == (12, 4, 8, 8)  # the teacher set stores latents
+    pictures = []
+    monkeypatch.setattr(
+        trainer_module, "save_comparison_grid", lambda rows, path: pictures.append((rows, path))
+    )
+    config = load_config(
+        TrainConfig,
+        overrides=dict(
+            teacher=str(tmp_path / "teacher"), out=str(tmp_path / "run"), loss="gas", nfe=2,
+            train_size=8, val_size=4, batch_size=4, iterations=3, val_every=0,
+            checkpoint_every=3, log_every=1, device="cpu", disc_preset="tiny", disc_lr=1e-3,
+        ),
+    )  # fmt: skip
+    trainer = Trainer(config, model, teacher)
+    disc = trainer.adversary.discriminator
+    assert (disc.arch.in_channels, disc.arch.resolution) == (4, 8)  # latents, not pixels
+    seen = []
+    hook = disc.register_forward_pre_hook(lambda m, args: seen.append(tuple(args[0].shape)))
+    before = [p.detach().clone() for p in disc.parameters()]
+    trainer.run(progress=False)
+    hook.remove()
+    assert seen and all(shape[1:] == (4, 8, 8) for shape in seen)  # reals and fakes: latents
+    assert any(not torch.equal(a, b) for a, b in zip(before, disc.parameters(), strict=True))
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    steps = [r for r in records if "disc_loss" in r]
+    assert len(steps) == 3
+    assert all(np.isfinite(r["loss"]) and np.isfinite(r["adversarial"]) for r in steps)
+
+    # validation pictures (at the start and the end) show decoded images of the same items
+    assert [path.name for _, path in pictures] == ["iter_000000.png", "iter_000003.png"]
+    rows = pictures[-1][0]
+    assert list(rows) == ["teacher", "GAS (EMA) @3"]
+    assert all(images.shape == (4, 3, 16, 16) for images in rows.values())
+    val = teacher.target[trainer.val_idx]
+    with torch.no_grad():
+        torch.testing.assert_close(rows["teacher"], model.decode(val).float())
+
+
+def test_compare_a_text_model_with_a_prompt_file(tmp_path, text_dir):
+    from gas_solver.evaluation import compare
+
+    model = load_model(f"{text_dir}:guidance=2")
+    (tmp_path / "prompts.txt").write_text("a cat\na dog\n")
+    with pytest.raises(ConfigError, match="prompts"):
+        compare(model, "ddim:nfe=2", "50000-50002", teacher="ddim:nfe=3", progress=False)
+    rows = compare(
+        model, "ddim:nfe=2", "50000-50002", teacher="ddim:nfe=3",
+        prompts=tmp_path / "prompts.txt", progress=False,
+    )  # fmt: skip
+    noise = seeded_noise(range(50000, 50003), model.sample_shape)
+    cond = prompt_cond_fn(model, ["a cat", "a dog"])(torch.arange(50000, 50003))
+    with torch.no_grad():
+        target = parse_solver_spec("ddim:nfe=3")(model, noise, cond)
+        output = parse_solver_spec("ddim:nfe=2")(model, noise, cond)
+    assert rows[1]["l1"] == pytest.approx((output - target).abs().mean().item(), rel=1e-5)

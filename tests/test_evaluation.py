@@ -5,6 +5,10 @@ model, and the ``fid`` command on a ``sample`` .npz.
 The FID Inception costs ~0.1-0.4 s per image on a busy CPU core and a 2048-d Fréchet distance
 3-7 s even with ``eigh``, so image counts stay at 6 (one batch shape), there are three FIDs in
 all, and the reference statistics of 6 digits are computed once into a per-module cache.
+
+Latent models (a tiny SD-shaped model: 4×8×8 latents, an AutoencoderKL decoding to 3×16×16) run
+with a stand-in detector (:class:`RecordingDetector`) that sees exactly what the Inception would:
+it checks that FID is computed on decoded images, batch by batch, at no Inception cost.
 """
 
 import importlib.util
@@ -25,16 +29,18 @@ from gas_solver.errors import ConfigError, MissingAssetError
 from gas_solver.evaluation import (
     CompareConfig,
     FIDConfig,
+    check_seed_overlap,
     classic_spec,
     compare,
     load_images,
     run_fid,
     split_solvers,
+    teacher_seed_sets,
 )
 from gas_solver.models.loading import load_model
 from gas_solver.pipeline import SampleConfig, run_sample, teacher_spec
 from gas_solver.seeds import seeded_noise
-from gas_solver.solvers.generalized import GeneralizedSolver
+from gas_solver.solvers.generalized import GeneralizedSolver, load_metadata
 from gas_solver.solvers.registry import parse_solver_spec
 from gas_solver.training.trainer import TrainConfig, Trainer
 
@@ -172,6 +178,9 @@ def test_fid_command_on_sample_npz(digits_model, fid_cache, tmp_path):
         ),
     )  # fmt: skip
     run_sample(sample_config, progress=False)
+    pngs = sorted(path.name for path in (tmp_path / "s" / "images").iterdir())
+    assert pngs == [f"{seed:06d}.png" for seed in range(50000, 50000 + N)]
+    assert (tmp_path / "s" / "grid.png").is_file()
     result = gas(
         "fid", "--images", "s/samples.npz", "--ref", "digits", "--ref-num", N, "--method", "eigh",
         "--batch-size", N, "--device", "cpu", "--out", "fid.json", "--save-ref", "stats.npz",
@@ -223,3 +232,182 @@ def test_configs_are_validated():
     assert split_solvers(config.solvers) == ["unipc", "ddim:grid=[1,0.5,0.01]"]
     assert classic_spec("unipc", 6).nfe == 6 and classic_spec("unipc:nfe=4", 6).nfe == 4
     assert classic_spec("ddim:grid=[1,0.5,0.01]", 6).nfe == 2  # an explicit grid sets its NFE
+
+
+# -- seeds: evaluation never reuses teacher seeds -------------------------------------------------
+def test_compare_refuses_evaluation_seeds_of_the_teacher_set(gs_checkpoint, tmp_path, caplog):
+    teacher_dir = gs_checkpoint.parent.parent / "teacher"  # the fixture's set: seeds 0-63
+    assert load_metadata(gs_checkpoint)["teacher"]["seeds"] == "0-63"  # recorded by the trainer
+    assert teacher_seed_sets([str(gs_checkpoint), "ddim:nfe=2"]) == [
+        (f"the teacher set {teacher_dir} of {gs_checkpoint}", list(range(64)))
+    ]
+    # the checkpoint's recorded teacher set is checked without being named
+    with pytest.raises(ConfigError, match=r"2 of the 3 evaluation seeds \(e.g. 62\)"):
+        compare("gmm-ring", [str(gs_checkpoint)], "62-64", progress=False)
+    # an explicit teacher set is checked for classic solvers too, and the same set counts once
+    assert len(teacher_seed_sets([str(gs_checkpoint)], teacher_dir)) == 1
+    with pytest.raises(ConfigError, match="allow-seed-overlap"):
+        compare("gmm-ring", "ddim:nfe=2", "0-3", teacher_set=teacher_dir, progress=False)
+    # allowed: a loud warning, and the comparison runs
+    with caplog.at_level("WARNING", logger="gas_solver.evaluation"):
+        rows = compare(
+            "gmm-ring", "ddim:nfe=2", "0-3", teacher="ddim:nfe=4", teacher_set=teacher_dir,
+            allow_seed_overlap=True, progress=False,
+        )  # fmt: skip
+    assert len(rows) == 2
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("4 of the 4 evaluation seeds" in m and "optimistic" in m for m in warned)
+    assert any("not the solver of teacher set" in m for m in warned)  # ddim:nfe=4 vs unipc
+    check_seed_overlap([64, 65], [("set", range(64))])  # disjoint: nothing happens
+
+
+def test_compare_command_seed_overlap_is_a_one_line_error(gs_checkpoint, tmp_path, capsys):
+    teacher_dir = gs_checkpoint.parent.parent / "teacher"
+    args = ["compare", "--model", "gmm-ring", "--solvers", "ddim:nfe=2", "--seeds", "10-12"]
+    code = main([*args, "--teacher-set", str(teacher_dir), "--out", str(tmp_path / "c")])
+    stderr = capsys.readouterr().err
+    assert code == 2 and len(stderr.strip().splitlines()) == 1
+    assert "seeds of teacher set" in stderr and "--allow-seed-overlap" in stderr
+    assert not (tmp_path / "c").exists()  # refused before any work
+    with pytest.raises(ConfigError, match="not a teacher set"):
+        load_config(
+            CompareConfig,
+            overrides={"model": "gmm-ring", "solvers": "ddim:nfe=2", "teacher_set": str(tmp_path)},
+        )
+
+
+# -- latent models: FID of decoded images, fidelity of latents --------------------------------------
+class RecordingDetector(torch.nn.Module):
+    """Stands in for the FID Inception: the real preprocessing (which takes 1 or 3 channels
+    only), then per-channel means as 3-d features; keeps every batch of images it is given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        from gas_solver.metrics.inception import preprocess
+
+        self.seen.append(images.detach().clone())
+        return preprocess(images).mean(dim=(2, 3))
+
+
+@pytest.fixture
+def detector(monkeypatch):
+    """Every FID in the test runs on a fresh :class:`RecordingDetector`."""
+    import gas_solver.metrics.fid as fid_module
+    import gas_solver.metrics.inception as inception_module
+
+    fake = RecordingDetector()
+    for module in (inception_module, fid_module):
+        if hasattr(module, "load_inception"):
+            monkeypatch.setattr(module, "load_inception", lambda *args, **kwargs: fake)
+    return fake
+
+
+@pytest.fixture(scope="module")
+def latent_model_dir(tmp_path_factory):
+    """A tiny SD-shaped latent model: a UNet on 4×8×8 latents and an AutoencoderKL (3×16×16)."""
+    diffusers = pytest.importorskip("diffusers")
+    root = tmp_path_factory.mktemp("latent")
+    torch.manual_seed(0)
+    diffusers.UNet2DModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16),
+        layers_per_block=1, norm_num_groups=4, down_block_types=("DownBlock2D",) * 2,
+        up_block_types=("UpBlock2D",) * 2,
+    ).save_pretrained(root / "unet")  # fmt: skip
+    diffusers.AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8),
+        layers_per_block=1, norm_num_groups=4, sample_size=16, scaling_factor=0.5,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+    ).save_pretrained(root / "vae")  # fmt: skip
+    diffusers.DDIMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False
+    ).save_pretrained(root / "scheduler")
+    return root
+
+
+def _latents_and_images(model_dir, spec: str):
+    """Latents of ``spec`` on the seeds of SEEDS and their images, decoded here in one call."""
+    model = load_model(str(model_dir))
+    noise = seeded_noise(range(50000, 50000 + N), model.sample_shape)
+    with torch.no_grad():
+        latents = parse_solver_spec(spec)(model, noise)
+        return latents, model.vae.decode(latents / 0.5).sample.clamp(-1, 1)
+
+
+def _reference(path):
+    from gas_solver.metrics.fid import FIDStatistics
+
+    FIDStatistics(np.zeros(3), np.eye(3) * 1e-2).save(path)
+    return FIDStatistics(np.zeros(3), np.eye(3) * 1e-2)
+
+
+def test_compare_command_on_a_latent_model_scores_decoded_images(
+    latent_model_dir, detector, tmp_path, capsys
+):
+    from PIL import Image
+
+    from gas_solver.metrics.fid import compute_statistics
+
+    ref = _reference(tmp_path / "ref.npz")
+    out = tmp_path / "cmp"
+    args = [
+        "compare", "--model", str(latent_model_dir), "--solvers", "ddim:nfe=2", "--teacher",
+        "ddim:nfe=4", "--seeds", SEEDS, "--fid-ref", str(tmp_path / "ref.npz"), "--fid-method",
+        "eigh", "--batch-size", "3", "--device", "cpu", "--out", str(out),
+    ]  # fmt: skip
+    assert main(args) == 0
+    stdout = capsys.readouterr().out
+    # the detector saw decoded images only: teacher row then solver row, 3 per decoder call
+    assert [tuple(x.shape) for x in detector.seen] == [(3, 3, 16, 16)] * 4
+    teacher_latents, teacher_images = _latents_and_images(latent_model_dir, "ddim:nfe=4")
+    latents, images = _latents_and_images(latent_model_dir, "ddim:nfe=2")
+    torch.testing.assert_close(torch.cat(detector.seen[:2]), teacher_images)
+    torch.testing.assert_close(torch.cat(detector.seen[2:]), images)
+
+    rows = json.loads((out / "compare.json").read_text())["rows"]
+    for row, expected in zip(rows, (teacher_images, images), strict=True):
+        stats = compute_statistics(expected, model=RecordingDetector(), progress=False)
+        assert row["fid"] == pytest.approx(stats.frechet_distance(ref, method="eigh"), rel=1e-6)
+    # fidelity to the teacher on the latents, as the paper measures it
+    assert all(row["fidelity_space"] == "latents" for row in rows)
+    l1 = (latents - teacher_latents).abs().mean().item()
+    assert rows[1]["l1"] == pytest.approx(l1, rel=1e-5)
+    assert "| L1 to teacher (latents) |" in stdout and "FID (N, decoded)" in stdout
+    assert "FID and pictures on the decoded images" in stdout
+    # the pictures are decoded too: 6 cells of 16×16 (+1 px padding) on an 8-wide grid
+    assert Image.open(out / "grid_teacher.png").size == (8 * 17 + 1, 17 + 1)
+    assert (out / "comparison.png").is_file()
+
+
+def test_fid_command_on_a_latent_model(latent_model_dir, detector, tmp_path, capsys):
+    from gas_solver.metrics.fid import compute_statistics, load_statistics
+
+    args = [
+        "fid", "--solver", "ddim:nfe=2", "--model", str(latent_model_dir), "--seeds", SEEDS,
+        "--save-ref", str(tmp_path / "stats.npz"), "--batch-size", "4", "--device", "cpu",
+        "--out", str(tmp_path / "fid.json"),
+    ]  # fmt: skip
+    assert main(args) == 0
+    assert [tuple(x.shape) for x in detector.seen] == [(4, 3, 16, 16), (2, 3, 16, 16)]
+    _, images = _latents_and_images(latent_model_dir, "ddim:nfe=2")
+    expected = compute_statistics(images, model=RecordingDetector(), progress=False)
+    saved = load_statistics(tmp_path / "stats.npz")
+    np.testing.assert_allclose(saved.mu, expected.mu, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(saved.sigma, expected.sigma, rtol=1e-4, atol=1e-8)
+    result = json.loads((tmp_path / "fid.json").read_text())
+    assert result["images"]["decoded"] is True and result["num_images"] == N
+
+    # a `sample` run of a latent model stores latents and images; FID reads the images
+    sample_config = load_config(
+        SampleConfig,
+        overrides=dict(
+            solver="ddim:nfe=2", model=str(latent_model_dir), seeds=SEEDS,
+            out=str(tmp_path / "s"), device="cpu", png=False,
+        ),
+    )  # fmt: skip
+    run_sample(sample_config, progress=False)
+    loaded = load_images(str(tmp_path / "s"))
+    assert loaded.shape == (N, 3, 16, 16)
+    torch.testing.assert_close(loaded, images)

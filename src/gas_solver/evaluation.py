@@ -25,6 +25,27 @@ and the wall-clock seconds of sampling alone. Written to ``out/``:
 
 Solvers are listed in one string separated by ``;`` (:data:`SOLVER_SEPARATOR`), because classic
 specs contain commas: ``"unipc:nfe=4;dpmpp:nfe=4,order=2;runs/train/solver.safetensors"``.
+
+**Latent models** (LDM, SD: ``model.is_latent``) sample latents, and each space is used where the
+paper uses it (spec §3.1, §3.4–3.5):
+
+* FID, the pictures (grids, ``comparison.png``) and ``fid --solver`` use the **decoded images**
+  in [−1, 1] (:func:`gas_solver.pipeline.image_batches`: decoded in batches, streamed to the
+  Inception, never all held at once). The teacher row is decoded the same way.
+* L1/RMSE/PSNR to the teacher are computed on the **latents**, the space the paper trains in
+  (per-sample L1 of latents) and logs (L2 of latents), and the space teacher sets store. PSNR
+  keeps the pixel convention (peak-to-peak range 2), so on latents it is a relative number for
+  ranking solvers, not an image PSNR. The table header and ``fidelity_space`` in the rows and
+  ``compare.json`` name the space (``latents``; ``pixels`` for pixel image models, ``samples``
+  for others). Pixel models are unchanged: everything on their samples.
+* ``fid --images`` on a ``sample`` output of a latent model reads its decoded ``images``, not
+  its ``samples`` (the latents).
+
+**Seeds** (DESIGN principle 4): evaluation seeds must not overlap the seeds of the teacher set a
+solver learnt from, or it is scored on its own training noise. :func:`compare` checks the seeds
+of ``teacher_set`` (when given) and of the teacher set each GS/GAS checkpoint records, and
+refuses an overlap with a :class:`~gas_solver.errors.ConfigError` unless
+``allow_seed_overlap`` (then it logs a warning).
 """
 
 from __future__ import annotations
@@ -43,12 +64,24 @@ import torch
 from torch import Tensor
 
 from .config import option, require
-from .errors import ConfigError, MissingAssetError
+from .data.teacher import MANIFEST_NAME, TeacherSet
+from .errors import ConfigError, GasSolverError, MissingAssetError
 from .models.base import DiffusionModel
 from .models.loading import load_model
-from .pipeline import Sampler, generate, is_checkpoint, load_sampler, teacher_spec
+from .pipeline import (
+    Sampler,
+    generate,
+    image_batches,
+    is_checkpoint,
+    is_latent,
+    load_sampler,
+    makes_images,
+    seed_cond_fn,
+    teacher_spec,
+    to_images,
+)
 from .runtime import resolve_device, run_metadata, write_json
-from .seeds import EVAL_SEEDS, format_seeds, parse_seeds
+from .seeds import EVAL_SEEDS, TEACHER_SEEDS, format_seeds, parse_seeds
 from .solvers.generalized import load_metadata
 from .solvers.registry import SolverSpec, parse_solver_spec
 from .visualize import plot_time_grids, save_comparison_grid, save_image_grid, save_scatter
@@ -76,16 +109,23 @@ class FIDConfig:
 
     images: str | None = option(
         None,
-        "images: a folder of PNGs, an .npz (`sample`'s samples.npz, or 'images'/'arr_0' NHWC "
-        "uint8), a `sample` output folder, or a bundled data set (mnist, digits)",
+        "images: a folder of PNGs, an .npz (`sample`'s samples.npz: latent models' decoded "
+        "images; or 'images'/'arr_0' NHWC uint8), a `sample` output folder, or a bundled data "
+        "set (mnist, digits)",
     )
     solver: str | None = option(
-        None, "instead of --images: sample with this GS checkpoint or classic solver spec"
+        None,
+        "instead of --images: sample with this GS checkpoint or classic solver spec (latent "
+        "models: FID of the decoded images)",
     )
     model: str | None = option(
         None, "with --solver: model name or path; none: the checkpoint's model"
     )
     seeds: str = option(EVAL_SEEDS, "with --solver: evaluation seeds (the paper's 50k)")
+    prompts: str | None = option(
+        None,
+        "with --solver, text models: a file of prompts, one a line; seed s gets prompt s mod count",
+    )
     ref: str | None = option(
         None,
         "reference: an EDM/ADM .npz (mu, sigma; or images), a folder of images, or a bundled data "
@@ -121,6 +161,8 @@ class FIDConfig:
             "save_ref",
             f"must be an .npz path, got {self.save_ref!r}",
         )
+        if self.prompts is not None:
+            require(Path(self.prompts).is_file(), "prompts", f"{self.prompts} is not a file")
         if self.solver:
             parse_seeds(self.seeds)
             if not is_checkpoint(self.solver):
@@ -133,8 +175,10 @@ def load_images(source: str, num: int | None = None) -> Tensor | str:
 
     Args:
         source: a bundled data set name; an ``.npz`` with ``samples`` (``gas-solver sample``:
-            float32 ``(N, C, H, W)`` in [−1, 1]) or with ``images``/``arr_0``; a folder of images;
-            a ``gas-solver sample`` output folder (its ``samples.npz`` is used).
+            float32 ``(N, C, H, W)`` in [−1, 1]; for a latent model the file also holds the
+            decoded ``images``, which are used instead of the latents) or with
+            ``images``/``arr_0``; a folder of images; a ``gas-solver sample`` output folder (its
+            ``samples.npz`` is used).
         num: keep the first ``num`` (data sets and ``samples`` arrays; paths are capped later).
 
     Returns:
@@ -160,10 +204,12 @@ def load_images(source: str, num: int | None = None) -> Tensor | str:
     if path.is_file() and path.suffix == ".npz":
         with np.load(path, allow_pickle=False) as data:
             if "samples" in data.files:
-                samples = data["samples"]
+                # `sample` of a latent model: samples are latents, images their decoded pictures
+                key = "images" if "images" in data.files else "samples"
+                samples = data[key]
                 if samples.ndim != 4 or samples.shape[1] not in (1, 3):
                     raise ConfigError(
-                        f"{path}: samples of shape {samples.shape} are not images "
+                        f"{path}: {key} of shape {samples.shape} are not images "
                         "(N, C, H, W) with C = 1 or 3; FID applies to image models only"
                     )
                 samples = samples[:num] if num is not None else samples
@@ -184,6 +230,10 @@ def run_fid(config: FIDConfig, progress: bool = True) -> dict[str, Any]:
 
     The result has ``fid`` (``None`` without ``--ref``), ``num_images``, ``reference`` and
     ``reference_num_images``, ``method``, ``images`` (the source), ``saved_reference``.
+
+    With ``--solver`` on a latent model the samples (latents) are decoded in batches of
+    ``batch_size`` and the decoded images, in [−1, 1], go to the Inception
+    (``images.decoded`` is then ``True``).
     """
     from .metrics.fid import INCEPTION_SHA1, compute_statistics, reference_statistics
 
@@ -193,10 +243,14 @@ def run_fid(config: FIDConfig, progress: bool = True) -> dict[str, Any]:
     if config.solver:
         model = load_model(config.model, device) if config.model else None
         model, sampler, description = load_sampler(config.solver, model, device)
-        if len(model.sample_shape) != 3:
+        if not makes_images(model):
             raise ConfigError(f"model: samples of shape {model.sample_shape} are not images")
         seeds = parse_seeds(config.seeds)[: config.num]
-        source: Any = {"solver": description, "seeds": format_seeds(seeds)}
+        source: Any = {
+            "solver": description,
+            "seeds": format_seeds(seeds),
+            "decoded": is_latent(model),
+        }
     else:
         images = load_images(config.images, config.num)
         source = config.images
@@ -206,8 +260,10 @@ def run_fid(config: FIDConfig, progress: bool = True) -> dict[str, Any]:
         if _has_samples(ref_source):
             ref_source = load_images(ref_source)
         ref = reference_statistics(ref_source, num_images=config.ref_num, **kwargs)
-    if images is None:
-        images = generate(model, sampler, seeds, config.batch_size, progress)
+    if images is None:  # latent models: decoded batch by batch on the way to the Inception
+        cond_fn = seed_cond_fn(model, config.prompts)
+        samples = generate(model, sampler, seeds, config.batch_size, progress, cond_fn)
+        images = image_batches(model, samples, config.batch_size) if is_latent(model) else samples
     stats = compute_statistics(images, num_images=config.num, **kwargs)
     if config.save_ref:
         stats.save(config.save_ref)
@@ -263,10 +319,21 @@ class CompareConfig:
         DEFAULT_TEACHER, "teacher solver spec: the reference of L1/RMSE/PSNR, and a row itself"
     )
     seeds: str = option(COMPARE_SEEDS, "evaluation seeds (256 by default: quick on a CPU)")
+    prompts: str | None = option(
+        None, "text models: a file of prompts, one a line; seed s gets prompt s mod count"
+    )
+    teacher_set: str | None = option(
+        None,
+        "the teacher set the solvers were trained on: the evaluation seeds must not overlap its "
+        "seeds (checkpoints' recorded teacher sets are checked too)",
+    )
+    allow_seed_overlap: bool = option(
+        False, "only warn when evaluation seeds overlap teacher-set seeds (default: refuse)"
+    )
     fid_ref: str | None = option(
         None,
-        "FID reference (image models only): a bundled data set (mnist, digits), an EDM/ADM "
-        ".npz, or a folder of images; none: no FID",
+        "FID reference (image models only; latent models: of decoded images): a bundled data "
+        "set (mnist, digits), an EDM/ADM .npz, or a folder of images; none: no FID",
     )
     fid_ref_num: int | None = option(
         None, "use only the first FID_REF_NUM reference images; none: all"
@@ -292,11 +359,21 @@ class CompareConfig:
         )
         seeds = parse_seeds(self.seeds)
         require(not self.fid_ref or len(seeds) >= 2, "seeds", "FID needs at least 2 seeds")
+        if self.teacher_set:
+            path = Path(self.teacher_set)
+            require(
+                (path / "manifest.json").is_file() or path.name == "manifest.json",
+                "teacher_set",
+                f"{self.teacher_set} is not a teacher set (no manifest.json); make one with "
+                "`gas-solver teacher`",
+            )
         require(
             self.fid_ref_num is None or self.fid_ref_num >= 2, "fid_ref_num", "needs >= 2 images"
         )
         require(self.fid_method in FID_METHODS, "fid_method", f"must be one of {FID_METHODS}")
         require(self.batch_size >= 1, "batch_size", "must be >= 1")
+        if self.prompts is not None:
+            require(Path(self.prompts).is_file(), "prompts", f"{self.prompts} is not a file")
 
 
 def split_solvers(solvers: str | Sequence[str]) -> list[str]:
@@ -391,6 +468,112 @@ def _grid(spec: SolverSpec, model: DiffusionModel) -> list[float]:
     return spec.make_grid(model.schedule).double().cpu().tolist()
 
 
+def teacher_seed_sets(
+    solvers: Sequence[str], teacher_set: str | Path | None = None
+) -> list[tuple[str, list[int]]]:
+    """The teacher-set seeds that evaluation seeds must avoid, each with what it comes from.
+
+    Args:
+        solvers: the compared solvers; for each GS/GAS checkpoint among them, the teacher set
+            its metadata records: the seed list stored with it (``teacher.seeds``), or for
+            checkpoints without one the manifest at the recorded path, if it still exists.
+        teacher_set: a teacher set folder (or its ``manifest.json``) given by the user.
+
+    Returns:
+        ``[(description, seeds), ...]``, one per distinct teacher set.
+
+    Raises:
+        MissingAssetError, GasSolverError: ``teacher_set`` is not a readable, finished set.
+    """
+    found: dict[str, tuple[str, list[int]]] = {}
+    if teacher_set is not None:
+        made = TeacherSet(teacher_set)
+        found[_path_key(made.path)] = (
+            f"teacher set {made.path}",
+            parse_seeds(made.manifest["seeds"]),
+        )
+    for text in solvers:
+        if not is_checkpoint(text):
+            continue
+        recorded = load_metadata(text).get("teacher") or {}
+        path = recorded.get("path")
+        key = _path_key(path) if path else f"checkpoint:{text}"
+        if key in found:
+            continue
+        name = f"the teacher set {path} of {text}" if path else f"the teacher set of {text}"
+        if recorded.get("seeds"):
+            found[key] = (name, parse_seeds(recorded["seeds"]))
+        elif path and (Path(path) / MANIFEST_NAME).is_file():
+            found[key] = (name, parse_seeds(TeacherSet(path).manifest["seeds"]))
+        else:
+            log.info(
+                "%s records no teacher seeds and its teacher set %s is not here; its seeds "
+                "cannot be checked against the evaluation seeds (pass --teacher-set)",
+                text,
+                path,
+            )
+    return list(found.values())
+
+
+def check_seed_overlap(
+    seeds: Sequence[int],
+    teacher_seeds: Sequence[tuple[str, Sequence[int]]],
+    allow: bool = False,
+) -> None:
+    """Refuse evaluation seeds shared with a teacher set (DESIGN principle 4).
+
+    A solver scored on the noise it was trained on looks better than it is, so this raises
+    unless ``allow``, in which case it logs a warning per overlapping set.
+
+    Args:
+        seeds: the evaluation seeds.
+        teacher_seeds: ``(description, seeds)`` per teacher set (:func:`teacher_seed_sets`).
+        allow: warn instead of raising.
+
+    Raises:
+        ConfigError: some evaluation seeds are seeds of a teacher set (and not ``allow``).
+    """
+    wanted = set(seeds)
+    for name, taught in teacher_seeds:
+        common = wanted.intersection(taught)
+        if not common:
+            continue
+        message = (
+            f"seeds: {len(common)} of the {len(wanted)} evaluation seeds (e.g. {min(common)}) "
+            f"are seeds of {name}, so a solver trained on it would be scored on its own training "
+            f"noise. Teacher and evaluation seeds never overlap (defaults: teacher "
+            f"{TEACHER_SEEDS}, evaluation {EVAL_SEEDS}); pick other --seeds"
+        )
+        if not allow:
+            raise ConfigError(message + ", or pass --allow-seed-overlap to only warn")
+        log.warning("%s (allowed by --allow-seed-overlap: the scores are optimistic)", message)
+
+
+def _path_key(path: str | Path) -> str:
+    """A teacher set's folder as a comparable key (its manifest path names the same set)."""
+    path = Path(path)
+    if path.name == MANIFEST_NAME:
+        path = path.parent
+    return str(path.resolve())
+
+
+def _check_teacher_solver(entry: _Entry, teacher_set: str | Path) -> None:
+    """Warn when the compared teacher is not the solver that made ``teacher_set``."""
+    stored = TeacherSet(teacher_set).solver_spec
+    try:
+        same = SolverSpec.from_dict(stored).to_string() == entry.spec
+    except (GasSolverError, KeyError, TypeError, ValueError):
+        same = False
+    if not same:
+        log.warning(
+            "the teacher of this comparison (%s) is not the solver of teacher set %s (%s): "
+            "L1/RMSE/PSNR measure the distance to the former; pass --teacher to change it",
+            entry.spec,
+            teacher_set,
+            stored,
+        )
+
+
 def compare(
     model: DiffusionModel | str,
     solvers: str | Sequence[str],
@@ -398,6 +581,9 @@ def compare(
     *,
     nfe: int | None = None,
     teacher: str = DEFAULT_TEACHER,
+    teacher_set: str | Path | None = None,
+    allow_seed_overlap: bool = False,
+    prompts: str | Path | None = None,
     fid_ref: Any = None,
     fid_ref_num: int | None = None,
     fid_method: str = "sqrtm",
@@ -412,14 +598,21 @@ def compare(
         model: a :class:`DiffusionModel`, or a model name/path (loaded on ``device``).
         solvers: GS/GAS checkpoint paths and classic specs, as a list or one ``;``-separated
             string (see :func:`split_solvers`).
-        seeds: evaluation seeds, EDM-style text or integers (keep them disjoint from the
-            teacher set's seeds).
+        seeds: evaluation seeds, EDM-style text or integers; they must be disjoint from the
+            seeds of ``teacher_set`` and of the teacher sets the checkpoints record
+            (:func:`check_seed_overlap`).
         nfe: NFE of classic specs that give none.
         teacher: teacher spec (continuous pixel models get the paper's t_eps = 1e-4, as in
             ``gas-solver teacher``); its samples are the reference of L1/RMSE/PSNR.
+        teacher_set: the teacher set the solvers learnt from (a folder), for the seed check; a
+            warning is logged if ``teacher`` is not the solver that made it.
+        allow_seed_overlap: only warn about evaluation seeds that are teacher seeds.
+        prompts: text models: a file of prompts, one a line (seed s gets prompt s mod count);
+            other models take their default conditions (:func:`~gas_solver.pipeline.seed_cond_fn`).
         fid_ref: FID reference, anything :func:`~gas_solver.metrics.reference_statistics`
             takes (a bundled data set name, an ``.npz``, a folder, :class:`FIDStatistics`);
-            ``None``: no FID. Image models only.
+            ``None``: no FID. Image models only; for latent models the FID (and the pictures)
+            use the decoded images, while L1/RMSE/PSNR stay on the latents (module docstring).
         fid_ref_num: use the first so many reference images.
         fid_method: ``sqrtm`` (EDM) or ``eigh``, see :func:`~gas_solver.metrics.frechet_distance`.
         out: folder for the table, JSON and pictures (see the module docstring); ``None``: none.
@@ -433,11 +626,13 @@ def compare(
         ``solver``, ``nfe`` (model calls per sample, counted), ``spec`` (classic, text syntax)
         or ``checkpoint``, ``n_samples``, ``fid`` (``None`` without reference or for non-image
         models), ``l1``/``rmse``/``psnr`` (means over samples, to the teacher) and their
-        ``*_std``, ``seconds`` (wall-clock sampling time), ``grid`` (the time grid) and
-        ``picture`` (the grid or scatter file written, or ``None``).
+        ``*_std``, ``fidelity_space`` (``latents``, ``pixels`` or ``samples``: where
+        L1/RMSE/PSNR were computed), ``seconds`` (wall-clock sampling time), ``grid`` (the time
+        grid) and ``picture`` (the grid or scatter file written, or ``None``).
 
     Raises:
-        ConfigError: bad solvers, seeds or options, or ``fid_ref`` for a non-image model.
+        ConfigError: bad solvers, seeds or options, ``fid_ref`` for a non-image model, or
+            evaluation seeds shared with a teacher set (unless ``allow_seed_overlap``).
         MissingAssetError: a missing checkpoint, model, reference or FID detector.
     """
     from .metrics.fid import compute_statistics, reference_statistics
@@ -453,8 +648,17 @@ def compare(
     elif device is None:
         device = next((b.device for b in model.buffers()), torch.device("cpu"))
     seed_list = parse_seeds(seeds)
-    entries = _entries(model, split_solvers(solvers), teacher, nfe, device)
-    is_image = len(model.sample_shape) == 3 and model.sample_shape[0] in (1, 3)
+    solver_list = split_solvers(solvers)
+    check_seed_overlap(
+        seed_list, teacher_seed_sets(solver_list, teacher_set), allow=allow_seed_overlap
+    )
+    entries = _entries(model, solver_list, teacher, nfe, device)
+    if teacher_set is not None:
+        _check_teacher_solver(entries[0], teacher_set)
+    is_image = makes_images(model)
+    latent = is_latent(model)
+    fidelity_space = "latents" if latent else ("pixels" if is_image else "samples")
+    cond_fn = seed_cond_fn(model, None if prompts is None else str(prompts))
     ref_stats = None
     if fid_ref is not None:
         if not is_image:
@@ -476,7 +680,7 @@ def compare(
         log.info("compare: %s (%d seeds)", entry.label, len(seed_list))
         model.reset_nfe()
         start = time.perf_counter()
-        samples = generate(model, entry.sampler, seed_list, batch_size, progress)
+        samples = generate(model, entry.sampler, seed_list, batch_size, progress, cond_fn)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - start
@@ -485,14 +689,21 @@ def compare(
             log.warning("%s: %g model calls per sample, expected %d", entry.label, calls, entry.nfe)
         if reference is None:
             reference = samples
+        # fidelity where the paper measures it: the samples themselves (latents for LDM/SD)
         summary = summarize_fidelity(per_sample_fidelity(samples, reference))
         fid_value = None
-        if ref_stats is not None:
+        if ref_stats is not None:  # latent models: decoded batch by batch into the Inception
+            images = image_batches(model, samples, batch_size) if latent else samples
             stats = compute_statistics(
-                samples, batch_size=batch_size, device=device, progress=progress
+                images, batch_size=batch_size, device=device, progress=progress
             )
             fid_value = stats.frechet_distance(ref_stats, method=fid_method)
-        kept[entry.label] = samples[: GRID_IMAGES if is_image else SCATTER_POINTS]
+        if out is not None:  # the pictures show images: latent models' decoded samples
+            kept[entry.label] = (
+                to_images(model, samples[:GRID_IMAGES], batch_size)
+                if is_image
+                else samples[:SCATTER_POINTS]
+            )
         rows.append(
             {
                 "label": entry.label,
@@ -509,6 +720,7 @@ def compare(
                 "rmse_std": summary.rmse_std,
                 "psnr": summary.psnr_mean,
                 "psnr_std": summary.psnr_std,
+                "fidelity_space": fidelity_space,
                 "seconds": seconds,
                 "grid": entry.grid,
                 "picture": None,
@@ -522,6 +734,9 @@ def compare(
             "seeds": format_seeds(seed_list),
             "n_samples": len(seed_list),
             "teacher": entries[0].spec,
+            "teacher_set": None if teacher_set is None else str(teacher_set),
+            "fidelity_space": fidelity_space,
+            "fid_images": "decoded latents" if latent else ("samples" if is_image else None),
             "fid_reference": None if fid_ref is None else str(fid_ref),
             "fid_reference_num_images": None if ref_stats is None else ref_stats.num_images,
             "fid_method": fid_method,
@@ -597,13 +812,18 @@ def format_table(rows: Sequence[dict[str, Any]], context: dict[str, Any] | None 
             "every solver)",
             f"- teacher: `{context.get('teacher')}` (reference of L1, RMSE, PSNR)",
             f"- FID reference: {ref_text}",
+            *_space_notes(context),
             "- seconds: wall-clock sampling time, model calls included, FID excluded",
             "",
         ]
-    lines += [
-        "| solver | NFE | FID (N) | L1 to teacher | RMSE | PSNR (dB) | seconds |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]
+    space = (context or {}).get("fidelity_space") or next(
+        (row.get("fidelity_space") for row in rows), None
+    )
+    if space == "latents":  # FID of the decoded images, fidelity of the latents
+        columns = "FID (N, decoded) | L1 to teacher (latents) | RMSE (latents) | PSNR (latents, dB)"
+    else:
+        columns = "FID (N) | L1 to teacher | RMSE | PSNR (dB)"
+    lines += [f"| solver | NFE | {columns} | seconds |", "|---|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
         fid_value = row.get("fid")
         fid_text = "–" if fid_value is None else f"{fid_value:.2f} ({row['n_samples']})"
@@ -614,6 +834,17 @@ def format_table(rows: Sequence[dict[str, Any]], context: dict[str, Any] | None 
             f"{_number(row['psnr'], '.2f')} | {row['seconds']:.2f} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _space_notes(context: dict[str, Any]) -> list[str]:
+    """Lines of the table's preamble that say in which space a latent model was measured."""
+    if context.get("fidelity_space") != "latents":
+        return []
+    return [
+        "- latent model: FID and pictures on the decoded images; L1, RMSE, PSNR on the latents "
+        "(the space the paper trains and logs in; PSNR with the [−1, 1] range 2, a relative "
+        "number)",
+    ]
 
 
 def _number(value: float, fmt: str) -> str:
@@ -645,6 +876,8 @@ def run_compare(config: CompareConfig, progress: bool = True) -> list[dict[str, 
             raise ConfigError(f"model: {first} does not name its model; pass --model")
     return compare(
         load_model(source, device), solvers, config.seeds, nfe=config.nfe, teacher=config.teacher,
+        teacher_set=config.teacher_set, allow_seed_overlap=config.allow_seed_overlap,
+        prompts=config.prompts,
         fid_ref=config.fid_ref, fid_ref_num=config.fid_ref_num, fid_method=config.fid_method,
         out=config.out, batch_size=config.batch_size, device=device, progress=progress,
     )  # fmt: skip
@@ -656,6 +889,7 @@ __all__ = [
     "SOLVER_SEPARATOR",
     "CompareConfig",
     "FIDConfig",
+    "check_seed_overlap",
     "classic_spec",
     "compare",
     "format_fid",
@@ -664,4 +898,5 @@ __all__ = [
     "run_compare",
     "run_fid",
     "split_solvers",
+    "teacher_seed_sets",
 ]
