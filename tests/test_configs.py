@@ -294,3 +294,30 @@ def test_presets_are_documented():
         assert str(path.relative_to(ROOT)) in guide, (
             f"{path} is not used in docs/reproduce-paper.md"
         )
+
+
+def test_none_switches_an_optional_setting_off():
+    """`--fid-ref none` on the command line, or `fid_ref: none` in YAML, means no FID."""
+    assert (
+        load_config(
+            CompareConfig,
+            overrides={"model": "mnist32", "solvers": "ddim:nfe=4", "fid_ref": "none"},
+        ).fid_ref
+        is None
+    )
+    assert (
+        load_config(
+            CompareConfig,
+            overrides={"model": "mnist32", "solvers": "ddim:nfe=4", "fid_ref": "NULL"},
+        ).fid_ref
+        is None
+    )
+    assert (
+        load_config(
+            CompareConfig,
+            overrides={"model": "mnist32", "solvers": "ddim:nfe=4", "fid_ref": "mnist"},
+        ).fid_ref
+        == "mnist"
+    )
+    with pytest.raises(ConfigError, match="nfe"):
+        load_config(TrainConfig, overrides={"teacher": "t", "nfe": "none"})

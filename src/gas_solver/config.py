@@ -102,6 +102,8 @@ def _base_type(hint: Any) -> Any:
 
 def _coerce(name: str, value: Any, hint: Any) -> Any:
     optional = type(None) in typing.get_args(hint)
+    if optional and isinstance(value, str) and value.lower() in ("none", "null"):
+        value = None  # how a flag or a YAML string switches an optional setting off
     if value is None:
         if optional:
             return None
