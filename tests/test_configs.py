@@ -298,26 +298,9 @@ def test_presets_are_documented():
 
 def test_none_switches_an_optional_setting_off():
     """`--fid-ref none` on the command line, or `fid_ref: none` in YAML, means no FID."""
-    assert (
-        load_config(
-            CompareConfig,
-            overrides={"model": "mnist32", "solvers": "ddim:nfe=4", "fid_ref": "none"},
-        ).fid_ref
-        is None
-    )
-    assert (
-        load_config(
-            CompareConfig,
-            overrides={"model": "mnist32", "solvers": "ddim:nfe=4", "fid_ref": "NULL"},
-        ).fid_ref
-        is None
-    )
-    assert (
-        load_config(
-            CompareConfig,
-            overrides={"model": "mnist32", "solvers": "ddim:nfe=4", "fid_ref": "mnist"},
-        ).fid_ref
-        == "mnist"
-    )
+    base = {"model": "mnist32", "solvers": "ddim:nfe=4"}
+    for given, expected in (("none", None), ("NULL", None), ("mnist", "mnist")):
+        config = load_config(CompareConfig, overrides={**base, "fid_ref": given})
+        assert config.fid_ref == expected
     with pytest.raises(ConfigError, match="nfe"):
         load_config(TrainConfig, overrides={"teacher": "t", "nfe": "none"})
