@@ -34,6 +34,7 @@ def commands() -> dict[str, tuple[str, type | None, Action]]:
     """name → (help, config class, action)."""
     from .demo import DemoConfig, run_demo
     from .evaluation import CompareConfig, FIDConfig, format_fid, run_compare, run_fid
+    from .models.edm import ConvertEDMConfig, convert_edm
     from .pipeline import SampleConfig, TeacherConfig, make_teacher, run_sample
     from .training.denoiser import DenoiserConfig, train_denoiser
     from .training.trainer import TrainConfig, train_from_config
@@ -68,6 +69,11 @@ def commands() -> dict[str, tuple[str, type | None, Action]]:
         "fid": ("Fréchet Inception Distance of images against reference statistics", FIDConfig, lambda c: format_fid(run_fid(c))),
         "demo": ("the whole method on one model: teacher → GS → comparison → report", DemoConfig, lambda c: f"report: {run_demo(c)}"),
         "compare": ("run several solvers on the same seeds and tabulate FID and teacher fidelity", CompareConfig, compare),
+        "convert-edm": (
+            "convert an NVIDIA EDM network pickle into a safe folder (edm.json + model.safetensors) without running its code",
+            ConvertEDMConfig,
+            lambda c: f"converted: {convert_edm(c)}",
+        ),
     }  # fmt: skip
 
 

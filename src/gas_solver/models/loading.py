@@ -1,9 +1,15 @@
 """Turn a model name or path into a :class:`DiffusionModel`.
 
-Built-in names need no files of their own; anything else is a local folder in the diffusers
-pipeline layout (:mod:`gas_solver.models.diffusers`); EDM checkpoints will plug in here too. The
-string a model was loaded from is kept as ``model.source`` so teacher sets and checkpoints can name
-it and later commands can load it again.
+Built-in names need no files of their own. Anything else is a local path:
+
+* an EDM network pickle ``….pkl``, or a folder with ``edm.json`` + ``model.safetensors`` written
+  by ``gas-solver convert-edm`` (:mod:`gas_solver.models.edm`; pickles are read without running
+  their code);
+* any other folder: the diffusers pipeline layout (:mod:`gas_solver.models.diffusers`), optionally
+  ``folder:guidance=S``.
+
+The string a model was loaded from is kept as ``model.source`` so teacher sets and checkpoints can
+name it and later commands can load it again.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from ..schedules import DiscreteVPSchedule
 from .analytic import GaussianMixtureModel
 from .base import DiffusionModel
 from .diffusers import is_diffusers_source, load_diffusers_model
+from .edm import is_edm_source, load_edm_model
 
 
 def _ring_discrete() -> DiffusionModel:
@@ -61,15 +68,19 @@ BUILTIN_MODELS: dict[str, tuple[Callable[[], DiffusionModel], str]] = {
 
 
 def load_model(source: str, device: str | torch.device = "cpu") -> DiffusionModel:
-    """Load a model by built-in name (see ``BUILTIN_MODELS``) or from a local diffusers folder."""
+    """Load a model by built-in name (see ``BUILTIN_MODELS``), from an EDM ``.pkl`` or converted
+    EDM folder, or from a local diffusers folder (see the module docstring)."""
     if source in BUILTIN_MODELS:
         model = BUILTIN_MODELS[source][0]()
+    elif is_edm_source(source):  # "x.pkl", or a folder with edm.json
+        model = load_edm_model(source)
     elif is_diffusers_source(source):  # a folder, optionally "folder:guidance=S"
         model = load_diffusers_model(source)
     else:
         known = ", ".join(BUILTIN_MODELS)
         raise ConfigError(
-            f"model: {source!r} is neither a built-in model ({known}) nor a local model folder"
+            f"model: {source!r} is neither a built-in model ({known}) nor a local model folder "
+            "or EDM .pkl file"
         )
     model.source = source
     return model.to(device).eval().requires_grad_(False)
