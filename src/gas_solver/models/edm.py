@@ -521,7 +521,7 @@ def fingerprint(net: nn.Module) -> str:
     for name, tensor in net.state_dict().items():
         tensor = tensor.detach().cpu().contiguous()
         digest.update(f"{name}:{tensor.dtype}:{list(tensor.shape)};".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())  # no copy
     return digest.hexdigest()[:16]
 
 
