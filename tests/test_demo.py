@@ -38,12 +38,12 @@ def test_demo_writes_report_table_and_pictures(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "gas_solver.cli", "demo", "--model", str(model), "--out", "demo",
          "--train-size", "12", "--val-size", "4", "--iterations", "3", "--batch-size", "4",
-         "--eval-seeds", "50000-50003", "--fid-ref", "ref.npz"],
+         "--eval-seeds", "50000-50003", "--fid-ref", "ref.npz", "--gas", "--disc-preset", "tiny"],
         cwd=tmp_path, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     report = (tmp_path / "demo" / "report.md").read_text()
-    for solver in ("teacher", "GS-4", "ddim", "dpmpp", "unipc", "ipndm"):
+    for solver in ("teacher", "GS-4", "GAS-4", "ddim", "dpmpp", "unipc", "ipndm"):
         assert solver in report
     assert "gas-solver demo --model" in report
     rows = json.loads((tmp_path / "demo" / "demo.json").read_text())["rows"]
