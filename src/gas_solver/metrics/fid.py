@@ -53,6 +53,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+FID_METHODS = ("sqrtm", "eigh")  # how the matrix square root is taken, see frechet_distance
+
 #: Reference statistics shipped inside the package (compact form, see :class:`FIDStatistics`).
 SHIPPED_STATS = Path(__file__).resolve().parents[1] / "assets" / "fid-stats"
 
@@ -394,7 +396,7 @@ def frechet_distance(
             f"FID statistics do not match: mu {mu1.shape} vs {mu2.shape}, "
             f"sigma {sigma1.shape} vs {sigma2.shape}"
         )
-    if method not in ("sqrtm", "eigh"):
+    if method not in FID_METHODS:
         raise ConfigError(f"method must be 'sqrtm' or 'eigh', got {method!r}")
     diff = mu1 - mu2
     trace_root = _trace_sqrt_product(sigma1, sigma2, method, sqrt_sigma1)

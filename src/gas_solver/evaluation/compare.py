@@ -1,11 +1,4 @@
-"""What the ``fid`` and ``compare`` commands do, as library functions with validated configs.
-
-``fid`` (:class:`FIDConfig`, :func:`run_fid`): the FID of one set of images against reference
-statistics, with :mod:`gas_solver.metrics.fid` (EDM's detector and preprocessing). The images come
-from a folder, an ``.npz`` (``gas-solver sample``'s ``samples.npz``, or ``images``/``arr_0``), a
-bundled data set, or straight from a solver (``--solver`` with ``--model``/``--seeds``).
-``--save-ref`` writes the statistics of those images as an EDM-style ``.npz`` (``mu``, ``sigma``)
-that later runs take as ``--ref``.
+"""The ``gas-solver compare`` command: several solvers against a teacher on the same noise.
 
 ``compare`` (:class:`CompareConfig`, :func:`compare`): one model, several solvers (classic specs
 and trained GS/GAS checkpoints) and a many-step teacher, all on the same evaluation seeds, so every
@@ -41,11 +34,7 @@ paper uses it (spec §3.1, §3.4–3.5):
 * ``fid --images`` on a ``sample`` output of a latent model reads its decoded ``images``, not
   its ``samples`` (the latents).
 
-**Seeds** (DESIGN principle 4): evaluation seeds must not overlap the seeds of the teacher set a
-solver learnt from, or it is scored on its own training noise. :func:`compare` checks the seeds
-of ``teacher_set`` (when given) and of the teacher set each GS/GAS checkpoint records, and
-refuses an overlap with a :class:`~gas_solver.errors.ConfigError` unless
-``allow_seed_overlap`` (then it logs a warning).
+Seeds are checked against teacher sets by :mod:`.seed_checks`.
 """
 
 from __future__ import annotations
@@ -59,16 +48,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from .config import option, require
-from .data.teacher import MANIFEST_NAME, TeacherSet
-from .errors import ConfigError, GasSolverError, MissingAssetError
-from .models.base import DiffusionModel
-from .models.loading import load_model
-from .pipeline import (
+from ..config import option, require
+from ..data.teacher import TeacherSet
+from ..errors import ConfigError, GasSolverError
+from ..metrics.fid import FID_METHODS
+from ..models.base import DiffusionModel
+from ..models.loading import load_model
+from ..pipeline import (
     Sampler,
     generate,
     image_batches,
@@ -80,11 +69,12 @@ from .pipeline import (
     teacher_spec,
     to_images,
 )
-from .runtime import resolve_device, run_metadata, write_json
-from .seeds import EVAL_SEEDS, TEACHER_SEEDS, format_seeds, parse_seeds
-from .solvers.generalized import load_metadata
-from .solvers.registry import SolverSpec, parse_solver_spec
-from .visualize import plot_time_grids, save_comparison_grid, save_image_grid, save_scatter
+from ..runtime import json_safe, resolve_device, run_metadata, write_json
+from ..seeds import format_seeds, parse_seeds
+from ..solvers.generalized import load_metadata
+from ..solvers.registry import SolverSpec, parse_solver_spec
+from ..visualize import plot_time_grids, save_comparison_grid, save_image_grid, save_scatter
+from .seed_checks import check_seed_overlap, teacher_seed_sets
 
 log = logging.getLogger(__name__)
 
@@ -93,215 +83,9 @@ DEFAULT_TEACHER = "unipc:nfe=20,order=3,variant=bh1,grid=logsnr"
 COMPARE_SEEDS = "50000-50255"
 """256 evaluation seeds: minutes on a CPU for the bundled MNIST model. FID from 256 images is
 biased upwards and only comparable at equal N; use ``50000-99999`` for the paper's protocol."""
-FID_METHODS = ("sqrtm", "eigh")
 GRID_IMAGES = 64  # images per solver grid, 8 per row
 COMPARISON_IMAGES = 8  # seeds per row of comparison.png
 SCATTER_POINTS = 2000  # points per solver in the scatter plots
-
-
-# ---------------------------------------------------------------------------------------------
-# gas-solver fid
-
-
-@dataclasses.dataclass
-class FIDConfig:
-    """``gas-solver fid``: FID of images against reference statistics (and/or save statistics)."""
-
-    images: str | None = option(
-        None,
-        "images: a folder of PNGs, an .npz (`sample`'s samples.npz: latent models' decoded "
-        "images; or 'images'/'arr_0' NHWC uint8), a `sample` output folder, or a bundled data "
-        "set (mnist, digits)",
-    )
-    solver: str | None = option(
-        None,
-        "instead of --images: sample with this GS checkpoint or classic solver spec (latent "
-        "models: FID of the decoded images)",
-    )
-    model: str | None = option(
-        None, "with --solver: model name or path; none: the checkpoint's model"
-    )
-    seeds: str = option(EVAL_SEEDS, "with --solver: evaluation seeds (the paper's 50k)")
-    prompts: str | None = option(
-        None,
-        "with --solver, text models: a file of prompts, one a line; seed s gets prompt s mod count",
-    )
-    ref: str | None = option(
-        None,
-        "reference: an EDM/ADM .npz (mu, sigma; or images), a folder of images, or a bundled data "
-        "set (mnist, digits; statistics cached)",
-    )
-    ref_num: int | None = option(None, "use only the first REF_NUM reference images; none: all")
-    num: int | None = option(None, "use only the first NUM images; none: all")
-    save_ref: str | None = option(
-        None, "also write the statistics of these images to this .npz (EDM style, a valid --ref)"
-    )
-    method: str = option(
-        "sqrtm",
-        "matrix square root: sqrtm (scipy, as EDM) or eigh (same value, several times faster)",
-        choices=list(FID_METHODS),
-    )
-    batch_size: int = option(64, "images per Inception call (and samples per batch with --solver)")
-    device: str = option("auto", "cpu, cuda, cuda:N or auto")
-    out: str | None = option(None, "also write the result to this JSON file")
-
-    def validate(self) -> None:
-        require(
-            bool(self.images) != bool(self.solver),
-            "images",
-            "give exactly one of --images and --solver",
-        )
-        require(bool(self.ref or self.save_ref), "ref", "give --ref, --save-ref or both")
-        require(self.num is None or self.num >= 2, "num", "FID needs at least 2 images")
-        require(self.ref_num is None or self.ref_num >= 2, "ref_num", "needs at least 2 images")
-        require(self.batch_size >= 1, "batch_size", "must be >= 1")
-        require(self.method in FID_METHODS, "method", f"must be one of {FID_METHODS}")
-        require(
-            self.save_ref is None or self.save_ref.endswith(".npz"),
-            "save_ref",
-            f"must be an .npz path, got {self.save_ref!r}",
-        )
-        if self.prompts is not None:
-            require(Path(self.prompts).is_file(), "prompts", f"{self.prompts} is not a file")
-        if self.solver:
-            parse_seeds(self.seeds)
-            if not is_checkpoint(self.solver):
-                parse_solver_spec(self.solver)
-                require(bool(self.model), "model", "required with a classic solver")
-
-
-def load_images(source: str, num: int | None = None) -> Tensor | str:
-    """An image source named on the command line → what :mod:`gas_solver.metrics.fid` reads.
-
-    Args:
-        source: a bundled data set name; an ``.npz`` with ``samples`` (``gas-solver sample``:
-            float32 ``(N, C, H, W)`` in [−1, 1]; for a latent model the file also holds the
-            decoded ``images``, which are used instead of the latents) or with
-            ``images``/``arr_0``; a folder of images; a ``gas-solver sample`` output folder (its
-            ``samples.npz`` is used).
-        num: keep the first ``num`` (data sets and ``samples`` arrays; paths are capped later).
-
-    Returns:
-        Images ``(N, C, H, W)`` as a tensor, or a path for :func:`~gas_solver.metrics.fid`.
-
-    Raises:
-        MissingAssetError: nothing exists under that name.
-        ConfigError: the ``.npz`` holds samples that are not images (e.g. 2-D points).
-    """
-    from .data.datasets import DATASETS, dataset_names, load_dataset
-
-    path = Path(source)
-    if source in DATASETS and not path.exists():
-        images = load_dataset(source).images
-        return images[:num] if num is not None else images
-    if path.is_dir() and (path / "samples.npz").is_file() and (path / "sample.json").is_file():
-        path = path / "samples.npz"
-    if not path.exists():
-        raise MissingAssetError(
-            f"images {source!r}: no such file or folder, and not a bundled data set "
-            f"({', '.join(dataset_names())})"
-        )
-    if path.is_file() and path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as data:
-            if "samples" in data.files:
-                # `sample` of a latent model: samples are latents, images their decoded pictures
-                key = "images" if "images" in data.files else "samples"
-                samples = data[key]
-                if samples.ndim != 4 or samples.shape[1] not in (1, 3):
-                    raise ConfigError(
-                        f"{path}: {key} of shape {samples.shape} are not images "
-                        "(N, C, H, W) with C = 1 or 3; FID applies to image models only"
-                    )
-                samples = samples[:num] if num is not None else samples
-                return torch.from_numpy(np.ascontiguousarray(samples))
-    return str(path)
-
-
-def _has_samples(path: str) -> bool:
-    """Whether ``path`` is an ``.npz`` written by ``gas-solver sample`` (key ``samples``)."""
-    if not (path.endswith(".npz") and Path(path).is_file()):
-        return False
-    with np.load(path, allow_pickle=False) as data:
-        return "samples" in data.files
-
-
-def run_fid(config: FIDConfig, progress: bool = True) -> dict[str, Any]:
-    """Compute what ``config`` asks for; returns the result (also written to ``config.out``).
-
-    The result has ``fid`` (``None`` without ``--ref``), ``num_images``, ``reference`` and
-    ``reference_num_images``, ``method``, ``images`` (the source), ``saved_reference``.
-
-    With ``--solver`` on a latent model the samples (latents) are decoded in batches of
-    ``batch_size`` and the decoded images, in [−1, 1], go to the Inception
-    (``images.decoded`` is then ``True``).
-    """
-    from .metrics.fid import INCEPTION_SHA1, compute_statistics, reference_statistics
-
-    device = resolve_device(config.device)
-    kwargs = dict(batch_size=config.batch_size, device=device, progress=progress)
-    images: Tensor | str | None = None
-    if config.solver:
-        model = load_model(config.model, device) if config.model else None
-        model, sampler, description = load_sampler(config.solver, model, device)
-        if not makes_images(model):
-            raise ConfigError(f"model: samples of shape {model.sample_shape} are not images")
-        seeds = parse_seeds(config.seeds)[: config.num]
-        source: Any = {
-            "solver": description,
-            "seeds": format_seeds(seeds),
-            "decoded": is_latent(model),
-        }
-    else:
-        images = load_images(config.images, config.num)
-        source = config.images
-    ref = None
-    if config.ref:  # before sampling and the Inception: a bad reference fails early
-        ref_source: Any = config.ref
-        if _has_samples(ref_source):
-            ref_source = load_images(ref_source)
-        ref = reference_statistics(ref_source, num_images=config.ref_num, **kwargs)
-    if images is None:  # latent models: decoded batch by batch on the way to the Inception
-        cond_fn = seed_cond_fn(model, config.prompts)
-        samples = generate(model, sampler, seeds, config.batch_size, progress, cond_fn)
-        images = image_batches(model, samples, config.batch_size) if is_latent(model) else samples
-    stats = compute_statistics(images, num_images=config.num, **kwargs)
-    if config.save_ref:
-        stats.save(config.save_ref)
-        log.info("wrote FID statistics of %d images to %s", stats.num_images, config.save_ref)
-    result = {
-        "fid": None if ref is None else stats.frechet_distance(ref, method=config.method),
-        "num_images": stats.num_images,
-        "images": source,
-        "reference": config.ref,
-        "reference_num_images": None if ref is None else ref.num_images,
-        "method": config.method,
-        "detector_sha1": INCEPTION_SHA1,
-        "saved_reference": config.save_ref,
-        "run": run_metadata(),
-    }
-    if config.out:
-        write_json(config.out, _json_safe(result))
-    return result
-
-
-def format_fid(result: dict[str, Any]) -> str:
-    """The one-line summary the ``fid`` command prints."""
-    lines = []
-    if result["fid"] is not None:
-        ref_n = result["reference_num_images"]
-        lines.append(
-            f"FID {result['fid']:.4f} (N={result['num_images']} images; reference "
-            f"{result['reference']}, N={ref_n if ref_n is not None else '?'}; {result['method']})"
-        )
-    if result["saved_reference"]:
-        lines.append(
-            f"reference statistics: {result['saved_reference']} (N={result['num_images']})"
-        )
-    return "\n".join(lines)
-
-
-# ---------------------------------------------------------------------------------------------
-# gas-solver compare
 
 
 @dataclasses.dataclass
@@ -468,95 +252,6 @@ def _grid(spec: SolverSpec, model: DiffusionModel) -> list[float]:
     return spec.make_grid(model.schedule).double().cpu().tolist()
 
 
-def teacher_seed_sets(
-    solvers: Sequence[str], teacher_set: str | Path | None = None
-) -> list[tuple[str, list[int]]]:
-    """The teacher-set seeds that evaluation seeds must avoid, each with what it comes from.
-
-    Args:
-        solvers: the compared solvers; for each GS/GAS checkpoint among them, the teacher set
-            its metadata records: the seed list stored with it (``teacher.seeds``), or for
-            checkpoints without one the manifest at the recorded path, if it still exists.
-        teacher_set: a teacher set folder (or its ``manifest.json``) given by the user.
-
-    Returns:
-        ``[(description, seeds), ...]``, one per distinct teacher set.
-
-    Raises:
-        MissingAssetError, GasSolverError: ``teacher_set`` is not a readable, finished set.
-    """
-    found: dict[str, tuple[str, list[int]]] = {}
-    if teacher_set is not None:
-        made = TeacherSet(teacher_set)
-        found[_path_key(made.path)] = (
-            f"teacher set {made.path}",
-            parse_seeds(made.manifest["seeds"]),
-        )
-    for text in solvers:
-        if not is_checkpoint(text):
-            continue
-        recorded = load_metadata(text).get("teacher") or {}
-        path = recorded.get("path")
-        key = _path_key(path) if path else f"checkpoint:{text}"
-        if key in found:
-            continue
-        name = f"the teacher set {path} of {text}" if path else f"the teacher set of {text}"
-        if recorded.get("seeds"):
-            found[key] = (name, parse_seeds(recorded["seeds"]))
-        elif path and (Path(path) / MANIFEST_NAME).is_file():
-            found[key] = (name, parse_seeds(TeacherSet(path).manifest["seeds"]))
-        else:
-            log.info(
-                "%s records no teacher seeds and its teacher set %s is not here; its seeds "
-                "cannot be checked against the evaluation seeds (pass --teacher-set)",
-                text,
-                path,
-            )
-    return list(found.values())
-
-
-def check_seed_overlap(
-    seeds: Sequence[int],
-    teacher_seeds: Sequence[tuple[str, Sequence[int]]],
-    allow: bool = False,
-) -> None:
-    """Refuse evaluation seeds shared with a teacher set (DESIGN principle 4).
-
-    A solver scored on the noise it was trained on looks better than it is, so this raises
-    unless ``allow``, in which case it logs a warning per overlapping set.
-
-    Args:
-        seeds: the evaluation seeds.
-        teacher_seeds: ``(description, seeds)`` per teacher set (:func:`teacher_seed_sets`).
-        allow: warn instead of raising.
-
-    Raises:
-        ConfigError: some evaluation seeds are seeds of a teacher set (and not ``allow``).
-    """
-    wanted = set(seeds)
-    for name, taught in teacher_seeds:
-        common = wanted.intersection(taught)
-        if not common:
-            continue
-        message = (
-            f"seeds: {len(common)} of the {len(wanted)} evaluation seeds (e.g. {min(common)}) "
-            f"are seeds of {name}, so a solver trained on it would be scored on its own training "
-            f"noise. Teacher and evaluation seeds never overlap (defaults: teacher "
-            f"{TEACHER_SEEDS}, evaluation {EVAL_SEEDS}); pick other --seeds"
-        )
-        if not allow:
-            raise ConfigError(message + ", or pass --allow-seed-overlap to only warn")
-        log.warning("%s (allowed by --allow-seed-overlap: the scores are optimistic)", message)
-
-
-def _path_key(path: str | Path) -> str:
-    """A teacher set's folder as a comparable key (its manifest path names the same set)."""
-    path = Path(path)
-    if path.name == MANIFEST_NAME:
-        path = path.parent
-    return str(path.resolve())
-
-
 def _check_teacher_solver(entry: _Entry, teacher_set: str | Path) -> None:
     """Warn when the compared teacher is not the solver that made ``teacher_set``."""
     stored = TeacherSet(teacher_set).solver_spec
@@ -635,8 +330,8 @@ def compare(
             evaluation seeds shared with a teacher set (unless ``allow_seed_overlap``).
         MissingAssetError: a missing checkpoint, model, reference or FID detector.
     """
-    from .metrics.fid import compute_statistics, reference_statistics
-    from .metrics.fidelity import per_sample_fidelity, summarize_fidelity
+    from ..metrics.fid import compute_statistics, reference_statistics
+    from ..metrics.fidelity import per_sample_fidelity, summarize_fidelity
 
     if fid_method not in FID_METHODS:
         raise ConfigError(f"fid_method: must be one of {FID_METHODS}, got {fid_method!r}")
@@ -780,7 +475,7 @@ def _write_outputs(
         save_scatter(kept, out / "scatter.png", title=f"{context['model']}, {len(rows)} solvers")
     plot_time_grids({row["label"]: row["grid"] for row in rows}, out / "time_grids.png")
     (out / "compare.md").write_text(format_table(rows, context))
-    write_json(out / "compare.json", _json_safe({**context, "rows": rows, "run": run_metadata()}))
+    write_json(out / "compare.json", json_safe({**context, "rows": rows, "run": run_metadata()}))
     log.info("wrote the comparison of %d solvers to %s", len(rows), out)
 
 
@@ -853,17 +548,6 @@ def _number(value: float, fmt: str) -> str:
     return "–" if math.isnan(value) else format(value, fmt)
 
 
-def _json_safe(value: Any) -> Any:
-    """Non-finite floats → ``None`` (strict JSON has no NaN or infinity)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 def run_compare(config: CompareConfig, progress: bool = True) -> list[dict[str, Any]]:
     """``gas-solver compare``: load the model, run :func:`compare`, write ``config.out``."""
     device = resolve_device(config.device)
@@ -881,22 +565,3 @@ def run_compare(config: CompareConfig, progress: bool = True) -> list[dict[str, 
         fid_ref=config.fid_ref, fid_ref_num=config.fid_ref_num, fid_method=config.fid_method,
         out=config.out, batch_size=config.batch_size, device=device, progress=progress,
     )  # fmt: skip
-
-
-__all__ = [
-    "COMPARE_SEEDS",
-    "DEFAULT_TEACHER",
-    "SOLVER_SEPARATOR",
-    "CompareConfig",
-    "FIDConfig",
-    "check_seed_overlap",
-    "classic_spec",
-    "compare",
-    "format_fid",
-    "format_table",
-    "load_images",
-    "run_compare",
-    "run_fid",
-    "split_solvers",
-    "teacher_seed_sets",
-]
