@@ -3,7 +3,8 @@
 1. a teacher set (the paper's teacher: UniPC-3, 20 model calls, logSNR grid) on seeds 0…;
 2. a GS trained on it at ``nfe`` model calls (and a GAS when ``--gas``);
 3. :func:`~gas_solver.evaluation.compare` of the learned solver(s) against DDIM,
-   DPM-Solver++(3M), UniPC-3 and iPNDM at the same NFE, and the teacher, on evaluation seeds
+   DPM-Solver++(3M), UniPC-3 and iPNDM at the same NFE (each on its best grid for the default
+   model, :data:`CLASSIC`), and the teacher, on evaluation seeds
    50000… (FID with its N, fidelity to the teacher, seconds, pictures);
 4. ``report.md``: the table, the share of the FID gap the GS closes,
    ``(FID_best classic − FID_GS) / (FID_best classic − FID_teacher)`` (the paper reaches
@@ -15,12 +16,13 @@ Defaults fit a laptop CPU; every size has a flag to scale it up.
 from __future__ import annotations
 
 import dataclasses
+import shlex
 import time
 from pathlib import Path
 from typing import Any
 
 from .config import load_config, option, require
-from .evaluation import DEFAULT_TEACHER, compare
+from .evaluation import DEFAULT_TEACHER, compare, split_solvers
 from .models.loading import load_model
 from .pipeline import TeacherConfig, make_teacher
 from .runtime import resolve_device, run_metadata, write_json
@@ -28,7 +30,9 @@ from .training.discriminator import PRESET_CHOICES
 from .training.losses import DISTILLATION_LOSSES
 from .training.trainer import TrainConfig, train
 
-CLASSIC = ("ddim", "dpmpp:order=3", "unipc:order=3", "ipndm:order=4")
+CLASSIC = "ddim:grid=uniform;dpmpp:order=3,grid=quadratic;unipc:order=3,grid=uniform;ipndm:order=4"
+"""Each classic solver on its best built-in grid for ``mnist32`` at 4 calls (L1 to the teacher,
+docs/BENCHMARKS.md): on the logSNR grid UniPC-3 and 3M break down there."""
 
 
 @dataclasses.dataclass
@@ -47,6 +51,7 @@ class DemoConfig:
         "l1", "per-sample distillation distance", choices=sorted(DISTILLATION_LOSSES)
     )
     init_grid: str = option("logsnr", "initial time grid of the learned solver")
+    classic: str = option(CLASSIC, "classic solvers to compare with, ';'-separated (NFE added)")
     gas: bool = option(False, "also train a GAS (adversarial) and add its row")
     disc_preset: str = option(
         "small",
@@ -98,13 +103,11 @@ def run_demo(config: DemoConfig, progress: bool = True) -> Path:
         seconds[f"{method.upper()} training"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    solvers = [
-        *learned,
-        *(f"{spec}{',' if ':' in spec else ':'}nfe={config.nfe}" for spec in CLASSIC),
-    ]
+    solvers = [*learned, *split_solvers(config.classic)]
     rows = compare(
-        model, solvers, config.eval_seeds, teacher=config.teacher, fid_ref=config.fid_ref,
-        fid_method=config.fid_method, out=out / "compare", device=device, progress=progress,
+        model, solvers, config.eval_seeds, nfe=config.nfe, teacher=config.teacher, fid_ref=config.fid_ref,
+        fid_method=config.fid_method, teacher_set=teacher.path, out=out / "compare", device=device,
+        progress=progress,
     )  # fmt: skip
     seconds["comparison"] = time.perf_counter() - start
     summary = {
@@ -129,7 +132,7 @@ def reproduce_command(config: DemoConfig) -> str:
         if isinstance(value, bool):
             flags.append(flag if value else f"--no-{flag[2:]}")
         elif value is not None:
-            flags.append(f"{flag} {value}")
+            flags.append(f"{flag} {shlex.quote(str(value))}")
     return "gas-solver demo " + " ".join(flags)
 
 
