@@ -35,7 +35,7 @@ def images_per_second(
     detector: InceptionFeatures, images: torch.Tensor, batch: int, channels_last: bool
 ) -> float:
     """Throughput of ``detector`` over ``images`` in batches of ``batch`` (one warm-up batch)."""
-    detector.channels_last = channels_last
+    detector.channels_last, detector.cpu_chunk = channels_last, batch
     with torch.inference_mode():
         detector(images[:batch])
         start = time.perf_counter()

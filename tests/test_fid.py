@@ -74,6 +74,20 @@ def features(inception, images) -> tuple[np.ndarray, np.ndarray]:
     return f[:N], f[N:]
 
 
+def test_cpu_chunks_give_the_same_features(inception, images, features) -> None:
+    """Features do not depend on how a batch is chunked: 2·BATCH images at once (chunk 2·BATCH)
+    and two forced chunks of BATCH, against the fixture's features (made BATCH at a time)."""
+    real, _ = images
+    before = inception.cpu_chunk
+    try:
+        for chunk in (2 * BATCH, BATCH):
+            inception.cpu_chunk = chunk
+            got = inception(real[: 2 * BATCH]).double().numpy()
+            assert np.allclose(got, features[0][: 2 * BATCH], rtol=1e-4, atol=1e-4)
+    finally:
+        inception.cpu_chunk = before
+
+
 # --- preprocessing ---------------------------------------------------------------------------
 
 

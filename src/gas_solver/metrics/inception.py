@@ -167,20 +167,31 @@ class InceptionFeatures(nn.Module):
         channels_last: feed the network NHWC memory (faster convolutions on CPU).
         device: where ``net`` lives; default: the device of its first parameter, else the CPU
             (a frozen TorchScript has no parameters).
+        cpu_chunk: on the CPU, images go through the network this many at a time, whatever the
+            batch: on the 2-core box 8 at a time ran 15–20 % faster than 32 or 64
+            (``benchmarks/inception_speed.py``, docs/BENCHMARKS.md). Other devices take the
+            whole batch.
     """
 
     def __init__(
-        self, net: nn.Module, channels_last: bool = True, device: torch.device | None = None
+        self,
+        net: nn.Module,
+        channels_last: bool = True,
+        device: torch.device | None = None,
+        cpu_chunk: int = 8,
     ) -> None:
         super().__init__()
         self.net = net
         self.channels_last = channels_last
+        self.cpu_chunk = cpu_chunk
         if device is None:
             device = next((p.device for p in net.parameters()), torch.device("cpu"))
         self.device = torch.device(device)
 
     def forward(self, images: Tensor) -> Tensor:
         """``images: (B, C, H, W)`` float in [−1, 1] or uint8 → features ``(B, 2048)`` float32."""
+        if self.device.type == "cpu" and len(images) > self.cpu_chunk:
+            return torch.cat([self(chunk) for chunk in images.split(self.cpu_chunk)])
         x = preprocess(images.to(self.device))
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
