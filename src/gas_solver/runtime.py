@@ -48,8 +48,8 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)
         write(Path(tmp))
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
