@@ -11,6 +11,7 @@ from gas_solver.config import load_config
 from gas_solver.data.teacher import TeacherSet, generate_teacher_set
 from gas_solver.errors import CheckpointMismatchError, ConfigError, GasSolverError
 from gas_solver.models import GaussianMixtureModel
+from gas_solver.pipeline import load_sampler
 from gas_solver.schedules import time_grid
 from gas_solver.seeds import seeded_noise
 from gas_solver.solvers.dpm_solver import ddim, dpm_solver_pp
@@ -261,6 +262,8 @@ def test_gas_changes_solver_and_discriminator_and_resumes_exactly(image_teacher_
     assert step["loss"] == pytest.approx(step["adversarial"] + step["distillation"], rel=1e-5)
     saved = json.loads((tmp_path / "a" / "solver.json").read_text())
     assert saved["training"]["config"]["loss"] == "gas"
+    _, _, description = load_sampler(str(tmp_path / "a"), model=model)
+    assert description["solver"] == "gas"  # what fid and compare report for this checkpoint
 
 
 def test_gas_discriminator_can_start_from_a_checkpoint(image_teacher_dir, tmp_path):

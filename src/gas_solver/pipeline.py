@@ -144,7 +144,8 @@ def load_sampler(
     """Resolve a solver string to ``(model, sampler, description)``.
 
     ``solver`` is a GS checkpoint path or a classic spec (``unipc:nfe=4``). A checkpoint knows its
-    model (``model_source`` in its metadata), so ``model`` may then be omitted.
+    model (``model_source`` in its metadata), so ``model`` may then be omitted. The description's
+    ``solver`` is ``gs`` or ``gas`` for a checkpoint (how it was trained), else the spec's name.
     """
     if is_checkpoint(solver):
         meta = load_metadata(solver)
@@ -154,7 +155,9 @@ def load_sampler(
                 raise ConfigError(f"model: {solver} does not name its model; pass --model")
             model = load_model(source, device)
         gs = GeneralizedSolver.load(solver, model=model).to(device)
-        return model, gs, {"solver": "gs", "checkpoint": str(solver), "nfe": gs.nfe}
+        training = meta.get("training", {}).get("config", {})
+        kind = "gas" if training.get("loss") == "gas" or training.get("adversarial") else "gs"
+        return model, gs, {"solver": kind, "checkpoint": str(solver), "nfe": gs.nfe}
     if model is None:
         raise ConfigError(f"model: required to run the classic solver {solver!r}")
     spec = parse_solver_spec(solver)

@@ -220,8 +220,7 @@ def _entries(
     for text in solvers:
         if is_checkpoint(text):
             _, gs, description = load_sampler(text, model, device)
-            training = load_metadata(text).get("training", {}).get("config", {})
-            kind = "gas" if training.get("loss") == "gas" or training.get("adversarial") else "gs"
+            kind = description["solver"]
             with torch.no_grad():
                 grid = gs.timesteps().double().cpu().tolist()
             entries.append(
