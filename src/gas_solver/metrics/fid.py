@@ -108,9 +108,8 @@ class FIDStatistics:
 
     @cached_property
     def sqrt_sigma(self) -> np.ndarray:
-        """The PSD square root Σ^½ (from ``eigh``), computed once: references are reused."""
-        w, v = np.linalg.eigh(self.sigma)
-        return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+        """The PSD square root Σ^½ (:func:`psd_sqrt`), computed once: references are reused."""
+        return psd_sqrt(self.sigma)
 
     def frechet_distance(self, reference: FIDStatistics, method: str = "sqrtm") -> float:
         """FID between these statistics and a ``reference`` (see :func:`frechet_distance`).
@@ -333,6 +332,12 @@ def _sqrtm(a: np.ndarray) -> np.ndarray:
     return root
 
 
+def psd_sqrt(sigma: np.ndarray) -> np.ndarray:
+    """Square root of a symmetric PSD matrix from its eigenvalues (negative round-off → 0)."""
+    w, v = np.linalg.eigh(sigma)
+    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+
+
 def _trace_sqrt_product(
     sigma1: np.ndarray, sigma2: np.ndarray, method: str, sqrt_sigma1: np.ndarray | None = None
 ) -> float:
@@ -340,7 +345,7 @@ def _trace_sqrt_product(
     if method == "eigh":
         # tr((Σ₁Σ₂)^½) = Σ √λ(Σ₁^½ Σ₂ Σ₁^½): a symmetric PSD matrix with the same eigenvalues.
         if sqrt_sigma1 is None:
-            sqrt_sigma1 = FIDStatistics(np.zeros(len(sigma1)), sigma1).sqrt_sigma
+            sqrt_sigma1 = psd_sqrt(sigma1)
         m = sqrt_sigma1 @ sigma2 @ sqrt_sigma1
         eig = np.linalg.eigvalsh((m + m.T) / 2)
         return float(np.sqrt(np.clip(eig, 0, None)).sum())
