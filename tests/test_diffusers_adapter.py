@@ -10,6 +10,7 @@ from gas_solver.config import load_config  # noqa: E402
 from gas_solver.errors import MissingAssetError  # noqa: E402
 from gas_solver.models.diffusers import DiffusersUNetModel  # noqa: E402
 from gas_solver.models.loading import load_model  # noqa: E402
+from gas_solver.runtime import load_checkpoint_file  # noqa: E402
 from gas_solver.sampling import sample  # noqa: E402
 from gas_solver.training.denoiser import DenoiserConfig, train_denoiser  # noqa: E402
 
@@ -81,8 +82,8 @@ def test_resume_continues_the_same_run(tiny_model_dir, tmp_path):
         overrides={**base, "out": str(tmp_path / "b"), "iterations": 6, "resume": True},
     )
     train_denoiser(rest, progress=False)
-    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)["unet"]
-    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["unet"]
+    a = load_checkpoint_file(tmp_path / "a" / "checkpoint.pt")["unet"]
+    b = load_checkpoint_file(tmp_path / "b" / "checkpoint.pt")["unet"]
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
+import io
 import json
 import math
 import os
+import pickle
 import platform
 import sys
 import tempfile
@@ -15,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .errors import ConfigError
+from .errors import CheckpointMismatchError, ConfigError
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -76,8 +79,50 @@ def write_json(path: str | Path, data: Any) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
-def torch_save(path: str | Path, obj: Any) -> Path:
-    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+CHECKPOINT_MAGIC = b"gas-solver checkpoint v1\n"
+
+
+def save_checkpoint_file(path: str | Path, state: dict[str, Any]) -> Path:
+    """Write a training state atomically, sealed so that every byte of the file is checked on read.
+
+    Layout: the line ``gas-solver checkpoint v1``, the SHA-256 (hex) of the payload on the next
+    line, then the payload: the ``torch.save`` bytes of ``state``.
+    """
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    data = buffer.getvalue()
+    seal = CHECKPOINT_MAGIC + hashlib.sha256(data).hexdigest().encode() + b"\n"
+    return atomic_write(path, lambda tmp: tmp.write_bytes(seal + data))
+
+
+def load_checkpoint_file(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
+    """Read a file written by :func:`save_checkpoint_file`; no code in the file can run.
+
+    The payload is unpickled only after its SHA-256 matches, and then only by torch's restricted
+    unpickler (``weights_only=True``: tensors, numbers, strings, plain containers). A file that is
+    not such a checkpoint, is truncated or has any byte changed raises
+    :class:`CheckpointMismatchError` naming the path.
+    """
+    path = Path(path)
+
+    def refuse(why: str) -> CheckpointMismatchError:
+        return CheckpointMismatchError(
+            f"{path}: {why}; it cannot be resumed from (delete it, or start without --resume)"
+        )
+
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise refuse(f"unreadable ({err.strerror})") from None
+    if not raw.startswith(CHECKPOINT_MAGIC):
+        raise refuse("not a gas-solver checkpoint")
+    digest, _, data = raw[len(CHECKPOINT_MAGIC) :].partition(b"\n")
+    if hashlib.sha256(data).hexdigest().encode() != digest:
+        raise refuse("checksum mismatch: the file is corrupted or truncated")
+    try:
+        return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
+        raise refuse(f"unreadable payload ({str(err).splitlines()[0]})") from None
 
 
 def run_metadata() -> dict[str, Any]:

@@ -20,7 +20,13 @@ from tqdm.auto import tqdm
 
 from ..config import option, require
 from ..data.datasets import dataset_names, load_dataset
-from ..runtime import resolve_device, run_metadata, torch_save, write_json
+from ..runtime import (
+    load_checkpoint_file,
+    resolve_device,
+    run_metadata,
+    save_checkpoint_file,
+    write_json,
+)
 from .ema import EMA
 
 log = logging.getLogger(__name__)
@@ -101,7 +107,7 @@ def train_denoiser(config: DenoiserConfig, progress: bool = True) -> Path:
     generator = torch.Generator().manual_seed(config.seed)
     step, history = 0, []
     if config.resume:
-        state = torch.load(out / "checkpoint.pt", map_location=device, weights_only=False)
+        state = load_checkpoint_file(out / "checkpoint.pt", map_location=device)
         unet.load_state_dict(state["unet"])
         optimizer.load_state_dict(state["optimizer"])
         warmup.load_state_dict(state["lr_schedule"])
@@ -110,7 +116,7 @@ def train_denoiser(config: DenoiserConfig, progress: bool = True) -> Path:
         step, history = state["step"], state["history"]
 
     def save() -> Path:
-        torch_save(out / "checkpoint.pt", {
+        save_checkpoint_file(out / "checkpoint.pt", {
             "unet": unet.state_dict(), "optimizer": optimizer.state_dict(), "lr_schedule": warmup.state_dict(),
             "ema": ema.state_dict(), "generator": generator.get_state(), "step": step, "history": history,
         })  # fmt: skip

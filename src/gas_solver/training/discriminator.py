@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import CheckpointMismatchError, ConfigError, MissingAssetError
-from ..runtime import atomic_write
+from ..runtime import atomic_write, load_checkpoint_file
 
 LRELU_SLOPE = 0.2
 BASIS_SIZE = 4
@@ -369,12 +369,11 @@ def _read_entry(path: Path) -> dict[str, Any]:
                 "architecture": json.loads(metadata["architecture"]),
                 "state": {k: f.get_tensor(k) for k in f.keys()},  # noqa: SIM118
             }
-    data = torch.load(path, map_location="cpu", weights_only=True)
-    entry = data.get("discriminator", data) if isinstance(data, dict) else None
+    entry = load_checkpoint_file(path).get("discriminator")
     if not isinstance(entry, dict) or "architecture" not in entry or "state" not in entry:
         raise CheckpointMismatchError(
-            f"{path} holds no discriminator (expected a GAS training checkpoint or "
-            "{'architecture': ..., 'state': ...})"
+            f"{path} holds no discriminator (expected a GAS training checkpoint.pt or a "
+            "discriminator .safetensors file)"
         )
     return entry
 

@@ -44,7 +44,13 @@ from ..errors import CheckpointMismatchError, ConfigError, GasSolverError
 from ..models.base import DiffusionModel
 from ..models.loading import load_model
 from ..pipeline import makes_images, to_images
-from ..runtime import resolve_device, run_metadata, torch_save, write_json
+from ..runtime import (
+    load_checkpoint_file,
+    resolve_device,
+    run_metadata,
+    save_checkpoint_file,
+    write_json,
+)
 from ..schedules import GRID_KINDS
 from ..solvers.generalized import SOLVER_FILE, GeneralizedSolver
 from ..visualize import save_comparison_grid, save_scatter
@@ -303,14 +309,14 @@ class Trainer:
             state["adversary"] = self.adversary.state_dict()
             state["discriminator"] = state["adversary"]["discriminator"]  # for --disc-checkpoint
             state["fake_noise_rng"] = self.fake_noise.get_state()
-        torch_save(self.out / CHECKPOINT, state)
+        save_checkpoint_file(self.out / CHECKPOINT, state)
         self.save_solver()
 
     def load_checkpoint(self) -> None:
         path = self.out / CHECKPOINT
         if not path.is_file():
             raise GasSolverError(f"--resume: no checkpoint at {path}")
-        state = torch.load(path, map_location=self.device, weights_only=False)
+        state = load_checkpoint_file(path, map_location=self.device)
         method = state.get("method", "gs")
         if method != self.config.loss:
             raise CheckpointMismatchError(
