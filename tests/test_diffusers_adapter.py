@@ -38,15 +38,43 @@ def test_folder_round_trips_through_the_adapter(tiny_model_dir):
 
     model = load_model(str(tiny_model_dir))
     assert isinstance(model, DiffusersUNetModel)
-    assert model.sample_shape == (1, 8, 8) and model.prediction_type == "epsilon"
+    assert model.sample_shape == (1, 8, 8) and model.prediction_type == "v_prediction"
     assert model.source == str(tiny_model_dir)
     pipe = DDPMPipeline.from_pretrained(tiny_model_dir)
     x = torch.randn(3, 1, 8, 8)
     t = torch.tensor(0.4)  # DDPM timestep 399
+    alpha, sigma = (
+        pipe.scheduler.alphas_cumprod[399].sqrt(),
+        (1 - pipe.scheduler.alphas_cumprod[399]).sqrt(),
+    )
     with torch.no_grad():
-        expected = pipe.unet(x, torch.full((3,), 399.0)).sample
-        torch.testing.assert_close(model.noise_prediction(x, t), expected)
+        v = pipe.unet(x, torch.full((3,), 399.0)).sample
+        torch.testing.assert_close(model.noise_prediction(x, t), sigma * x + alpha * v)
     assert model.identity() == load_model(str(tiny_model_dir)).identity()
+
+
+def test_training_batches_follow_the_recipe():
+    """v targets satisfy x₀ = α x_t − σ v and ε = σ x_t + α v; log-normal levels have the asked
+    moments of ln σ̃; the uniform recipe draws DDPM's integer timesteps with ε targets."""
+    from gas_solver.schedules import DiscreteVPSchedule
+    from gas_solver.training.denoiser import build_scheduler, noisy_batch
+
+    schedule = DiscreteVPSchedule(build_scheduler().alphas_cumprod)
+    x0 = torch.rand(4000, 1, 2, 2) * 2 - 1
+    config = DenoiserConfig(p_mean=-1.0, p_std=0.8)
+    x_t, timestep, v = noisy_batch(config, schedule, x0, torch.Generator().manual_seed(0))
+    t = schedule.t_from_timestep(timestep.double())
+    alpha = schedule.alpha(t).float().view(-1, 1, 1, 1)
+    sigma = schedule.sigma(t).float().view(-1, 1, 1, 1)
+    torch.testing.assert_close(alpha * x_t - sigma * v, x0, atol=1e-5, rtol=0)
+    log_level = schedule.edm_sigma(t).log()
+    assert abs(log_level.mean() + 1.0) < 0.05 and abs(log_level.std() - 0.8) < 0.05
+
+    uniform = DenoiserConfig(prediction="epsilon", noise_sampling="uniform")
+    x_t, timestep, eps = noisy_batch(uniform, schedule, x0, torch.Generator().manual_seed(0))
+    assert torch.equal(timestep, timestep.round()) and 0 <= timestep.min() < timestep.max() <= 999
+    abar = build_scheduler().alphas_cumprod[timestep.long()].view(-1, 1, 1, 1)
+    torch.testing.assert_close(x_t, abar.sqrt() * x0 + (1 - abar).sqrt() * eps, atol=1e-5, rtol=0)
 
 
 def test_classic_and_learned_solvers_run_on_it(tiny_model_dir):

@@ -1,10 +1,22 @@
 """Training a small diffusion model (the bundled default) on a bundled data set.
 
-A diffusers ``UNet2DModel`` learns ε-prediction under a DDPM linear-β schedule (Ho et al. 2020,
-β from 1e-4 to 0.02 over 1000 steps) with the simple loss ``E‖ε − ε_θ(√ᾱ_i x₀ + √(1−ᾱ_i) ε, i)‖²``,
-i uniform in 0…999. Adam with a linear warm-up, gradient clipping, and an EMA of the weights (the
-EMA weights are what is saved). The result is a folder in the diffusers pipeline layout
-(``unet/`` + ``scheduler/``), loadable with :func:`gas_solver.models.load_model` like any user model.
+A diffusers ``UNet2DModel`` on the DDPM linear-β schedule (Ho et al. 2020, β from 1e-4 to 0.02 over
+1000 steps, made continuous by :class:`~gas_solver.schedules.DiscreteVPSchedule`), with
+``x_t = α_t x₀ + σ_t ε``. Two recipes:
+
+* ``--prediction v_prediction --noise-sampling lognormal`` (the default): the network predicts
+  ``v = α ε − σ x₀`` (Salimans & Ho 2022) at noise levels ``σ̃ = σ/α`` drawn log-normally,
+  ``ln σ̃ ~ N(P_mean, P_std²)`` (Karras et al. 2022, EDM §5), at the continuous timestep of that
+  level. With ``α² + σ² = 1`` the plain loss ``‖v̂ − v‖² = ‖x̂₀ − x₀‖²/σ²`` is EDM's weighted loss
+  ``λ(σ̃)‖D − x₀‖²``, ``λ = (σ̃² + σ_d²)/(σ̃ σ_d)²``, for ``σ_d = 1``, and the v-parameterisation is
+  EDM's preconditioning for that ``σ_d`` (``c_in = α``, ``c_skip = α²``, ``c_out = −σ``).
+* ``--prediction epsilon --noise-sampling uniform``: DDPM's simple loss
+  ``E‖ε − ε_θ(x_i, i)‖²``, ``i`` uniform in 0…999.
+
+Adam with a linear warm-up and an optional cosine decay, gradient clipping, and an EMA of the
+weights (the EMA weights are what is saved). The result is a folder in the diffusers pipeline
+layout (``unet/`` + ``scheduler/``), loadable with :func:`gas_solver.models.load_model` like any
+user model; ``--snapshot-every`` also keeps the EMA weights at those steps (training curves).
 """
 
 from __future__ import annotations
@@ -12,10 +24,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import time
 from pathlib import Path
 
 import torch
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..config import option, require
@@ -27,6 +41,7 @@ from ..runtime import (
     save_checkpoint_file,
     write_json,
 )
+from ..schedules import DiscreteVPSchedule
 from .ema import EMA
 
 log = logging.getLogger(__name__)
@@ -38,15 +53,31 @@ class DenoiserConfig:
 
     dataset: str = option("mnist", "bundled data set", choices=dataset_names())
     out: str = option("runs/mnist32", "output folder (model/ holds the diffusers pipeline folder)")
-    channels: str = option("32,64,64", "UNet block widths, one per resolution")
+    channels: str = option("16,32,64,64", "UNet block widths, one per resolution")
     layers_per_block: int = option(1, "ResNet layers per UNet block")
     iterations: int = option(20000, "optimizer steps")
     batch_size: int = option(64, "images per step")
+    prediction: str = option(
+        "v_prediction", "what the UNet predicts", choices=("v_prediction", "epsilon")
+    )
+    noise_sampling: str = option(
+        "lognormal", "training noise levels: EDM log-normal or DDPM uniform timesteps",
+        choices=("lognormal", "uniform"),
+    )  # fmt: skip
+    p_mean: float = option(-1.2, "lognormal: mean of ln(sigma/alpha)")
+    p_std: float = option(1.2, "lognormal: standard deviation of ln(sigma/alpha)")
     lr: float = option(1e-3, "Adam learning rate (after a linear warm-up)")
     warmup: int = option(200, "warm-up steps")
+    lr_decay: str = option(
+        "cosine", "after the warm-up: cosine decay to 0 at --iterations, or none",
+        choices=("cosine", "none"),
+    )  # fmt: skip
     ema_decay: float = option(0.999, "EMA decay of the saved weights")
     seed: int = option(0, "seed of the initialisation, batches and noise")
     save_every: int = option(500, "steps between checkpoints")
+    snapshot_every: int | None = option(
+        None, "also keep the EMA model at every multiple of this step (OUT/snapshots/step-N)"
+    )
     max_minutes: float | None = option(None, "stop (and save) after this much wall time")
     device: str = option("auto", "cpu, cuda, cuda:N or auto")
     resume: bool = option(False, "continue from OUT/checkpoint.pt")
@@ -58,6 +89,12 @@ class DenoiserConfig:
             require(getattr(self, name) >= 1, name, "must be >= 1")
         require(self.lr > 0, "lr", "must be > 0")
         require(0 <= self.ema_decay < 1, "ema_decay", "must be in [0, 1)")
+        require(self.p_std > 0, "p_std", "must be > 0")
+        require(
+            self.snapshot_every is None or self.snapshot_every >= 1,
+            "snapshot_every",
+            "must be >= 1",
+        )
 
     @property
     def widths(self) -> tuple[int, ...]:
@@ -79,12 +116,46 @@ def build_unet(config: DenoiserConfig, sample_size: int, channels: int):
     )  # fmt: skip
 
 
-def build_scheduler():
+def build_scheduler(prediction: str = "epsilon"):
     from diffusers import DDPMScheduler
 
     return DDPMScheduler(
-        num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear"
-    )
+        num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
+        prediction_type=prediction,
+    )  # fmt: skip
+
+
+def learning_rate_factor(config: DenoiserConfig, step: int) -> float:
+    """Linear warm-up over ``warmup`` steps, then 1 or a cosine decay reaching 0 at ``iterations``."""
+    if step < config.warmup:
+        return (step + 1) / config.warmup
+    if config.lr_decay == "none":
+        return 1.0
+    progress = (step - config.warmup) / max(config.iterations - config.warmup, 1)
+    return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def noisy_batch(
+    config: DenoiserConfig, schedule: DiscreteVPSchedule, x0: Tensor, generator: torch.Generator
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(x_t, timestep, target)`` for a batch of clean images ``x0: (B, C, H, W)``.
+
+    The timesteps are continuous DDPM timesteps in ``[0, N−1]`` (integers for ``uniform``); α and σ
+    come from the same continuous schedule the samplers use, so training and sampling agree
+    between the training grid's points.
+    """
+    batch = x0.shape[0]
+    noise = torch.randn(x0.shape, generator=generator)
+    if config.noise_sampling == "uniform":
+        timestep = torch.randint(schedule.num_train_timesteps, (batch,), generator=generator)
+        t = schedule.t_from_timestep(timestep.double())
+    else:
+        edm_sigma = (config.p_mean + config.p_std * torch.randn(batch, generator=generator)).exp()
+        t = schedule.t_from_edm_sigma(edm_sigma.double()).clamp(schedule.t_min, 1.0)
+    alpha = schedule.alpha(t).float().view(-1, 1, 1, 1)
+    sigma = schedule.sigma(t).float().view(-1, 1, 1, 1)
+    target = noise if config.prediction == "epsilon" else alpha * noise - sigma * x0
+    return alpha * x0 + sigma * noise, schedule.timestep(t).float(), target
 
 
 def train_denoiser(config: DenoiserConfig, progress: bool = True) -> Path:
@@ -97,12 +168,10 @@ def train_denoiser(config: DenoiserConfig, progress: bool = True) -> Path:
     torch.manual_seed(config.seed)
     images = load_dataset(config.dataset).images
     unet = build_unet(config, images.shape[-1], images.shape[1]).to(device)
-    scheduler = build_scheduler()
-    alphas_cumprod = scheduler.alphas_cumprod.to(device)
+    scheduler = build_scheduler(config.prediction)
+    schedule = DiscreteVPSchedule(scheduler.alphas_cumprod)
     optimizer = torch.optim.Adam(unet.parameters(), lr=config.lr)
-    warmup = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / max(config.warmup, 1))
-    )
+    warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: learning_rate_factor(config, s))
     ema = EMA(unet.parameters(), config.ema_decay)
     generator = torch.Generator().manual_seed(config.seed)
     step, history = 0, []
@@ -115,17 +184,20 @@ def train_denoiser(config: DenoiserConfig, progress: bool = True) -> Path:
         generator.set_state(state["generator"])
         step, history = state["step"], state["history"]
 
+    def save_ema_pipeline(folder: Path) -> None:
+        raw = [p.detach().clone() for p in unet.parameters()]
+        ema.copy_to(unet.parameters())
+        DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(folder)
+        with torch.no_grad():
+            for p, r in zip(unet.parameters(), raw, strict=True):
+                p.copy_(r)
+
     def save() -> Path:
         save_checkpoint_file(out / "checkpoint.pt", {
             "unet": unet.state_dict(), "optimizer": optimizer.state_dict(), "lr_schedule": warmup.state_dict(),
             "ema": ema.state_dict(), "generator": generator.get_state(), "step": step, "history": history,
         })  # fmt: skip
-        raw = [p.detach().clone() for p in unet.parameters()]
-        ema.copy_to(unet.parameters())
-        DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(out / "model")
-        with torch.no_grad():
-            for p, r in zip(unet.parameters(), raw, strict=True):
-                p.copy_(r)
+        save_ema_pipeline(out / "model")
         write_json(out / "training.json", {
             "config": dataclasses.asdict(config), "steps": step, "parameters": sum(p.numel() for p in unet.parameters()),
             "seconds": history[-1]["seconds"] if history else 0.0, "loss_every_100": history, "run": run_metadata(),
@@ -139,11 +211,9 @@ def train_denoiser(config: DenoiserConfig, progress: bool = True) -> Path:
     )
     while step < config.iterations:
         idx = torch.randint(len(images), (config.batch_size,), generator=generator)
-        x0 = images[idx].to(device)
-        noise = torch.randn(x0.shape, generator=generator).to(device)
-        level = torch.randint(1000, (config.batch_size,), generator=generator).to(device)
-        a = alphas_cumprod[level].view(-1, 1, 1, 1)
-        loss = (unet(a.sqrt() * x0 + (1 - a).sqrt() * noise, level).sample - noise).pow(2).mean()
+        x_t, timestep, target = noisy_batch(config, schedule, images[idx], generator)
+        output = unet(x_t.to(device), timestep.to(device)).sample
+        loss = (output - target.to(device)).pow(2).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
@@ -165,6 +235,8 @@ def train_denoiser(config: DenoiserConfig, progress: bool = True) -> Path:
         )
         if step % config.save_every == 0 or step == config.iterations or out_of_time:
             save()
+        if config.snapshot_every and step % config.snapshot_every == 0:
+            save_ema_pipeline(out / "snapshots" / f"step-{step:06d}")
         if out_of_time:
             log.warning("stopping at step %d: --max-minutes %s reached", step, config.max_minutes)
             break
