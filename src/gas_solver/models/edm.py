@@ -15,13 +15,11 @@ so a solver trained on one loads with the other.
 **Reading a pickle safely.** EDM pickles a network with ``torch_utils.persistence``: each network
 object becomes the call ``_reconstruct_persistent_obj(meta)``, where ``meta`` holds the Python
 source of EDM's ``training/networks.py``, the class name and the object's ``__dict__``; a plain
-``pickle.load`` would ``exec`` that source. :class:`RestrictedUnpickler` resolves only the globals
-of :data:`ALLOWED_GLOBALS`: the persistence hook becomes a function that keeps ``class_name`` and
-``state`` in a :class:`Captured` record and drops the source unread; torch containers
-(``ModuleDict``, …) become records too; tensors are rebuilt from storages read with
-``torch.load(weights_only=True)``; numpy scalars and plain containers pass. Any other global
-(``os.system``, ``builtins.eval``, …) stops the load with a :class:`ConfigError` naming it. The
-network is then built from this package's classes (:mod:`.edm_networks`) with the constructor
+``pickle.load`` would ``exec`` that source. The restricted unpickler of :mod:`gas_solver.safe_pickle`
+resolves only plain data, tensors and :data:`EDM_GLOBALS`: the persistence hook becomes a function
+that keeps ``class_name`` and ``state`` in a :class:`Captured` record and drops the source unread;
+torch containers (``ModuleDict``, …) become records too. Any other global (``os.system``,
+``builtins.eval``, …) stops the load with a :class:`ConfigError` naming it. The network is then built from this package's classes (:mod:`.edm_networks`) with the constructor
 arguments EDM recorded in the state (``_init_args``, ``_init_kwargs``), and the captured tensors
 are loaded into it with ``strict=True``.
 
@@ -36,20 +34,14 @@ declared as prediction type ``sample``; the contract turns it into ``ε̂ = (x �
 
 from __future__ import annotations
 
-import _compat_pickle
 import dataclasses
 import hashlib
-import importlib
 import inspect
-import io
 import json
 import logging
 import math
-import pickle
 import time
-from collections import OrderedDict
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -57,8 +49,9 @@ import torch
 from torch import Tensor, nn
 
 from ..config import option, require
-from ..errors import CheckpointMismatchError, ConfigError, GasSolverError, MissingAssetError
+from ..errors import CheckpointMismatchError, ConfigError, MissingAssetError
 from ..runtime import atomic_write, write_json
+from ..safe_pickle import Captured, capture_persistent, captured_state_dict, read_pickle
 from ..schedules import LinearVPSchedule, NoiseSchedule
 from .base import DiffusionModel
 from .edm_networks import PRECONDS, Precond
@@ -199,220 +192,24 @@ def vp_schedule_for(net: nn.Module, t_eps: float = 1e-3) -> LinearVPSchedule:
     return LinearVPSchedule(float(beta_min), float(beta_min) + float(beta_d), t_eps=t_eps)
 
 
-# -- capture records --------------------------------------------------------------------------------
-class Captured:
-    """A pickled object kept as data: its class name and its state (``__dict__``). Nothing of its
-    class runs; persistent EDM objects and torch containers both end up as one of these."""
-
-    class_name: str = ""
-    persistent: bool = False
-    state: Any = MappingProxyType({})
-
-    def __init__(self, class_name: str = "", state: Any = None, persistent: bool = False) -> None:
-        self.class_name, self.persistent = class_name, persistent
-        self.__setstate__(state)
-
-    def __setstate__(self, state: Any) -> None:
-        if isinstance(state, tuple) and len(state) == 2:  # (dict, slots)
-            state = {**(state[0] or {}), **(state[1] or {})}
-        if state is not None and not isinstance(state, dict):
-            raise ConfigError(f"{self.class_name}: expected a dict as state, got {type(state)}")
-        self.state = dict(state or {})
-
-    def __repr__(self) -> str:
-        return f"Captured({self.class_name!r}, {len(self.state)} fields)"
+# -- reading the pickle ---------------------------------------------------------------------------
+EDM_GLOBALS: dict[tuple[str, str], Any] = {
+    ("torch_utils.persistence", "_reconstruct_persistent_obj"): capture_persistent,
+}
+"""What EDM pickles need beyond :data:`~gas_solver.safe_pickle.PLAIN_GLOBALS`: the persistence
+hook, whose embedded source is dropped unread."""
 
 
-def _container(qualname: str) -> type[Captured]:
-    return type(qualname.rsplit(".", 1)[-1], (Captured,), {"class_name": qualname})
-
-
-class _PlainDict(dict):
-    """Stand-in for ``dnnlib.util.EasyDict`` (a dict with attribute access)."""
-
-    def __setstate__(self, state: Any) -> None:
-        if state:
-            raise ConfigError("an EasyDict with instance attributes is not plain data")
-
-
-# -- allowed globals --------------------------------------------------------------------------------
-def _capture_persistent(meta: Any) -> Captured:
-    """Stand-in for ``torch_utils.persistence._reconstruct_persistent_obj``: keeps class name and
-    state; ``meta["module_src"]`` is never executed, imported or stored."""
-    if not isinstance(meta, dict) or meta.get("type") != "class":
-        raise ConfigError("a persistent object without {'type': 'class', ...} metadata")
-    name = meta.get("class_name")
-    if not isinstance(name, str):
-        raise ConfigError("a persistent object without a class_name")
-    return Captured(name, meta.get("state"), persistent=True)
-
-
-def _reconstructor(cls: Any, base: Any, state: Any) -> Any:
-    """Stand-in for ``copyreg._reconstructor`` (how protocols 0 and 1 store objects), for captured
-    classes (base ``object``) and EasyDicts (base ``dict``, the items as state) only."""
-    if isinstance(cls, type) and issubclass(cls, Captured) and base is object:
-        return cls.__new__(cls)
-    if cls is _PlainDict and base is dict and isinstance(state, dict | None):
-        return _PlainDict(state or {})
-    raise ConfigError(f"refused copyreg._reconstructor({cls!r}, {base!r})")
-
-
-def _latin1_bytes(text: Any, encoding: str = "latin1") -> bytes:
-    """Stand-in for ``_codecs.encode``: how protocol-2 pickles store ``bytes``."""
-    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
-        raise ConfigError("refused _codecs.encode with anything but (str, 'latin1')")
-    return text.encode("latin1")
-
-
-def _load_storage(data: Any) -> Any:
-    """Stand-in for ``torch.storage._load_from_bytes``: the storage bytes are a legacy
-    ``torch.save`` stream, read with ``weights_only=True`` (torch's own restricted unpickler)."""
-    if not isinstance(data, bytes | bytearray):
-        raise ConfigError("a tensor storage that is not bytes")
-    try:
-        storage = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
-    except Exception as err:
-        raise ConfigError(f"a tensor storage is not a plain torch storage: {err}") from err
-    if not isinstance(storage, torch.TypedStorage | torch.UntypedStorage):
-        raise ConfigError(f"a tensor storage decoded to {type(storage).__name__}")
-    return storage
-
-
-def _ints(value: Any) -> bool:
-    return isinstance(value, tuple | list) and all(isinstance(v, int) for v in value)
-
-
-def _rebuild_tensor(
-    storage: Any,
-    offset: Any,
-    size: Any,
-    stride: Any,
-    requires_grad: Any = False,
-    backward_hooks: Any = None,
-    metadata: Any = None,
-) -> Tensor:
-    """Checked ``torch._utils._rebuild_tensor_v2``: a storage, integer geometry, no hooks."""
-    if not isinstance(storage, torch.TypedStorage):
-        raise ConfigError("a tensor whose storage is not a typed torch storage")
-    if not (isinstance(offset, int) and _ints(size) and _ints(stride)):
-        raise ConfigError("a tensor with non-integer offset, size or stride")
-    if backward_hooks or (metadata is not None and not isinstance(metadata, dict)):
-        raise ConfigError("a tensor with backward hooks or odd metadata")
-    return torch._utils._rebuild_tensor_v2(
-        storage, offset, tuple(size), tuple(stride), False, OrderedDict(), metadata
-    )
-
-
-def _rebuild_parameter(data: Any, requires_grad: Any, backward_hooks: Any, state: Any = None):
-    """Checked ``torch._utils._rebuild_parameter[_with_state]``: the plain tensor is enough."""
-    if not isinstance(data, Tensor) or backward_hooks:
-        raise ConfigError("a parameter that is not a plain tensor")
-    return data
-
-
-def _numpy_global(name: str) -> Any:
-    """``numpy._core.multiarray.<name>`` (numpy ≥ 2) or ``numpy.core.multiarray.<name>``."""
-    for module in ("numpy._core.multiarray", "numpy.core.multiarray"):
-        try:
-            return getattr(importlib.import_module(module), name)
-        except (ImportError, AttributeError):
-            continue
-    raise ConfigError(f"numpy has no multiarray.{name}")
-
-
-def _numpy_scalar(dtype: Any, data: Any = None) -> Any:
-    if not isinstance(dtype, np.dtype) or dtype.hasobject:
-        raise ConfigError("refused a numpy scalar that is not a plain number")
-    return _numpy_global("scalar")(dtype, data)
-
-
-def _allowed_globals() -> dict[tuple[str, str], Any]:
-    allowed: dict[tuple[str, str], Any] = {
-        ("torch_utils.persistence", "_reconstruct_persistent_obj"): _capture_persistent,
-        ("collections", "OrderedDict"): OrderedDict,
-        ("builtins", "dict"): dict,
-        ("builtins", "set"): set,
-        ("builtins", "frozenset"): frozenset,
-        ("builtins", "bytearray"): bytearray,
-        ("builtins", "object"): object,
-        ("copyreg", "_reconstructor"): _reconstructor,
-        ("_codecs", "encode"): _latin1_bytes,
-        ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
-        ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-        ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
-        ("torch.storage", "_load_from_bytes"): _load_storage,
-        ("torch", "device"): torch.device,
-        ("dnnlib.util", "EasyDict"): _PlainDict,
-        ("dnnlib", "EasyDict"): _PlainDict,
-        ("numpy", "dtype"): np.dtype,
-    }
-    for name in dir(torch):
-        if isinstance(getattr(torch, name, None), torch.dtype):
-            allowed[("torch", name)] = getattr(torch, name)
-    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
-        allowed[(module, "scalar")] = _numpy_scalar
-    for container in ("ModuleDict", "ModuleList", "Sequential", "ParameterDict", "ParameterList"):
-        qualname = f"torch.nn.modules.container.{container}"
-        allowed[("torch.nn.modules.container", container)] = _container(qualname)
-    allowed[("torch.nn.modules.module", "Module")] = _container("torch.nn.modules.module.Module")
-    return allowed
-
-
-ALLOWED_GLOBALS: dict[tuple[str, str], Any] = _allowed_globals()
-"""(module, name) → what the restricted unpickler gives for it; nothing else resolves."""
-
-
-class RestrictedUnpickler(pickle.Unpickler):
-    """An unpickler that resolves only :data:`ALLOWED_GLOBALS`; see the module docstring.
-
-    Args:
-        file: a binary file object.
-        source: the file's name for error messages.
-    """
-
-    def __init__(self, file: Any, source: str = "the pickle") -> None:
-        super().__init__(file)
-        self.source = source
-
-    def find_class(self, module: str, name: str) -> Any:
-        key = (module, name)
-        if key not in ALLOWED_GLOBALS:  # names as Python 2 wrote them (protocols 0-2)
-            key = _compat_pickle.NAME_MAPPING.get(key) or (
-                _compat_pickle.IMPORT_MAPPING.get(module, module),
-                name,
-            )
-        if key not in ALLOWED_GLOBALS:
-            raise ConfigError(
-                f"{self.source}: refused to load the global {module}.{name}: only EDM networks, "
-                "tensors and plain data are read from a pickle, and no code from it is run"
-            )
-        return ALLOWED_GLOBALS[key]
-
-    def persistent_load(self, pid: Any) -> Any:
-        raise ConfigError(
-            f"{self.source}: a persistent id ({pid!r:.40}) in a plain pickle; "
-            "torch.save archives are not EDM network pickles"
-        )
-
-
-def read_pickle(path: str | Path) -> Any:
+def read_edm_pickle(path: str | Path) -> Any:
     """The contents of an EDM pickle, with networks as :class:`Captured` records."""
-    path = Path(path)
-    if not path.is_file():
-        raise MissingAssetError(
-            f"{path} not found: EDM checkpoints are the network pickles of the NVlabs EDM release "
-            f"(e.g. edm-cifar10-32x32-uncond-vp.pkl) at {RELEASE_URL}; download one yourself and "
-            "pass its path (nothing is downloaded here)"
-        )
-    with open(path, "rb") as f:
-        try:
-            return RestrictedUnpickler(f, str(path)).load()
-        except GasSolverError:
-            raise
-        except Exception as err:  # a damaged or foreign file: say so in one line
-            raise ConfigError(
-                f"{path}: not a readable EDM network pickle ({type(err).__name__}: {err})"
-            ) from err
+    return read_pickle(
+        path,
+        extra=EDM_GLOBALS,
+        kind="EDM network pickle",
+        missing="EDM checkpoints are the network pickles of the NVlabs EDM release (e.g. "
+        f"edm-cifar10-32x32-uncond-vp.pkl) at {RELEASE_URL}; download one yourself and pass its "
+        "path (nothing is downloaded here)",
+    )
 
 
 # -- rebuilding the network -------------------------------------------------------------------------
@@ -440,28 +237,6 @@ def _network_record(data: Any, source: str) -> Captured:
     if not (isinstance(data, Captured) and data.persistent):
         raise ConfigError(f"{source}: the network is not an EDM persistent object")
     return data
-
-
-def captured_state_dict(record: Captured, prefix: str = "") -> dict[str, Tensor]:
-    """The state dict of a captured module tree: parameters, persistent buffers, then children,
-    in ``nn.Module.state_dict`` order and naming."""
-    state = record.state
-    tensors: dict[str, Tensor] = {}
-    skip = set(state.get("_non_persistent_buffers_set") or ())
-    for group in ("_parameters", "_buffers"):
-        for name, value in (state.get(group) or {}).items():
-            if value is None or (group == "_buffers" and name in skip):
-                continue
-            if not isinstance(value, Tensor):
-                raise ConfigError(f"{prefix}{name}: a {type(value).__name__}, not a tensor")
-            tensors[prefix + name] = value
-    for name, child in (state.get("_modules") or {}).items():
-        if child is None:
-            continue
-        if not isinstance(child, Captured):
-            raise ConfigError(f"{prefix}{name}: a {type(child).__name__}, not a module")
-        tensors.update(captured_state_dict(child, f"{prefix}{name}."))
-    return tensors
 
 
 def precond_kwargs(record: Captured, source: str) -> tuple[str, dict[str, Any]]:
@@ -528,7 +303,7 @@ def fingerprint(net: nn.Module) -> str:
 def load_edm_pickle(path: str | Path) -> Precond:
     """The ``ema`` network of an EDM pickle as our :class:`Precond`, nothing from the file run."""
     source = str(path)
-    record = _network_record(read_pickle(path), source)
+    record = _network_record(read_edm_pickle(path), source)
     name, kwargs = precond_kwargs(record, source)
     return build_precond(name, kwargs, captured_state_dict(record), source)
 
