@@ -2,8 +2,10 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from gas_solver.errors import CheckpointMismatchError, ConfigError, MissingAssetError
+from gas_solver.runtime import save_checkpoint_file
 from gas_solver.training.discriminator import (
     PRESETS,
     Discriminator,
@@ -100,12 +102,17 @@ def test_untrained_network_is_affine_and_seeded():
             assert not torch.equal(q, r), name
 
 
-def test_low_pass_keeps_constants_and_halves_the_size():
-    down = LowPassDown(2)
-    x = torch.ones(1, 2, 8, 8)
-    y = down(x)
-    assert y.shape == (1, 2, 4, 4)
-    torch.testing.assert_close(y[..., 1:, 1:], torch.ones(1, 2, 3, 3))  # away from the zero pad
+def test_low_pass_is_r3gans_4x4_filter():
+    """R3GAN turns ResamplingFilter [1, 2, 1] into [1,3,3,1]ᵀ[1,3,3,1]/64, stride 2, padding 1."""
+    down = LowPassDown(3)
+    x = torch.randn(2, 3, 16, 16)
+    taps = torch.tensor([1.0, 3.0, 3.0, 1.0])
+    kernel = (torch.outer(taps, taps) / 64).view(1, 1, 4, 4)
+    expected = F.conv2d(x.reshape(6, 1, 16, 16), kernel, stride=2, padding=1).view(2, 3, 8, 8)
+    torch.testing.assert_close(down(x), expected)
+    constant = down(torch.ones(1, 3, 8, 8))
+    assert constant.shape == (1, 3, 4, 4)
+    torch.testing.assert_close(constant[..., 1:-1, 1:-1], torch.ones(1, 3, 2, 2))  # off the pad
 
 
 def test_save_and_load_round_trip(tmp_path):
@@ -114,7 +121,7 @@ def test_save_and_load_round_trip(tmp_path):
         for p in disc.parameters():
             p.add_(0.01)
     disc.save(tmp_path / "d.safetensors")
-    torch.save({"discriminator": disc.to_checkpoint()}, tmp_path / "checkpoint.pt")
+    save_checkpoint_file(tmp_path / "checkpoint.pt", {"discriminator": disc.to_checkpoint()})
     for name in ("d.safetensors", "checkpoint.pt"):
         loaded = build_discriminator((4, 16, 16), checkpoint=tmp_path / name)
         assert loaded.arch == disc.arch
@@ -124,9 +131,9 @@ def test_save_and_load_round_trip(tmp_path):
         build_discriminator((3, 16, 16), checkpoint=tmp_path / "d.safetensors")
     with pytest.raises(MissingAssetError, match="not found"):
         build_discriminator((4, 16, 16), checkpoint=tmp_path / "nope.pt")
-    torch.save({"solver": {}}, tmp_path / "other.pt")
+    save_checkpoint_file(tmp_path / "other.pt", {"solver": {}})
     with pytest.raises(CheckpointMismatchError, match="no discriminator"):
         build_discriminator((4, 16, 16), checkpoint=tmp_path / "other.pt")
     (tmp_path / "junk.pt").write_text("not a checkpoint")
-    with pytest.raises(CheckpointMismatchError, match="cannot read"):
+    with pytest.raises(CheckpointMismatchError, match="junk.pt: not a gas-solver checkpoint"):
         build_discriminator((4, 16, 16), checkpoint=tmp_path / "junk.pt")

@@ -106,9 +106,7 @@ def load_checkpoint_file(path: str | Path, map_location: Any = "cpu") -> dict[st
     path = Path(path)
 
     def refuse(why: str) -> CheckpointMismatchError:
-        return CheckpointMismatchError(
-            f"{path}: {why}; it cannot be resumed from (delete it, or start without --resume)"
-        )
+        return CheckpointMismatchError(f"{path}: {why}; it cannot be used as a checkpoint")
 
     try:
         raw = path.read_bytes()

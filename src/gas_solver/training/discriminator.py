@@ -4,11 +4,18 @@ R3GAN ("The GAN is dead; long live the GAN!", Huang et al. 2024) is a modernised
 
 * a 1×1 convolution lifts the input (1, 3 or latent 4 channels) to the first stage's width;
 * each **stage** is a stack of residual blocks ``x + 1×1 → lrelu → grouped k×k → lrelu → 1×1``
-  (leaky ReLU 0.2, the middle width is ``expansion × width``, ``cardinality`` groups), then a
-  **transition** to the next stage: a [1, 2, 1] low-pass filter with stride 2 and, where the
-  width changes, a 1×1 convolution;
+  (leaky ReLU 0.2 after a per-channel bias, the middle width is ``expansion × width``,
+  ``cardinality`` groups), then a **transition** to the next stage: a low-pass filter with stride
+  2 and, where the width changes, a 1×1 convolution. R3GAN's ``ResamplingFilter`` [1, 2, 1] is
+  convolved with [1, 1] into the 4×4 kernel ``[1,3,3,1]ᵀ[1,3,3,1]/64`` (``CreateLowpassKernel``),
+  applied with padding 1;
 * after the last stage (at 4×4) a 4×4 depthwise "basis" convolution gives one vector per sample,
-  and a linear head gives one logit.
+  and a linear layer projects it to ``head_channels`` values whose sum is the logit. R3GAN's
+  class-conditional discriminators project to an embedding and take its inner product with the
+  class embedding; GAS replaces that embedding by the constant 1, i.e. the sum.
+
+As in R3GAN, no convolution or linear layer carries a bias; the only biases are those added
+before each activation (held here by the convolution that precedes it).
 
 Initialisation is fix-up style (R3GAN's "MSR"): He-normal weights, the first two convolutions of
 each residual branch scaled by ``L^(-1/4)`` (``L`` residual blocks in all, 3 layers per branch),
@@ -18,9 +25,10 @@ There is no normalisation layer and no dropout, so the network behaves the same 
 ``eval()``; the trainer keeps it in ``eval()`` and in float32. A ``resolution`` of ``2^k`` needs
 ``k − 1`` stages (``k − 2`` downsamplings to 4×4).
 
-Loading the official pretrained R3GAN pickles (CIFAR-10, FFHQ-64) is not supported: they need the
-R3GAN code to unpickle and a download. A discriminator trained here is saved in every GAS
-checkpoint and can be reused with ``--disc-checkpoint``.
+The official pretrained R3GAN pickles (``network-snapshot-final.pkl`` of CIFAR-10 and FFHQ-64,
+key ``D``) load with ``--disc-checkpoint FILE.pkl`` through :mod:`.r3gan_pickle`, without running
+anything from the file. A discriminator trained here is saved in every GAS checkpoint and can be
+reused with ``--disc-checkpoint`` too.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -41,6 +50,7 @@ from ..runtime import atomic_write, load_checkpoint_file
 
 LRELU_SLOPE = 0.2
 BASIS_SIZE = 4
+RESAMPLING_FILTER = (1.0, 2.0, 1.0)  # R3GAN's default ResamplingFilter
 MIN_RESOLUTION, MAX_RESOLUTION = 8, 256
 
 
@@ -57,6 +67,8 @@ class DiscriminatorArch:
         blocks: residual blocks per stage.
         expansion: width multiplier inside a residual block.
         kernel_size: of the grouped convolution (odd).
+        head_channels: outputs of the final linear layer, summed into the logit (1 for an
+            unconditional R3GAN; the embedding width for a conditional one, as loaded by GAS).
     """
 
     resolution: int
@@ -66,6 +78,7 @@ class DiscriminatorArch:
     blocks: tuple[int, ...]
     expansion: int = 2
     kernel_size: int = 3
+    head_channels: int = 1
 
     def __post_init__(self) -> None:
         for name in ("widths", "cardinalities", "blocks"):
@@ -83,8 +96,13 @@ class DiscriminatorArch:
                     f"discriminator {name}: a {res}×{res} input needs {stages} stages "
                     f"(down to {BASIS_SIZE}×{BASIS_SIZE}), got {len(getattr(self, name))}"
                 )
-        if self.in_channels < 1 or self.expansion < 1 or self.kernel_size % 2 == 0:
-            raise ConfigError("discriminator: in_channels, expansion >= 1 and an odd kernel_size")
+        if (
+            min(self.in_channels, self.expansion, self.head_channels) < 1
+            or self.kernel_size % 2 == 0
+        ):
+            raise ConfigError(
+                "discriminator: in_channels, expansion, head_channels >= 1 and an odd kernel_size"
+            )
         for w, c, b in zip(self.widths, self.cardinalities, self.blocks, strict=True):
             if w < 1 or c < 1 or b < 0 or (w * self.expansion) % c:
                 raise ConfigError(
@@ -187,17 +205,30 @@ def image_shape(sample_shape: Sequence[int]) -> tuple[int, int]:
 # ---------------------------------------------------------------------------------------------
 
 
-class LowPassDown(nn.Module):
-    """Blur with the separable [1, 2, 1]/4 filter, then keep every second pixel (zero padding)."""
+def lowpass_kernel(taps: Sequence[float] = RESAMPLING_FILTER) -> Tensor:
+    """R3GAN's interpolative down-sampling kernel (``Resamplers.CreateLowpassKernel``): the taps
+    convolved with [1, 1], outer product, normalised to sum 1; [1, 2, 1] gives
+    ``[1,3,3,1]ᵀ[1,3,3,1]/64`` (4×4)."""
+    row = torch.tensor(np.convolve(np.asarray(taps, dtype=np.float64), [1.0, 1.0]))
+    kernel = torch.outer(row, row)
+    return (kernel / kernel.sum()).float()
 
-    def __init__(self, channels: int) -> None:
+
+class LowPassDown(nn.Module):
+    """Depthwise convolution with :func:`lowpass_kernel`, stride 2, zero padding ``len(taps)//2``
+    (R3GAN's ``InterpolativeDownsampler``): ``(B, C, R, R)`` → ``(B, C, R/2, R/2)``."""
+
+    def __init__(self, channels: int, taps: Sequence[float] = RESAMPLING_FILTER) -> None:
         super().__init__()
-        taps = torch.tensor([1.0, 2.0, 1.0])
-        kernel = torch.outer(taps, taps) / taps.sum() ** 2
-        self.register_buffer("kernel", kernel.expand(channels, 1, 3, 3).clone(), persistent=False)
+        kernel = lowpass_kernel(taps)
+        self.padding = len(taps) // 2
+        self.register_buffer(
+            "kernel", kernel.expand(channels, 1, *kernel.shape).clone(), persistent=False
+        )
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.conv2d(x, self.kernel.to(x.dtype), stride=2, padding=1, groups=x.shape[1])
+        kernel = self.kernel.to(x.dtype)
+        return F.conv2d(x, kernel, stride=2, padding=self.padding, groups=x.shape[1])
 
 
 class ResidualBlock(nn.Module):
@@ -219,7 +250,7 @@ class ResidualBlock(nn.Module):
 
 
 class Transition(nn.Module):
-    """Halve the resolution ([1, 2, 1] low-pass), then change the width with a 1×1 convolution."""
+    """Halve the resolution (:class:`LowPassDown`), then change the width with a 1×1 convolution."""
 
     def __init__(self, width_in: int, width_out: int) -> None:
         super().__init__()
@@ -248,7 +279,7 @@ class Discriminator(nn.Module):
 
     def _build(self, arch: DiscriminatorArch) -> None:
         w = arch.widths
-        self.stem = nn.Conv2d(arch.in_channels, w[0], 1)
+        self.stem = nn.Conv2d(arch.in_channels, w[0], 1, bias=False)
         self.stages = nn.ModuleList(
             nn.Sequential(
                 *(
@@ -260,7 +291,7 @@ class Discriminator(nn.Module):
         )
         self.transitions = nn.ModuleList(Transition(w[i], w[i + 1]) for i in range(len(w) - 1))
         self.basis = nn.Conv2d(w[-1], w[-1], BASIS_SIZE, groups=w[-1], bias=False)
-        self.head = nn.Linear(w[-1], 1)
+        self.head = nn.Linear(w[-1], arch.head_channels, bias=False)
 
     @torch.no_grad()
     def reset_parameters(self, seed: int = 0) -> None:
@@ -299,7 +330,7 @@ class Discriminator(nn.Module):
             x = stage(x)
             if i < len(self.transitions):
                 x = self.transitions[i](x)
-        return self.head(self.basis(x).flatten(1)).squeeze(1)
+        return self.head(self.basis(x).flatten(1)).sum(1)
 
     # -- persistence ------------------------------------------------------------------------------
     def to_checkpoint(self) -> dict[str, Any]:
@@ -320,8 +351,8 @@ class Discriminator(nn.Module):
     @classmethod
     def load(cls, path: str | Path) -> Discriminator:
         """A discriminator from a local file: one written by :meth:`save` (``.safetensors``), a
-        ``gas-solver train --loss gas`` ``checkpoint.pt``, or a torch file holding
-        ``{"architecture": …, "state": …}``.
+        ``gas-solver train --loss gas`` ``checkpoint.pt``, or an R3GAN snapshot ``.pkl`` (its
+        ``D``, read by :func:`~.r3gan_pickle.load_r3gan_discriminator`).
 
         Raises:
             MissingAssetError: no such file.
@@ -331,9 +362,13 @@ class Discriminator(nn.Module):
         path = Path(path)
         if not path.is_file():
             raise MissingAssetError(
-                f"disc_checkpoint: {path} not found (a discriminator .safetensors or the "
-                "checkpoint.pt of a `gas-solver train --loss gas` run)"
+                f"disc_checkpoint: {path} not found (a discriminator .safetensors, the "
+                "checkpoint.pt of a `gas-solver train --loss gas` run, or an R3GAN snapshot .pkl)"
             )
+        if path.suffix == ".pkl":
+            from .r3gan_pickle import load_r3gan_discriminator
+
+            return load_r3gan_discriminator(path)
         try:
             entry = _read_entry(path)
         except CheckpointMismatchError:

@@ -104,7 +104,9 @@ class TrainConfig:
         choices=PRESET_CHOICES,
     )
     disc_checkpoint: str | None = option(
-        None, "GAS: start the discriminator from this file (.safetensors or a GAS checkpoint.pt)"
+        None,
+        "GAS: start the discriminator from this file (.safetensors, a GAS checkpoint.pt, or an "
+        "R3GAN snapshot .pkl such as network-snapshot-final.pkl of R3GAN-CIFAR10)",
     )
 
     def validate(self) -> None:
