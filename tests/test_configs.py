@@ -243,7 +243,17 @@ def test_train_presets_carry_the_papers_values(setting, method):
 def test_gs_and_gas_presets_differ_only_where_the_paper_does(setting):
     gs, gas = (raw(PAPER / setting / f"train-{m}.yaml") for m in ("gs", "gas"))
     gas_only = {"adv_weight", "disc_preset", "disc_lr", "r1_gamma"}
+    pretrained = {
+        "cifar10": "r3gan-cifar10",
+        "ffhq64": "r3gan-ffhq-64x64",
+        "afhqv2-64": "r3gan-ffhq-64x64",
+    }
     may_differ = {"out", "loss", "train_size", "iterations"}
+    if setting in pretrained:  # the paper's pretrained R3GAN discriminators (App. D.4)
+        gas_only.add("disc_checkpoint")
+        assert (
+            gas["disc_checkpoint"] == f"downloads/{pretrained[setting]}/network-snapshot-final.pkl"
+        )
     assert set(gas) - set(gs) == gas_only
     assert {k for k in gs if gs[k] != gas[k]} <= may_differ
 
