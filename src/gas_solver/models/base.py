@@ -111,12 +111,15 @@ class DiffusionModel(nn.Module):
             raise ValueError(
                 f"x has sample shape {tuple(x.shape[1:])}, the model expects {self.sample_shape}"
             )
-        t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
-        t = t.expand(x.shape[0]) if t.dim() == 0 else t.to(x.dtype)
-        output = self.network_output(x, t, cond)
+        t = torch.as_tensor(t, device=x.device)
+        if t.dtype != torch.float64:  # float64 times stay exact (a float32 DDPM timestep near
+            t = t.to(x.dtype)  # 999 is only good to 6e-5); anything else follows the samples
+        t = t.expand(x.shape[0]) if t.dim() == 0 else t
+        output = self.network_output(x, t, cond).to(x.dtype)
         self.nfe += 1
         if self.prediction_type == target:
             return output
         view = (-1,) + (1,) * (x.dim() - 1)
-        alpha, sigma = self.schedule.alpha(t).view(view), self.schedule.sigma(t).view(view)
+        alpha = self.schedule.alpha(t).to(x.dtype).view(view)
+        sigma = self.schedule.sigma(t).to(x.dtype).view(view)
         return convert_prediction(output, x, alpha, sigma, self.prediction_type, target)

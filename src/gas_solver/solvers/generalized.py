@@ -283,8 +283,11 @@ class GeneralizedSolver(nn.Module):
                 f"{model.schedule.describe()}"
             )
         dtype = torch.promote_types(self.mu_logit.dtype, noise.dtype)
-        grid = self.timesteps().to(dtype)
-        query = grid[:-1] + self.t_couple.to(dtype)  # t_k + ξ_k
+        # the step weights are scalars with cancellations (φ2, φ3 at small h): float64 where the
+        # device has it, cast to the samples' dtype only where they multiply a tensor
+        exact = torch.float32 if noise.device.type == "mps" else torch.float64
+        grid = grid_from_logits(self.mu_logit.to(exact), self.t_eps)
+        query = grid[:-1] + self.t_couple.to(exact)  # t_k + ξ_k
         alpha, sigma = model.schedule.alpha(grid), model.schedule.sigma(grid)
         h = model.schedule.lambda_(grid).diff()  # h_k at index k−1, all > 0
 
@@ -299,32 +302,25 @@ class GeneralizedSolver(nn.Module):
         for k in range(1, self.nfe + 1):
             y = states[-1]
             eps = predict(y, query[k - 1])
-            preds.append((y - sigma[k - 1] * eps) / alpha[k - 1])
-            a, c = (v.to(dtype) for v in self.corrections(k))
-            states.append(self._step(k, states, preds, alpha[k], sigma[k] / sigma[k - 1], h, a, c))
+            preds.append((y - sigma[k - 1].to(dtype) * eps) / alpha[k - 1].to(dtype))
+            a, c = (v.to(exact) for v in self.corrections(k))
+            w_states, w_preds = step_weights(k, alpha[k], sigma[k] / sigma[k - 1], h, a, c)
+            states.append(self._step(states, preds, [w.to(dtype) for w in w_states + w_preds]))
         return states[-1]
 
     @staticmethod
-    def _step(
-        k: int,
-        states: list[Tensor],
-        preds: list[Tensor],
-        alpha_k: Tensor,
-        sigma_ratio: Tensor,
-        h: Tensor,
-        a: Tensor,
-        c: Tensor,
-    ) -> Tensor:
-        """``y_k = Σ_j w_j y_j + Σ_j v_j D_j`` (paper eq. 12) with the weights of :func:`step_weights`.
+    def _step(states: list[Tensor], preds: list[Tensor], weights: list[Tensor]) -> Tensor:
+        """``y_k = Σ_j w_j y_j + Σ_j v_j D_j`` (paper eq. 12), ``weights = w + v`` of
+        :func:`step_weights`.
 
         Summing scaled history tensors, rather than building Δ0, Δ1, E1, E2, keeps only the
         shared states and predictions alive for the backward pass.
         """
-        w_states, w_preds = step_weights(k, alpha_k, sigma_ratio, h, a, c)
-        y = w_states[k - 1] * states[k - 1]
+        k = len(preds)
+        y = weights[k - 1] * states[k - 1]
         for weight, tensor in (
-            *zip(w_states[:-1], states, strict=False),
-            *zip(w_preds, preds, strict=True),
+            *zip(weights[: k - 1], states, strict=False),
+            *zip(weights[k:], preds, strict=True),
         ):
             y = y + weight * tensor
         return y
