@@ -31,6 +31,7 @@ from gas_solver.seeds import seeded_noise  # noqa: E402
 from gas_solver.solvers import ddim, dpm_solver_pp  # noqa: E402
 from gas_solver.solvers.registry import parse_solver_spec  # noqa: E402
 from gas_solver.training.trainer import TrainConfig, Trainer  # noqa: E402
+from tiny_text import clip_text_parts  # noqa: E402
 
 CLASSES = 4  # + the null class 4
 SCHEDULER = {  # the LDM ImageNet betas (spec §1)
@@ -226,38 +227,11 @@ def test_cross_attention_unet_with_given_embeddings(tmp_path, cross_unet, noise)
         model.noise_prediction(noise, 0.5, {"encoder_hidden_states": states})
 
 
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP's byte-to-character table (the base of a byte-level BPE vocabulary)."""
-    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
-    keep += range(ord("®"), ord("ÿ") + 1)
-    chars, extra = {}, 0
-    for b in range(256):
-        if b in keep:
-            chars[b] = chr(b)
-        else:
-            chars[b] = chr(256 + extra)
-            extra += 1
-    return chars
-
-
 @pytest.fixture(scope="module")
 def text_dir(tmp_path_factory, cross_unet):
-    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("transformers")
     root = tmp_path_factory.mktemp("text")
-    chars = list(bytes_to_unicode().values())
-    tokens = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
-    (root / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
-    (root / "merges.txt").write_text("#version: 0.2\n")  # no merges: one token per character
-    tokenizer = transformers.CLIPTokenizer(
-        str(root / "vocab.json"), str(root / "merges.txt"), model_max_length=10
-    )
-    torch.manual_seed(4)
-    config = transformers.CLIPTextConfig(
-        vocab_size=len(tokens), hidden_size=12, intermediate_size=16, num_hidden_layers=1,
-        num_attention_heads=2, max_position_embeddings=10,
-        bos_token_id=len(tokens) - 2, eos_token_id=len(tokens) - 1, pad_token_id=len(tokens) - 1,
-    )  # fmt: skip
-    encoder = transformers.CLIPTextModel(config).eval()
+    tokenizer, encoder = clip_text_parts(root)
     return save_pipeline(root / "pipe", cross_unet, text_encoder=encoder, tokenizer=tokenizer)
 
 

@@ -19,10 +19,6 @@ from .errors import GasSolverError
 
 Action = Callable[[Any], str]
 
-PLANNED = {
-    "export": "export a trained solver (diffusers scheduler, k-diffusion sampler)",
-}
-
 
 def _list_models(_: Any) -> str:
     from .models.loading import BUILTIN_MODELS
@@ -34,6 +30,7 @@ def commands() -> dict[str, tuple[str, type | None, Action]]:
     """name → (help, config class, action)."""
     from .demo import DemoConfig, run_demo
     from .evaluation import CompareConfig, FIDConfig, format_fid, run_compare, run_fid
+    from .export.command import ExportConfig, run_export
     from .models.edm import ConvertEDMConfig, convert_edm
     from .pipeline import SampleConfig, TeacherConfig, make_teacher, run_sample
     from .training.denoiser import DenoiserConfig, train_denoiser
@@ -69,6 +66,11 @@ def commands() -> dict[str, tuple[str, type | None, Action]]:
         "fid": ("Fréchet Inception Distance of images against reference statistics", FIDConfig, lambda c: format_fid(run_fid(c))),
         "demo": ("the whole method on one model: teacher → GS → comparison → report", DemoConfig, lambda c: f"report: {run_demo(c)}"),
         "compare": ("run several solvers on the same seeds and tabulate FID and teacher fidelity", CompareConfig, compare),
+        "export": (
+            "export a trained solver: a diffusers scheduler folder or a k-diffusion sampler file",
+            ExportConfig,
+            run_export,
+        ),
         "convert-edm": (
             "convert an NVIDIA EDM network pickle into a safe folder (edm.json + model.safetensors) without running its code",
             ConvertEDMConfig,
@@ -91,8 +93,6 @@ def build_parser() -> argparse.ArgumentParser:
         if config_class is not None:
             add_config_arguments(command, config_class)
         command.set_defaults(config_class=config_class, action=action)
-    for name, help_text in PLANNED.items():
-        sub.add_parser(name, help=f"{help_text} (not in this version yet)", description=help_text)
     return parser
 
 
@@ -106,8 +106,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        if args.command in PLANNED:
-            raise GasSolverError(f"'{args.command}' is not available in this version yet")
         config = config_from_args(args.config_class, args) if args.config_class else None
         print(args.action(config))
         return 0

@@ -1,0 +1,33 @@
+"""Trained solvers for other tools: a diffusers scheduler and a k-diffusion-style sampler.
+
+Both are built from :class:`~gas_solver.export.table.SolverTable`, the trained GS as numbers.
+The diffusers part imports diffusers, so it is loaded on first use.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .k_diffusion import KDiffusionSolver, load_k_diffusion_solver, sample_gs
+from .table import SolverTable, solver_table
+
+_DIFFUSERS = ("GeneralizedSolverScheduler", "use_in_pipeline")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _DIFFUSERS:
+        from . import diffusers_scheduler
+
+        return getattr(diffusers_scheduler, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "GeneralizedSolverScheduler",
+    "KDiffusionSolver",
+    "SolverTable",
+    "load_k_diffusion_solver",
+    "sample_gs",
+    "solver_table",
+    "use_in_pipeline",
+]

@@ -1,0 +1,82 @@
+"""``gas-solver export``: a trained solver → a diffusers scheduler folder or a k-diffusion file."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from ..config import option, require
+from ..errors import ConfigError
+from ..runtime import run_metadata
+from .table import solver_table
+
+FORMATS = ("diffusers", "k-diffusion")
+
+
+@dataclasses.dataclass
+class ExportConfig:
+    """``gas-solver export``: a trained GS/GAS for use outside gas-solver."""
+
+    solver: str = option("", "a trained solver: solver.safetensors or its training run folder")
+    format: str = option(
+        "diffusers", "diffusers (scheduler folder) or k-diffusion (JSON file)", choices=FORMATS
+    )
+    out: str = option("", "output: a folder (diffusers) or a .json file (k-diffusion)")
+    model: str | None = option(None, "model name or path (default: the solver's own model)")
+
+    def validate(self) -> None:
+        require(bool(self.solver), "solver", "the trained solver to export is required")
+        require(bool(self.out), "out", "an output path is required")
+        if self.format == "diffusers":
+            require(
+                not Path(self.out).is_file(),
+                "out",
+                f"{self.out} is a file; diffusers needs a folder",
+            )
+        else:
+            require(self.out.endswith(".json"), "out", "a k-diffusion solver is a .json file")
+            require(not Path(self.out).is_dir(), "out", f"{self.out} is a folder")
+
+
+def run_export(config: ExportConfig) -> str:
+    """Write the export; returns the line to print."""
+    from ..models.loading import load_model
+    from ..pipeline import load_sampler
+
+    model = load_model(config.model, "cpu") if config.model else None
+    model, solver, description = load_sampler(config.solver, model=model)
+    meta = solver.metadata
+    provenance: dict[str, Any] = {
+        "solver": description["solver"],
+        "checkpoint": str(config.solver),
+        "model": meta.get("model"),
+        "model_source": meta.get("model_source"),
+        "teacher": meta.get("teacher"),
+        "training_iterations": meta.get("training", {}).get("iteration"),
+        "exported": run_metadata(),
+    }
+    table = solver_table(solver, model, provenance)
+    if config.format == "k-diffusion":
+        from .k_diffusion import KDiffusionSolver
+
+        path = KDiffusionSolver.from_table(table).save(config.out)
+        return (
+            f"{path}: {description['solver'].upper()}-{solver.nfe}; in Python: "
+            f"sigmas, sampler = gas_solver.export.load_k_diffusion_solver({str(path)!r})"
+        )
+    if table.schedule.get("kind") != "discrete_vp" or not hasattr(model, "prediction_type"):
+        raise ConfigError(
+            "format: a diffusers scheduler needs a diffusers model (discrete DDPM schedule); this "
+            f"solver's model has a {table.schedule.get('kind')} schedule: use --format k-diffusion"
+        )
+    from .diffusers_scheduler import GeneralizedSolverScheduler
+
+    guidance = model.guidance_scale if getattr(model, "conditioning", "none") != "none" else None
+    scheduler = GeneralizedSolverScheduler.from_table(table, model.prediction_type, guidance)
+    scheduler.save_pretrained(config.out)
+    return (
+        f"{config.out}: {description['solver'].upper()}-{solver.nfe} as a diffusers scheduler; "
+        f"pipe.scheduler = GeneralizedSolverScheduler.from_pretrained({config.out!r}), then call "
+        f"the pipeline with num_inference_steps={solver.nfe}"
+    )

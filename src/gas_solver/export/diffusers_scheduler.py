@@ -1,0 +1,258 @@
+"""A trained Generalized Solver as a diffusers scheduler.
+
+``GeneralizedSolverScheduler`` replaces the scheduler of any diffusers pipeline that calls
+``scheduler.set_timesteps`` and ``scheduler.step`` (``DDPMPipeline``, ``StableDiffusionPipeline``,
+…) on a model with the discrete DDPM noise schedule the solver was trained on::
+
+    from gas_solver.export import GeneralizedSolverScheduler
+
+    scheduler = GeneralizedSolverScheduler.from_pretrained("exported/gs4")
+    scheduler.check_model_schedule(pipe.scheduler)   # refuses another model's schedule
+    pipe.scheduler = scheduler
+    images = pipe(num_inference_steps=scheduler.config.num_inference_steps).images
+
+(:func:`use_in_pipeline` does the last three lines.) The folder is written by
+``gas-solver export SOLVER --format diffusers --out DIR``; its ``scheduler_config.json`` holds the
+learned evaluation times, the schedule's α and σ there and on the grid, and the effective history
+weights of :mod:`gas_solver.export.table`, with the solver's provenance. The update is the GS's
+(paper eq. 12); ``step`` keeps the whole history of states and data predictions.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
+from torch import Tensor
+
+from ..schedules import DiscreteVPSchedule
+from .table import SolverTable
+
+log = logging.getLogger(__name__)
+
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+
+class GeneralizedSolverScheduler(SchedulerMixin, ConfigMixin):
+    """The Generalized Solver (GS/GAS, arXiv 2510.17699) with its learned parameters, as a
+    diffusers scheduler. It makes exactly ``num_inference_steps`` model calls, the count it was
+    trained for, and no other.
+
+    Args:
+        num_inference_steps: N, the number of model calls (the trained NFE).
+        model_timesteps: ``(N,)`` the times the model is called at, in its timestep units
+            (``num_train_timesteps·τ − 1``, fractional: the learned offsets ξ move them off the
+            training grid).
+        alphas: ``(N+1,)`` α at the grid times ``t_0 = 1 … t_N = t_eps``.
+        sigmas: ``(N+1,)`` σ at the grid times.
+        query_alphas: ``(N,)`` α at the model-call times τ_k (to read the model's output).
+        query_sigmas: ``(N,)`` σ at τ_k.
+        state_weights: row ``k−1`` holds the k weights of the states ``y_0 … y_{k−1}`` in step k.
+        pred_weights: row ``k−1`` holds the k weights of the data predictions ``D_0 … D_{k−1}``.
+        prediction_type: what the model predicts: ``epsilon``, ``v_prediction`` or ``sample``.
+        num_train_timesteps: the model's training timesteps (its schedule's length).
+        schedule: the description of the model's noise schedule the numbers were computed for
+            (checked by :meth:`check_model_schedule`).
+        guidance_scale: the classifier-free guidance scale the solver was trained with (``None``
+            for unconditional models); :func:`use_in_pipeline` warns when another is used.
+        provenance: where the solver comes from: model identity, teacher, training summary.
+    """
+
+    order = 1
+    _compatibles: list[str] = []
+
+    @register_to_config
+    def __init__(
+        self,
+        num_inference_steps: int = 1,
+        model_timesteps: list[float] | None = None,
+        alphas: list[float] | None = None,
+        sigmas: list[float] | None = None,
+        query_alphas: list[float] | None = None,
+        query_sigmas: list[float] | None = None,
+        state_weights: list[list[float]] | None = None,
+        pred_weights: list[list[float]] | None = None,
+        prediction_type: str = "epsilon",
+        num_train_timesteps: int = 1000,
+        schedule: dict[str, Any] | None = None,
+        guidance_scale: float | None = None,
+        provenance: dict[str, Any] | None = None,
+    ) -> None:
+        n = num_inference_steps
+        lengths = {
+            "model_timesteps": (model_timesteps, n), "alphas": (alphas, n + 1),
+            "sigmas": (sigmas, n + 1), "query_alphas": (query_alphas, n),
+            "query_sigmas": (query_sigmas, n), "state_weights": (state_weights, n),
+            "pred_weights": (pred_weights, n),
+        }  # fmt: skip
+        for name, (value, length) in lengths.items():
+            if value is None or len(value) != length:
+                raise ValueError(
+                    f"GeneralizedSolverScheduler: {name} needs {length} entries for "
+                    f"num_inference_steps={n}; write the folder with `gas-solver export`"
+                )
+        for k, (w, v) in enumerate(zip(state_weights, pred_weights, strict=True), start=1):
+            if len(w) != k or len(v) != k:
+                raise ValueError(f"GeneralizedSolverScheduler: step {k} needs {k} weights each")
+        if prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}")
+        self.init_noise_sigma = 1.0
+        self.timesteps = torch.tensor(model_timesteps, dtype=torch.float32)
+        self.num_inference_steps = n
+        self._history: tuple[list[Tensor], list[Tensor]] = ([], [])
+        self._step_index = 0
+
+    @classmethod
+    def from_table(
+        cls, table: SolverTable, prediction_type: str, guidance_scale: float | None = None
+    ) -> GeneralizedSolverScheduler:
+        """The scheduler of a :class:`~gas_solver.export.table.SolverTable`."""
+        return cls(
+            num_inference_steps=table.nfe, model_timesteps=table.model_timesteps,
+            alphas=table.alphas, sigmas=table.sigmas, query_alphas=table.query_alphas,
+            query_sigmas=table.query_sigmas, state_weights=table.state_weights,
+            pred_weights=table.pred_weights, prediction_type=prediction_type,
+            num_train_timesteps=table.schedule.get("num_train_timesteps", 1000),
+            schedule=table.schedule, guidance_scale=guidance_scale, provenance=table.provenance,
+        )  # fmt: skip
+
+    def __len__(self) -> int:
+        return self.config.num_train_timesteps
+
+    def set_timesteps(
+        self,
+        num_inference_steps: int | None = None,
+        device: str | torch.device | None = None,
+        timesteps: list[int] | None = None,
+        sigmas: list[float] | None = None,
+        **_: Any,
+    ) -> None:
+        """Prepare one sampling run of exactly the trained number of steps.
+
+        Raises:
+            ValueError: another step count, or custom ``timesteps``/``sigmas``: the learned
+                coefficients belong to the learned times and count.
+        """
+        trained = self.config.num_inference_steps
+        if timesteps is not None or sigmas is not None:
+            raise ValueError(
+                "GeneralizedSolverScheduler: custom timesteps or sigmas cannot be used; the "
+                f"solver's {trained} times were learned together with its coefficients"
+            )
+        if num_inference_steps != trained:
+            raise ValueError(
+                f"GeneralizedSolverScheduler: this solver was trained for {trained} steps; call "
+                f"the pipeline with num_inference_steps={trained} (got {num_inference_steps}). "
+                "Train and export another solver for another count"
+            )
+        self.timesteps = torch.tensor(
+            self.config.model_timesteps, dtype=torch.float32, device=device
+        )
+        self._history, self._step_index = ([], []), 0
+
+    def scale_model_input(self, sample: Tensor, timestep: Any = None) -> Tensor:
+        """The model sees the state itself (VP: ``init_noise_sigma = 1``)."""
+        return sample
+
+    def step(
+        self,
+        model_output: Tensor,
+        timestep: float | Tensor,
+        sample: Tensor,
+        return_dict: bool = True,
+        **_: Any,
+    ) -> SchedulerOutput | tuple[Tensor]:
+        """One GS step: ``y_{k+1} = Σ_j W[k][j] y_j + Σ_j V[k][j] D_j`` over the whole history.
+
+        With the model output ``o`` at the call time ``τ_k``: ``ε̂`` is ``o`` (epsilon),
+        ``σ(τ_k)·y_k + α(τ_k)·o`` (v_prediction) or ``(y_k − α(τ_k)·o)/σ(τ_k)`` (sample), and
+        ``D_k = (y_k − σ(t_k)·ε̂)/α(t_k)`` (paper §2.4: the grid time converts).
+        """
+        k, cfg = self._step_index, self.config
+        if k >= cfg.num_inference_steps:
+            raise ValueError(
+                "GeneralizedSolverScheduler: all steps are done; call set_timesteps to start again"
+            )
+        expected = cfg.model_timesteps[k]
+        if not math.isclose(float(timestep), expected, rel_tol=1e-5, abs_tol=1e-3):
+            raise ValueError(
+                f"GeneralizedSolverScheduler: step {k} expects timestep {expected:.4f}, got "
+                f"{float(timestep):.4f}; use the scheduler's own timesteps, in order"
+            )
+        y, out = sample.float(), model_output.float()
+        a, s = cfg.query_alphas[k], cfg.query_sigmas[k]
+        if cfg.prediction_type == "epsilon":
+            eps = out
+        elif cfg.prediction_type == "v_prediction":
+            eps = s * y + a * out
+        else:
+            eps = (y - a * out) / s
+        states, preds = self._history
+        states.append(y)
+        preds.append((y - cfg.sigmas[k] * eps) / cfg.alphas[k])
+        w, v = cfg.state_weights[k], cfg.pred_weights[k]
+        prev = w[k] * states[k]
+        for j in range(k):
+            prev = prev + w[j] * states[j]
+        for j in range(k + 1):
+            prev = prev + v[j] * preds[j]
+        self._step_index += 1
+        prev = prev.to(sample.dtype)
+        return SchedulerOutput(prev_sample=prev) if return_dict else (prev,)
+
+    def check_model_schedule(self, scheduler: Any) -> None:
+        """Raise ``ValueError`` unless ``scheduler`` (the pipeline's own, any DDPM-family diffusers
+        scheduler) has the noise schedule and prediction type this solver was trained for."""
+        theirs = DiscreteVPSchedule(scheduler.alphas_cumprod).describe()
+        ours = self.config.schedule or {}
+        same = ours.get("kind") == theirs["kind"] and all(
+            math.isclose(a, b, rel_tol=1e-6)
+            for key in ("alphas_cumprod_first_last", "alphas_cumprod_sum")
+            for a, b in zip(_as_list(ours.get(key)), _as_list(theirs[key]), strict=True)
+        )
+        if not same:
+            raise ValueError(
+                f"GeneralizedSolverScheduler: the pipeline's noise schedule {theirs} is not the "
+                f"one this solver was trained for {ours}"
+            )
+        prediction = getattr(scheduler.config, "prediction_type", self.config.prediction_type)
+        if prediction != self.config.prediction_type:
+            raise ValueError(
+                f"GeneralizedSolverScheduler: the pipeline's model predicts {prediction!r}, the "
+                f"solver was trained on a model predicting {self.config.prediction_type!r}"
+            )
+
+
+def _as_list(value: Any) -> list[float]:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def use_in_pipeline(
+    pipe: Any, folder: str | Path, guidance_scale: float | None = None
+) -> GeneralizedSolverScheduler:
+    """Load an exported solver, check it against ``pipe``'s scheduler, and install it.
+
+    Args:
+        pipe: a diffusers pipeline whose current scheduler describes its model's schedule.
+        folder: written by ``gas-solver export --format diffusers``.
+        guidance_scale: the scale you will call the pipeline with; a warning is logged when it
+            differs from the one the solver was trained with.
+    """
+    scheduler = GeneralizedSolverScheduler.from_pretrained(folder)
+    scheduler.check_model_schedule(pipe.scheduler)
+    trained = scheduler.config.guidance_scale
+    if guidance_scale is not None and trained is not None and guidance_scale != trained:
+        log.warning(
+            "the solver in %s was trained with guidance scale %s; sampling with %s leaves the "
+            "distribution it was trained to match",
+            folder,
+            trained,
+            guidance_scale,
+        )
+    pipe.scheduler = scheduler
+    return scheduler
