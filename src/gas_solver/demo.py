@@ -27,6 +27,7 @@ from .models.loading import load_model
 from .pipeline import TeacherConfig, make_teacher
 from .runtime import resolve_device, run_metadata, write_json
 from .training.discriminator import PRESET_CHOICES
+from .training.feature_discriminator import FEATURE_PRESET
 from .training.losses import DISTILLATION_LOSSES
 from .training.trainer import TrainConfig, train
 
@@ -57,7 +58,7 @@ class DemoConfig:
         "small",
         "GAS discriminator; the paper's r3gan-32 (~21M parameters) takes ~100 s per iteration "
         "on a 2-core CPU, small ~3 s",
-        choices=PRESET_CHOICES,
+        choices=[*PRESET_CHOICES, FEATURE_PRESET],
     )
     eval_seeds: str = option("50000-50199", "evaluation seeds (N of every FID)")
     fid_ref: str | None = option("mnist", "FID reference: a bundled data set, an .npz, or none")

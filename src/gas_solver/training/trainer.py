@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 import yaml
-from torch import Tensor
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..config import option, require
@@ -57,6 +57,7 @@ from ..visualize import save_comparison_grid, save_scatter
 from .adversarial import Adversary, NonFiniteLossError
 from .discriminator import PRESET_CHOICES, build_discriminator, image_shape
 from .ema import EMA
+from .feature_discriminator import FEATURE_PRESET, FeatureDiscriminator
 from .losses import DISTILLATION_LOSSES, get_loss
 
 log = logging.getLogger(__name__)
@@ -97,11 +98,19 @@ class TrainConfig:
         1.0, "GAS: weight w of the adversarial term (paper: 0.1 on CIFAR-10, 1.0 elsewhere)"
     )
     disc_lr: float = option(1e-5, "GAS: discriminator Adam learning rate")
+    disc_beta1: float = option(
+        0.9, "GAS: discriminator Adam beta1 (paper 0.9; R3GAN trains with 0)"
+    )
+    disc_beta2: float = option(0.999, "GAS: discriminator Adam beta2 (paper 0.999; R3GAN 0.9-0.99)")
+    disc_warmup: int = option(
+        0, "GAS: discriminator-only steps (teacher targets vs the initial solver) before training"
+    )
     r1_gamma: float = option(0.2, "GAS: gamma of the penalties gamma/2*(R1 + R2)")
     disc_preset: str = option(
         "auto",
-        "GAS: discriminator architecture; auto = r3gan-32 at 32x32, r3gan-64 at 64x64, else small",
-        choices=PRESET_CHOICES,
+        "GAS: discriminator architecture; auto = r3gan-32 at 32x32, r3gan-64 at 64x64, else small; "
+        "model-features = small heads on the frozen diffusers UNet's encoder (LADD-style)",
+        choices=[*PRESET_CHOICES, FEATURE_PRESET],
     )
     disc_checkpoint: str | None = option(
         None,
@@ -140,10 +149,16 @@ class TrainConfig:
         require(self.adv_weight >= 0, "adv_weight", f"must be >= 0, got {self.adv_weight}")
         require(self.disc_lr > 0, "disc_lr", f"must be > 0, got {self.disc_lr}")
         require(self.r1_gamma >= 0, "r1_gamma", f"must be >= 0, got {self.r1_gamma}")
+        for name in ("disc_beta1", "disc_beta2"):
+            require(
+                0 <= getattr(self, name) < 1, name, f"must be in [0, 1), got {getattr(self, name)}"
+            )
+        require(self.disc_warmup >= 0, "disc_warmup", f"must be >= 0, got {self.disc_warmup}")
+        presets = [*PRESET_CHOICES, FEATURE_PRESET]
         require(
-            self.disc_preset in PRESET_CHOICES,
+            self.disc_preset in presets,
             "disc_preset",
-            f"one of {PRESET_CHOICES}, got {self.disc_preset!r}",
+            f"one of {presets}, got {self.disc_preset!r}",
         )
 
     @property
@@ -167,10 +182,9 @@ class Trainer:
         self.loss_fn = get_loss(config.distillation)
         self.adversary: Adversary | None = None
         if config.loss == "gas":  # checked against the data before anything is trained
-            disc = build_discriminator(
-                model.sample_shape, config.disc_preset, config.disc_checkpoint, seed=config.seed
-            )
-            self.adversary = Adversary(disc.to(self.device), config.disc_lr, config.r1_gamma)
+            disc = self._discriminator(model)
+            betas = (config.disc_beta1, config.disc_beta2)
+            self.adversary = Adversary(disc.to(self.device), config.disc_lr, config.r1_gamma, betas)
             # fresh noise of the fakes: its own generator, checkpointed (bit-exact resume)
             self.fake_noise = torch.Generator().manual_seed(config.seed * 1_000_003 + 777_767)
         self.noise, self.target, self.cond = teacher.noise, teacher.target, teacher.cond
@@ -184,6 +198,17 @@ class Trainer:
         self.iteration = 0
         self.last_validation: dict[str, float] = {}
         self._writer = None
+
+    def _discriminator(self, model: DiffusionModel) -> nn.Module:
+        """GAS: an R3GAN discriminator (preset or file), or heads on the model's own features."""
+        config = self.config
+        if config.disc_preset != FEATURE_PRESET:
+            return build_discriminator(
+                model.sample_shape, config.disc_preset, config.disc_checkpoint, seed=config.seed
+            )
+        if config.disc_checkpoint:
+            raise ConfigError(f"disc_checkpoint: not used with disc_preset {FEATURE_PRESET!r}")
+        return FeatureDiscriminator(model, seed=config.seed)
 
     # -- data ---------------------------------------------------------------------------------
     def batch_indices(self, iteration: int) -> Tensor:
@@ -252,6 +277,21 @@ class Trainer:
         with torch.no_grad():
             fake = self.solver(self.model, fresh.to(self.device), cond)
         return self.adversary.discriminator_step(target, fake)
+
+    def warm_up_discriminator(self, progress: bool = True) -> None:
+        """GAS: ``disc_warmup`` discriminator steps before the solver sees the adversarial term,
+        on the batches of iterations 0, 1, … and fakes of the initial solver, so the first
+        adversarial gradients come from a discriminator that already tells the two apart."""
+        if self.adversary is None or not self.config.disc_warmup:
+            return
+        for step in tqdm(range(self.config.disc_warmup), desc="warm up D", disable=not progress):
+            noise, target, cond = self.batch(self.batch_indices(step))
+            try:
+                stats = self._discriminator_step(noise, target, cond)
+            except NonFiniteLossError as err:
+                raise GasSolverError(f"{err} in discriminator warm-up step {step}") from None
+            if self.config.log_every and (step + 1) % self.config.log_every == 0:
+                self.log({"disc_warmup": step + 1, **stats})
 
     @contextlib.contextmanager
     def ema_weights(self) -> Iterator[GeneralizedSolver]:
@@ -404,6 +444,7 @@ class Trainer:
         self._open_tensorboard()
         if self.iteration == 0:
             self.log({"initial": 1, **self.validate(picture=True)})
+            self.warm_up_discriminator(progress)
         start, last = time.perf_counter(), self.iteration
         bar = tqdm(
             total=cfg.iterations,
