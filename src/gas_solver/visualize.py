@@ -172,6 +172,43 @@ def save_scatter(points: Mapping[str, Tensor], path: str | Path, title: str = ""
     return _save_figure(fig, path)
 
 
+def save_curve(
+    x: Sequence[float],
+    y: Sequence[float],
+    path: str | Path,
+    xlabel: str,
+    ylabel: str,
+    title: str = "",
+    log_y: bool = False,
+) -> Path:
+    """One measured curve (e.g. FID vs training step), points marked and labelled."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    ax.plot(x, y, marker="o")
+    for xi, yi in zip(x, y, strict=True):
+        ax.annotate(
+            f"{yi:.1f}",
+            (xi, yi),
+            textcoords="offset points",
+            xytext=(0, 6),
+            ha="center",
+            fontsize=8,
+        )
+    if log_y:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return _save_figure(fig, path)
+
+
 def _save_figure(fig, path: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
