@@ -30,9 +30,9 @@ from gas_solver.evaluation import (
     CompareConfig,
     FIDConfig,
     check_seed_overlap,
-    classic_spec,
     compare,
     load_images,
+    resolve_solvers,
     run_fid,
     split_solvers,
     teacher_seed_sets,
@@ -42,6 +42,7 @@ from gas_solver.pipeline import SampleConfig, run_sample, teacher_spec
 from gas_solver.seeds import seeded_noise
 from gas_solver.solvers.generalized import GeneralizedSolver, load_metadata
 from gas_solver.solvers.registry import parse_solver_spec
+from gas_solver.solvers.resolve import resolve_solver
 from gas_solver.training.trainer import TrainConfig, Trainer
 
 N = 6  # images per FID (and reference images): one Inception batch shape throughout
@@ -105,7 +106,7 @@ def test_compare_gs_and_classic_on_the_mixture(gs_checkpoint, tmp_path):
     rows = compare("gmm-ring", solvers, SEEDS, nfe=3, out=out, batch_size=4, progress=False)
 
     labels = [row["label"] for row in rows]
-    assert labels == ["teacher", f"GS-3 {gs_checkpoint}", "unipc:nfe=3", "dpmpp:order=2,nfe=3"]
+    assert labels == ["teacher", f"GS-3 {gs_checkpoint}", "unipc:nfe=3", "dpmpp:nfe=3,order=2"]
     assert [row["kind"] for row in rows] == ["teacher", "gs", "classic", "classic"]
     assert [row["nfe"] for row in rows] == [20, 3, 3, 3]  # counted model calls per sample
     assert all(row["n_samples"] == N and row["fid"] is None for row in rows)
@@ -230,22 +231,26 @@ def test_configs_are_validated():
         overrides={"model": "gmm-ring", "solvers": "unipc;ddim:grid=[1,0.5,0.01]", "nfe": 6},
     )
     assert split_solvers(config.solvers) == ["unipc", "ddim:grid=[1,0.5,0.01]"]
-    assert classic_spec("unipc", 6).nfe == 6 and classic_spec("unipc:nfe=4", 6).nfe == 4
-    assert classic_spec("ddim:grid=[1,0.5,0.01]", 6).nfe == 2  # an explicit grid sets its NFE
+    assert resolve_solver("unipc", 6).nfe == 6 and resolve_solver("unipc:nfe=4", 6).nfe == 4
+    assert resolve_solver("ddim:grid=[1,0.5,0.01]", 6).nfe == 2  # an explicit grid sets its NFE
+    assert [s.label for s in resolve_solvers(config.solvers, 6)] == [
+        "unipc:nfe=6",
+        "ddim:nfe=2,grid=[1,0.5,0.01]",
+    ]
 
 
 # -- seeds: evaluation never reuses teacher seeds -------------------------------------------------
 def test_compare_refuses_evaluation_seeds_of_the_teacher_set(gs_checkpoint, tmp_path, caplog):
     teacher_dir = gs_checkpoint.parent.parent / "teacher"  # the fixture's set: seeds 0-63
     assert load_metadata(gs_checkpoint)["teacher"]["seeds"] == "0-63"  # recorded by the trainer
-    assert teacher_seed_sets([str(gs_checkpoint), "ddim:nfe=2"]) == [
+    assert teacher_seed_sets(resolve_solvers([str(gs_checkpoint), "ddim:nfe=2"])) == [
         (f"the teacher set {teacher_dir} of {gs_checkpoint}", list(range(64)))
     ]
     # the checkpoint's recorded teacher set is checked without being named
     with pytest.raises(ConfigError, match=r"2 of the 3 evaluation seeds \(e.g. 62\)"):
         compare("gmm-ring", [str(gs_checkpoint)], "62-64", progress=False)
     # an explicit teacher set is checked for classic solvers too, and the same set counts once
-    assert len(teacher_seed_sets([str(gs_checkpoint)], teacher_dir)) == 1
+    assert len(teacher_seed_sets(resolve_solvers([str(gs_checkpoint)]), teacher_dir)) == 1
     with pytest.raises(ConfigError, match="allow-seed-overlap"):
         compare("gmm-ring", "ddim:nfe=2", "0-3", teacher_set=teacher_dir, progress=False)
     # allowed: a loud warning, and the comparison runs

@@ -367,3 +367,48 @@ def test_spec_grid_matches_time_grid(gmm) -> None:
     expected = time_grid(gmm.schedule, 5, "edm", t_eps=1e-4)
     torch.testing.assert_close(spec.make_grid(gmm.schedule), expected)
     assert math.isclose(spec.make_grid(gmm.schedule)[-1].item(), 1e-4)
+
+
+# -- one calling shape: the callback ------------------------------------------------------------------
+CALLBACK_CASES = [
+    "ddim:nfe=5", "dpmpp:nfe=5,order=2", "dpmpp:nfe=5,order=3", "unipc:nfe=5",
+    "unipc:nfe=5,variant=bh2", "ipndm:nfe=5", "ipndm:nfe=5,variant=variable", "heun:nfe=6",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("text", CALLBACK_CASES)
+def test_callback_sees_every_call_and_the_solvers_own_data_prediction(text):
+    from gas_solver.sampling import sample
+    from gas_solver.solvers.registry import parse_solver_spec
+
+    model = GaussianMixtureModel.ring().double()
+    spec = parse_solver_spec(text)
+    seen = []
+    noise = torch.randn(4, 2, dtype=torch.float64)
+    model.reset_nfe()
+    with torch.no_grad():
+        out = sample(model, noise, solver=spec, callback=seen.append)
+        assert [c["i"] for c in seen] == list(range(spec.nfe)) and model.nfe == spec.nfe
+        for c in seen:
+            torch.testing.assert_close(c["denoised"], model.data_prediction(c["x"], c["t"]))
+    assert torch.equal(out, spec(model, noise))  # the callback changes nothing
+
+
+def test_callback_of_the_generalized_solver_reports_its_shifted_calls():
+    from gas_solver.solvers.generalized import GeneralizedSolver
+
+    model = GaussianMixtureModel.ring().double()
+    gs = GeneralizedSolver(4, model.schedule, init_grid="logsnr").double()
+    with torch.no_grad():
+        gs.t_couple.copy_(torch.tensor([-0.01, 0.004, -0.002, 0.001]))
+        gs.c_hat.add_(0.01)
+    seen = []
+    with torch.no_grad():
+        gs(model, torch.randn(3, 2, dtype=torch.float64), callback=seen.append)
+        grid, query = gs.timesteps(), gs.evaluation_times()
+        assert [c["i"] for c in seen] == [0, 1, 2, 3]
+        for c, t, tau in zip(seen, grid, query, strict=False):
+            eps = model.noise_prediction(c["x"], tau)  # queried at t + ξ, converted at t
+            expected = (c["x"] - model.schedule.sigma(t) * eps) / model.schedule.alpha(t)
+            torch.testing.assert_close(c["t"], t)
+            torch.testing.assert_close(c["denoised"], expected)

@@ -21,8 +21,8 @@ from .models.loading import load_model
 from .runtime import atomic_write, resolve_device, run_metadata, write_json
 from .schedules import LinearVPSchedule
 from .seeds import EVAL_SEEDS, parse_seeds, seeded_noise
-from .solvers.generalized import SOLVER_FILE, GeneralizedSolver, load_metadata
 from .solvers.registry import SolverSpec, parse_solver_spec
+from .solvers.resolve import TrainedSolver, resolve_solver
 from .visualize import save_image_grid, save_scatter, to_uint8
 
 log = logging.getLogger(__name__)
@@ -81,8 +81,7 @@ class SampleConfig:
     def validate(self) -> None:
         parse_seeds(self.seeds)
         require(self.batch_size >= 1, "batch_size", "must be >= 1")
-        if not is_checkpoint(self.solver):
-            parse_solver_spec(self.solver)
+        if isinstance(resolve_solver(self.solver), SolverSpec):
             require(bool(self.model), "model", "required with a classic solver")
 
 
@@ -94,12 +93,6 @@ def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> Path:
             np.savez(f, **arrays)
 
     return atomic_write(path, write)
-
-
-def is_checkpoint(solver: str) -> bool:
-    """A GS checkpoint: a ``.safetensors`` path, an existing file, or a training run folder."""
-    path = Path(solver)
-    return solver.endswith(".safetensors") or path.is_file() or (path / SOLVER_FILE).is_file()
 
 
 def teacher_spec(text: str, model: DiffusionModel) -> SolverSpec:
@@ -147,21 +140,13 @@ def load_sampler(
     model (``model_source`` in its metadata), so ``model`` may then be omitted. The description's
     ``solver`` is ``gs`` or ``gas`` for a checkpoint (how it was trained), else the spec's name.
     """
-    if is_checkpoint(solver):
-        meta = load_metadata(solver)
-        if model is None:
-            source = meta.get("model_source")
-            if not source:
-                raise ConfigError(f"model: {solver} does not name its model; pass --model")
-            model = load_model(source, device)
-        gs = GeneralizedSolver.load(solver, model=model).to(device)
-        training = meta.get("training", {}).get("config", {})
-        kind = "gas" if training.get("loss") == "gas" or training.get("adversarial") else "gs"
-        return model, gs, {"solver": kind, "checkpoint": str(solver), "nfe": gs.nfe}
+    resolved = resolve_solver(solver)
     if model is None:
-        raise ConfigError(f"model: required to run the classic solver {solver!r}")
-    spec = parse_solver_spec(solver)
-    return model, spec, {"solver": spec.name, **spec.to_dict()}
+        source = resolved.model_source if isinstance(resolved, TrainedSolver) else None
+        if not source:
+            raise ConfigError(f"model: required to run {solver!r}; pass --model")
+        model = load_model(source, device)
+    return model, resolved.build(model, device), resolved.describe()
 
 
 @torch.no_grad()

@@ -11,6 +11,7 @@ from torch import Tensor
 from .errors import ConfigError
 from .models.base import DiffusionModel
 from .schedules import explicit_grid
+from .solvers._common import Callback
 from .solvers.registry import SolverSpec, check_noise
 
 SPEC_OPTIONS = ("variant", "lower_order_final", "rho", "grid_unit")
@@ -25,6 +26,7 @@ def sample(
     order: int | None = None,
     cond: Any = None,
     t_eps: float | None = None,
+    callback: Callback | None = None,
     **options: Any,
 ) -> Tensor:
     """Integrate the probability-flow ODE of ``model`` from ``noise`` (at t = 1) to the grid's end.
@@ -35,7 +37,8 @@ def sample(
         model: the diffusion model.
         noise: ``(B, *model.sample_shape)`` initial state, normally ``N(0, I)`` (no rescaling).
         solver: a classic solver name (``ddim``, ``dpmpp``, ``unipc``, ``ipndm``, ``heun``), a
-            :class:`~gas_solver.solvers.SolverSpec`, or any callable ``solver(model, noise, cond)``
+            :class:`~gas_solver.solvers.SolverSpec`, or any callable
+            ``solver(model, noise, cond, *, callback)``
             such as the learned ``GeneralizedSolver`` (then ``grid``, ``order``, ``t_eps`` and
             options must be left at their defaults; ``nfe``, if given, is checked against the
             solver's ``nfe`` attribute when it has one).
@@ -45,6 +48,8 @@ def sample(
         order: solver order (default per solver, see :class:`~gas_solver.solvers.SolverSpec`).
         cond: conditioning passed to the model.
         t_eps: last time of a grid kind (default: the schedule's ``t_eps``).
+        callback: called after each model call with ``{"i", "t", "x", "denoised"}`` (every
+            solver, classic or learned, k-diffusion's convention).
         **options: further :class:`~gas_solver.solvers.SolverSpec` fields: ``variant``,
             ``lower_order_final``, ``rho``, ``grid_unit``.
 
@@ -70,18 +75,17 @@ def sample(
         if nfe is not None and isinstance(expected, int) and expected != nfe:
             raise ConfigError(f"nfe: the solver makes {expected} model calls, but nfe={nfe}")
         check_noise(model, noise)
-        return solver(model, noise, cond)
+        return solver(model, noise, cond, callback=callback)
     unknown = sorted(set(options) - set(SPEC_OPTIONS))
     if unknown:
         raise ConfigError(f"sample: unknown option(s) {unknown}, known: {list(SPEC_OPTIONS)}")
     if isinstance(grid, str):
-        return SolverSpec(solver, nfe, grid, order=order, t_eps=t_eps, **options)(
-            model, noise, cond
-        )
+        spec = SolverSpec(solver, nfe, grid, order=order, t_eps=t_eps, **options)
+        return spec(model, noise, cond, callback=callback)
     values = torch.as_tensor(grid, dtype=torch.float64)
     spec = SolverSpec(solver, nfe, values, order=order, t_eps=t_eps, **options)
     times = explicit_grid(model.schedule, values, unit=spec.grid_unit)
-    return spec.run(model, noise, times.to(noise.device), cond)
+    return spec.run(model, noise, times.to(noise.device), cond, callback=callback)
 
 
 __all__ = ["sample"]

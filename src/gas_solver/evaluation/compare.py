@@ -61,9 +61,7 @@ from ..pipeline import (
     Sampler,
     generate,
     image_batches,
-    is_checkpoint,
     is_latent,
-    load_sampler,
     makes_images,
     seed_cond_fn,
     teacher_spec,
@@ -71,8 +69,8 @@ from ..pipeline import (
 )
 from ..runtime import json_safe, resolve_device, run_metadata, write_json
 from ..seeds import format_seeds, parse_seeds
-from ..solvers.generalized import load_metadata
 from ..solvers.registry import SolverSpec, parse_solver_spec
+from ..solvers.resolve import TrainedSolver, resolve_solver
 from ..visualize import plot_time_grids, save_comparison_grid, save_image_grid, save_scatter
 from .seed_checks import check_seed_overlap, teacher_seed_sets
 
@@ -130,14 +128,11 @@ class CompareConfig:
     out: str = option("runs/compare", "output folder")
 
     def validate(self) -> None:
-        solvers = split_solvers(self.solvers)
         require(self.nfe is None or self.nfe >= 1, "nfe", f"must be >= 1, got {self.nfe}")
-        for text in solvers:
-            if not is_checkpoint(text):
-                classic_spec(text, self.nfe)
+        solvers = resolve_solvers(self.solvers, self.nfe)
         parse_solver_spec(self.teacher)
         require(
-            bool(self.model) or any(is_checkpoint(text) for text in solvers),
+            bool(self.model) or any(isinstance(s, TrainedSolver) for s in solvers),
             "model",
             "required unless a solver checkpoint names its model",
         )
@@ -179,16 +174,6 @@ def split_solvers(solvers: str | Sequence[str]) -> list[str]:
     return items
 
 
-def classic_spec(text: str, nfe: int | None = None) -> SolverSpec:
-    """Parse a classic spec; ``nfe`` applies only if it gives neither ``nfe`` nor an explicit grid."""
-    compact = "".join(text.split())
-    keys = {item.partition("=")[0] for item in re.split(r"[:,]", compact)}
-    explicit_grid = "grid=[" in compact
-    if nfe is None or "nfe" in keys or explicit_grid:
-        return parse_solver_spec(text)
-    return parse_solver_spec(text, nfe=nfe)
-
-
 @dataclasses.dataclass
 class _Entry:
     """One row to run: a solver with its label and description."""
@@ -203,11 +188,23 @@ class _Entry:
     checkpoint: str | None = None
 
 
+def resolve_solvers(
+    solvers: str | Sequence[str | SolverSpec | TrainedSolver], nfe: int | None = None
+) -> list[SolverSpec | TrainedSolver]:
+    """Solvers as text (``;``-separated or a list, see :func:`split_solvers`) or already resolved
+    → resolved (:func:`~gas_solver.solvers.resolve.resolve_solver`; ``nfe`` for classic specs
+    that give none)."""
+    if isinstance(solvers, str):
+        solvers = split_solvers(solvers)
+    elif not solvers:
+        split_solvers([])  # the same message for an empty list
+    return [resolve_solver(s, nfe) if isinstance(s, str) else s for s in solvers]
+
+
 def _entries(
     model: DiffusionModel,
-    solvers: Sequence[str],
+    solvers: Sequence[SolverSpec | TrainedSolver],
     teacher: str,
-    nfe: int | None,
     device: torch.device,
 ) -> list[_Entry]:
     spec = teacher_spec(teacher, model)
@@ -217,27 +214,22 @@ def _entries(
             {"solver": spec.name, **spec.to_dict()}, spec=spec.to_string(),
         )
     ]  # fmt: skip
-    for text in solvers:
-        if is_checkpoint(text):
-            _, gs, description = load_sampler(text, model, device)
-            kind = description["solver"]
+    for solver in solvers:
+        if isinstance(solver, TrainedSolver):
+            gs = solver.build(model, device)
             with torch.no_grad():
                 grid = gs.timesteps().double().cpu().tolist()
             entries.append(
                 _Entry(
-                    f"{kind.upper()}-{gs.nfe} {text}", kind, gs, gs.nfe, grid, description,
-                    checkpoint=str(text),
+                    solver.label, solver.kind, gs, gs.nfe, grid, solver.describe(),
+                    checkpoint=solver.path,
                 )
             )  # fmt: skip
         else:
-            spec = classic_spec(text, nfe)
-            label = "".join(text.split())
-            if "nfe=" not in label and "grid=[" not in label:
-                label += f"{',' if ':' in label else ':'}nfe={spec.nfe}"
             entries.append(
                 _Entry(
-                    label, "classic", spec, spec.nfe, _grid(spec, model),
-                    {"solver": spec.name, **spec.to_dict()}, spec=spec.to_string(),
+                    solver.label, "classic", solver, solver.nfe, _grid(solver, model),
+                    solver.describe(), spec=solver.to_string(),
                 )
             )  # fmt: skip
     labels = [e.label for e in entries]
@@ -270,7 +262,7 @@ def _check_teacher_solver(entry: _Entry, teacher_set: str | Path) -> None:
 
 def compare(
     model: DiffusionModel | str,
-    solvers: str | Sequence[str],
+    solvers: str | Sequence[str | SolverSpec | TrainedSolver],
     seeds: str | Sequence[int] = COMPARE_SEEDS,
     *,
     nfe: int | None = None,
@@ -342,11 +334,11 @@ def compare(
     elif device is None:
         device = next((b.device for b in model.buffers()), torch.device("cpu"))
     seed_list = parse_seeds(seeds)
-    solver_list = split_solvers(solvers)
+    solver_list = resolve_solvers(solvers, nfe)
     check_seed_overlap(
         seed_list, teacher_seed_sets(solver_list, teacher_set), allow=allow_seed_overlap
     )
-    entries = _entries(model, solver_list, teacher, nfe, device)
+    entries = _entries(model, solver_list, teacher, device)
     if teacher_set is not None:
         _check_teacher_solver(entries[0], teacher_set)
     is_image = makes_images(model)
@@ -550,13 +542,13 @@ def _number(value: float, fmt: str) -> str:
 def run_compare(config: CompareConfig, progress: bool = True) -> list[dict[str, Any]]:
     """``gas-solver compare``: load the model, run :func:`compare`, write ``config.out``."""
     device = resolve_device(config.device)
-    solvers = split_solvers(config.solvers)
+    solvers = resolve_solvers(config.solvers, config.nfe)
     source = config.model
     if not source:
-        first = next(text for text in solvers if is_checkpoint(text))
-        source = load_metadata(first).get("model_source")
+        first = next(s for s in solvers if isinstance(s, TrainedSolver))
+        source = first.model_source
         if not source:
-            raise ConfigError(f"model: {first} does not name its model; pass --model")
+            raise ConfigError(f"model: {first.path} does not name its model; pass --model")
     return compare(
         load_model(source, device), solvers, config.seeds, nfe=config.nfe, teacher=config.teacher,
         teacher_set=config.teacher_set, allow_seed_overlap=config.allow_seed_overlap,

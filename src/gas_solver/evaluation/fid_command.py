@@ -26,7 +26,6 @@ from ..models.loading import load_model
 from ..pipeline import (
     generate,
     image_batches,
-    is_checkpoint,
     is_latent,
     load_sampler,
     makes_images,
@@ -34,7 +33,7 @@ from ..pipeline import (
 )
 from ..runtime import json_safe, resolve_device, run_metadata, write_json
 from ..seeds import EVAL_SEEDS, format_seeds, parse_seeds
-from ..solvers.registry import parse_solver_spec
+from ..solvers.resolve import TrainedSolver, resolve_solver
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +100,7 @@ class FIDConfig:
             require(Path(self.prompts).is_file(), "prompts", f"{self.prompts} is not a file")
         if self.solver:
             parse_seeds(self.seeds)
-            if not is_checkpoint(self.solver):
-                parse_solver_spec(self.solver)
+            if not isinstance(resolve_solver(self.solver), TrainedSolver):
                 require(bool(self.model), "model", "required with a classic solver")
 
 

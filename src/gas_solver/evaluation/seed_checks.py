@@ -15,15 +15,15 @@ from pathlib import Path
 
 from ..data.teacher import MANIFEST_NAME, TeacherSet
 from ..errors import ConfigError
-from ..pipeline import is_checkpoint
 from ..seeds import EVAL_SEEDS, TEACHER_SEEDS, parse_seeds
-from ..solvers.generalized import load_metadata
+from ..solvers.registry import SolverSpec
+from ..solvers.resolve import TrainedSolver
 
 log = logging.getLogger(__name__)
 
 
 def teacher_seed_sets(
-    solvers: Sequence[str], teacher_set: str | Path | None = None
+    solvers: Sequence[SolverSpec | TrainedSolver], teacher_set: str | Path | None = None
 ) -> list[tuple[str, list[int]]]:
     """The teacher-set seeds that evaluation seeds must avoid, each with what it comes from.
 
@@ -46,10 +46,11 @@ def teacher_seed_sets(
             f"teacher set {made.path}",
             parse_seeds(made.manifest["seeds"]),
         )
-    for text in solvers:
-        if not is_checkpoint(text):
+    for solver in solvers:
+        if not isinstance(solver, TrainedSolver):
             continue
-        recorded = load_metadata(text).get("teacher") or {}
+        text = solver.path
+        recorded = solver.metadata.get("teacher") or {}
         path = recorded.get("path")
         key = _path_key(path) if path else f"checkpoint:{text}"
         if key in found:

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from ..errors import ConfigError
 from ..schedules import NoiseSchedule, validate_grid
+
+Callback = Callable[[dict[str, Any]], None]
+"""Called after each model call with ``{"i", "t", "x", "denoised"}``: the call's index, its time,
+the state the model saw and the data prediction the solver made of it (k-diffusion's convention)."""
+
+
+def report(callback: Callback | None, i: int, t: Tensor, x: Tensor, denoised: Tensor) -> None:
+    """Call ``callback`` (if any) for model call ``i``."""
+    if callback is not None:
+        callback({"i": i, "t": t, "x": x, "denoised": denoised})
 
 
 def check_order(solver: str, order: int, supported: Iterable[int]) -> None:

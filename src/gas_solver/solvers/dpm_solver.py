@@ -13,10 +13,17 @@ import torch
 from torch import Tensor
 
 from ..models.base import DiffusionModel
-from ._common import check_grid, check_order, vp_terms
+from ._common import Callback, check_grid, check_order, report, vp_terms
 
 
-def ddim(model: DiffusionModel, x: Tensor, grid: Tensor, cond: Any = None) -> Tensor:
+def ddim(
+    model: DiffusionModel,
+    x: Tensor,
+    grid: Tensor,
+    cond: Any = None,
+    *,
+    callback: Callback | None = None,
+) -> Tensor:
     """Deterministic DDIM (η = 0), which is DPM-Solver++ of order 1.
 
     ``x_{i+1} = (σ_{i+1}/σ_i) x_i − α_{i+1} φ₁ D_i``
@@ -29,11 +36,12 @@ def ddim(model: DiffusionModel, x: Tensor, grid: Tensor, cond: Any = None) -> Te
         x: ``(B, *sample_shape)`` state at ``grid[0]``.
         grid: ``(N+1,)`` strictly decreasing times (float64).
         cond: conditioning passed through to the model.
+        callback: called after each model call with ``{"i", "t", "x", "denoised"}``.
 
     Returns:
         ``(B, *sample_shape)`` state at ``grid[-1]``.
     """
-    return dpm_solver_pp(model, x, grid, cond, order=1)
+    return dpm_solver_pp(model, x, grid, cond, order=1, callback=callback)
 
 
 def dpm_solver_pp(
@@ -44,6 +52,7 @@ def dpm_solver_pp(
     *,
     order: int = 3,
     lower_order_final: bool = False,
+    callback: Callback | None = None,
 ) -> Tensor:
     """Multistep DPM-Solver++ (data prediction), order 1, 2 (2M) or 3 (3M).
 
@@ -64,7 +73,7 @@ def dpm_solver_pp(
     that term would give order 3. It is kept as is to equal diffusers and the GS initialisation.
 
     Args:
-        model, x, grid, cond: as in :func:`ddim`.
+        model, x, grid, cond, callback: as in :func:`ddim`.
         order: 1, 2 or 3.
         lower_order_final: use order 1 for the last step and at most 2 for the one before. Unlike
             diffusers (which applies it only when there are fewer than 15 steps) it applies
@@ -80,6 +89,7 @@ def dpm_solver_pp(
     denoised: list[Tensor] = []  # D at the most recent grid points, newest last
     for i in range(n):
         denoised = [*denoised, model.data_prediction(x, grid[i], cond)][-order:]
+        report(callback, i, grid[i], x, denoised[-1])
         k = min(order, i + 1, n - i if lower_order_final else order)
         x = _dpmpp_update(
             x, denoised[-k:], lam[i + 1 - k : i + 2], alpha[i + 1], sigma[i + 1] / sigma[i]

@@ -46,6 +46,7 @@ from ..errors import CheckpointMismatchError, ConfigError, MissingAssetError
 from ..models.base import DiffusionModel
 from ..runtime import atomic_write, run_metadata
 from ..schedules import GRID_KINDS, NoiseSchedule, schedule_from_dict, time_grid, validate_grid
+from ._common import Callback, report
 
 MU_EPS = 1e-5
 """Offset keeping every stick-breaking fraction μ in [1e-5, 1 − 1e-5] (``eps_mu_offset``)."""
@@ -259,6 +260,7 @@ class GeneralizedSolver(nn.Module):
         cond: Any = None,
         *,
         checkpoint: bool = False,
+        callback: Callback | None = None,
     ) -> Tensor:
         """Integrate from ``noise`` at ``t = 1`` to ``t_eps`` with exactly ``N`` network calls.
 
@@ -272,6 +274,8 @@ class GeneralizedSolver(nn.Module):
             checkpoint: recompute each network call in the backward pass
                 (``torch.utils.checkpoint``, non-reentrant), so activation memory does not grow
                 with N. The recomputed calls also count in ``model.nfe``.
+            callback: called after each network call with ``{"i", "t", "x", "denoised"}``: the
+                grid time ``t_k``, the state ``y_k`` and ``D_k``.
 
         Returns:
             ``y_N``, the state at ``t_eps``, same shape and dtype as ``noise``; differentiable in
@@ -303,6 +307,7 @@ class GeneralizedSolver(nn.Module):
             y = states[-1]
             eps = predict(y, query[k - 1])
             preds.append((y - sigma[k - 1].to(dtype) * eps) / alpha[k - 1].to(dtype))
+            report(callback, k - 1, grid[k - 1], y, preds[-1])
             a, c = (v.to(exact) for v in self.corrections(k))
             w_states, w_preds = step_weights(k, alpha[k], sigma[k] / sigma[k - 1], h, a, c)
             states.append(self._step(states, preds, [w.to(dtype) for w in w_states + w_preds]))

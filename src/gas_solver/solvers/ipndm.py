@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ..errors import ConfigError
 from ..models.base import DiffusionModel
-from ._common import check_grid, check_order
+from ._common import Callback, check_grid, check_order, report
 
 IPNDM_VARIANTS = ("fixed", "variable")
 
@@ -30,6 +30,7 @@ def ipndm(
     *,
     order: int = 4,
     variant: str = "fixed",
+    callback: Callback | None = None,
 ) -> Tensor:
     """Improved PNDM (iPNDM) of order 1–4 on the EDM ODE ``dy/dσ̃ = ε̂`` with ``y = x/α``.
 
@@ -42,7 +43,7 @@ def ipndm(
     al. 2024, *GITS*). ``N`` model calls, none at ``grid[-1]``.
 
     Args:
-        model, x, grid, cond: as in :func:`~gas_solver.solvers.dpm_solver.ddim`.
+        model, x, grid, cond, callback: as in :func:`~gas_solver.solvers.dpm_solver.ddim`.
         order: the maximal Adams–Bashforth order, 1–4.
         variant: ``fixed`` uses the uniform-step weights ``AB_WEIGHTS`` on any grid, as the
             AMED/GITS/LD3 code does (on a non-uniform grid this is only second-order accurate, but
@@ -61,6 +62,9 @@ def ipndm(
     eps: list[Tensor] = []  # ε̂ at the most recent grid points, newest first
     for i in range(grid.numel() - 1):
         eps = [model.noise_prediction(x, grid[i], cond), *eps][:order]
+        if callback is not None:
+            sigma = alpha[i] * edm_sigma[i]
+            report(callback, i, grid[i], x, (x - sigma.to(x) * eps[0]) / alpha[i].to(x))
         k = len(eps)
         if variant == "fixed":
             weights = AB_WEIGHTS[k]

@@ -31,6 +31,7 @@ from torch import Tensor
 from ..errors import ConfigError
 from ..models.base import DiffusionModel
 from ..schedules import GRID_KINDS, NoiseSchedule, explicit_grid, time_grid
+from ._common import Callback
 from .dpm_solver import ddim, dpm_solver_pp
 from .heun import heun
 from .ipndm import IPNDM_VARIANTS, ipndm
@@ -44,7 +45,7 @@ class ClassicSolver:
     """What the registry knows about a classic solver function.
 
     Attributes:
-        fn: the solver, ``fn(model, x, grid, cond, **options) -> Tensor``.
+        fn: the solver, ``fn(model, x, grid, cond, *, callback, **options) -> Tensor``.
         orders: supported ``order`` values; the function takes ``order`` only if there are several.
         default_order: used when a spec gives none.
         calls_per_step: model calls per grid step (NFE = steps · calls_per_step).
@@ -204,7 +205,15 @@ class SolverSpec:
             return time_grid(schedule, self.steps, self.grid, t_eps=self.t_eps, rho=self.rho)
         return explicit_grid(schedule, self.grid, unit=self.grid_unit)
 
-    def run(self, model: DiffusionModel, noise: Tensor, grid: Tensor, cond: Any = None) -> Tensor:
+    def run(
+        self,
+        model: DiffusionModel,
+        noise: Tensor,
+        grid: Tensor,
+        cond: Any = None,
+        *,
+        callback: Callback | None = None,
+    ) -> Tensor:
         """Solve from ``noise`` at ``grid[0]`` to ``grid[-1]`` on a given (differentiable) grid."""
         check_noise(model, noise)
         if grid.dim() != 1 or grid.numel() != self.steps + 1:
@@ -212,11 +221,45 @@ class SolverSpec:
                 f"grid: {self.name} with nfe={self.nfe} needs {self.steps + 1} times, "
                 f"got shape {tuple(grid.shape)}"
             )
-        return SOLVERS[self.name].fn(model, noise, grid, cond, **self.options())
+        return SOLVERS[self.name].fn(model, noise, grid, cond, callback=callback, **self.options())
 
-    def __call__(self, model: DiffusionModel, noise: Tensor, cond: Any = None) -> Tensor:
-        """Sample: ``noise`` ``(B, *model.sample_shape)`` at t = 1 → state at the grid's end."""
-        return self.run(model, noise, self.make_grid(model.schedule).to(noise.device), cond)
+    def __call__(
+        self,
+        model: DiffusionModel,
+        noise: Tensor,
+        cond: Any = None,
+        *,
+        callback: Callback | None = None,
+    ) -> Tensor:
+        """Sample: ``noise`` ``(B, *model.sample_shape)`` at t = 1 → state at the grid's end;
+        ``callback`` as in :data:`~gas_solver.solvers._common.Callback`."""
+        grid = self.make_grid(model.schedule).to(noise.device)
+        return self.run(model, noise, grid, cond, callback=callback)
+
+    # -- as a resolved solver (see resolve.resolve_solver) -----------------------------------------
+    kind = "classic"
+
+    @property
+    def label(self) -> str:
+        """Short text: the name, ``nfe`` and the fields that differ from the solver's defaults."""
+        defaults = SolverSpec(self.name, nfe=self.nfe).to_dict()
+        parts = [f"nfe={self.nfe}"]
+        for key, value in self.to_dict().items():
+            if key not in ("name", "nfe") and value != defaults[key]:
+                value = (
+                    "[" + ",".join(f"{v:g}" for v in value) + "]"
+                    if isinstance(value, list)
+                    else value
+                )
+                parts.append(f"{key}={str(value).lower() if isinstance(value, bool) else value}")
+        return f"{self.name}:{','.join(parts)}"
+
+    def build(self, model: DiffusionModel, device: Any = None) -> SolverSpec:
+        """A spec runs on any model as it is."""
+        return self
+
+    def describe(self) -> dict[str, Any]:
+        return {"solver": self.name, **self.to_dict()}
 
     # -- serialisation ----------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -252,7 +295,8 @@ class SolverSpec:
 def parse_solver_spec(text: str, **defaults: Any) -> SolverSpec:
     """Parse ``NAME[:KEY=VALUE,...]`` (see the module docstring) into a :class:`SolverSpec`.
 
-    ``defaults`` (e.g. ``nfe=8`` from a separate CLI flag) apply where the text gives no value.
+    ``defaults`` (e.g. ``nfe=8`` from a separate CLI flag) apply where the text gives no value;
+    ``nfe`` also not when the text gives an explicit grid (its length fixes the NFE).
     """
     text = "".join(str(text).split())
     name, _, rest = text.partition(":")
@@ -269,6 +313,8 @@ def parse_solver_spec(text: str, **defaults: Any) -> SolverSpec:
         if key in values:
             raise ConfigError(f"solver spec {text!r}: {key} given twice")
         values[key] = _parse_value(key, raw, text)
+    if isinstance(values.get("grid"), tuple):
+        defaults = {k: v for k, v in defaults.items() if k != "nfe"}
     return SolverSpec(name=name, **{**defaults, **values})
 
 

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ..errors import ConfigError
 from ..models.base import DiffusionModel
-from ._common import check_grid, check_order, vp_terms
+from ._common import Callback, check_grid, check_order, report, vp_terms
 
 UNIPC_VARIANTS = ("bh1", "bh2")
 
@@ -23,6 +23,7 @@ def unipc(
     order: int = 3,
     variant: str = "bh1",
     lower_order_final: bool = True,
+    callback: Callback | None = None,
 ) -> Tensor:
     """UniPC-p: the UniP-p predictor plus the UniC-p corrector, which reuses the next evaluation.
 
@@ -44,7 +45,8 @@ def unipc(
     there is no corrector after the last step, so ``N`` model calls in all.
 
     Args:
-        model, x, grid, cond: as in :func:`~gas_solver.solvers.dpm_solver.ddim`.
+        model, x, grid, cond, callback: as in :func:`~gas_solver.solvers.dpm_solver.ddim`
+            (``x`` of a callback is the predicted, uncorrected state the model saw).
         order: the predictor order ``p`` (1, 2 or 3); with the corrector the step is of order p+1.
         variant: ``bh1`` (recommended for few steps, unconditional) or ``bh2``.
         lower_order_final: cap the order at the number of remaining steps (the last step is order
@@ -63,6 +65,7 @@ def unipc(
     x_last, k_last = x, 0
     for i in range(n):
         d = model.data_prediction(x, grid[i], cond)
+        report(callback, i, grid[i], x, d)
         if i > 0:  # correct the previous step with the evaluation just made (no extra call)
             x = _unipc_update(x_last, denoised[-k_last:], lam, alpha, sigma, i - 1, variant, d)
         denoised = [*denoised, d][-order:]
