@@ -7,7 +7,7 @@ import torch
 pytest.importorskip("diffusers")
 
 from gas_solver.config import load_config  # noqa: E402
-from gas_solver.errors import MissingAssetError  # noqa: E402
+from gas_solver.errors import CheckpointMismatchError, MissingAssetError  # noqa: E402
 from gas_solver.models.diffusers import DiffusersUNetModel  # noqa: E402
 from gas_solver.models.loading import load_model  # noqa: E402
 from gas_solver.runtime import load_checkpoint_file  # noqa: E402
@@ -96,6 +96,7 @@ def test_resume_continues_the_same_run(tiny_model_dir, tmp_path):
         "batch_size": 8,
         "save_every": 3,
         "device": "cpu",
+        "lr_decay": "none",  # a cosine schedule is fixed by --iterations (checked below)
     }
     straight = load_config(
         DenoiserConfig, overrides={**base, "out": str(tmp_path / "a"), "iterations": 6}
@@ -113,6 +114,13 @@ def test_resume_continues_the_same_run(tiny_model_dir, tmp_path):
     a = load_checkpoint_file(tmp_path / "a" / "checkpoint.pt")["unet"]
     b = load_checkpoint_file(tmp_path / "b" / "checkpoint.pt")["unet"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+    cosine = {**base, "lr_decay": "cosine", "out": str(tmp_path / "c")}
+    train_denoiser(
+        load_config(DenoiserConfig, overrides={**cosine, "iterations": 3}), progress=False
+    )
+    longer = load_config(DenoiserConfig, overrides={**cosine, "iterations": 6, "resume": True})
+    with pytest.raises(CheckpointMismatchError, match="iterations: stored 3, given 6"):
+        train_denoiser(longer, progress=False)
 
 
 def test_incomplete_folder_names_the_missing_file(tmp_path):

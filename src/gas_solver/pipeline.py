@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,14 @@ from .data.teacher import CondFn, TeacherSet, generate_teacher_set
 from .errors import ConfigError
 from .models.base import DiffusionModel
 from .models.loading import load_model
-from .runtime import atomic_write, resolve_device, run_metadata, write_json
+from .runtime import (
+    atomic_write,
+    folder_lock,
+    remove_outputs,
+    resolve_device,
+    run_metadata,
+    write_json,
+)
 from .schedules import LinearVPSchedule
 from .seeds import EVAL_SEEDS, parse_seeds, seeded_noise
 from .solvers.registry import SolverSpec, parse_solver_spec
@@ -81,6 +89,7 @@ class SampleConfig:
     def validate(self) -> None:
         parse_seeds(self.seeds)
         require(self.batch_size >= 1, "batch_size", "must be >= 1")
+        require(not Path(self.out).is_file(), "out", f"{self.out} is a file, not a folder")
         if isinstance(resolve_solver(self.solver), SolverSpec):
             require(bool(self.model), "model", "required with a classic solver")
 
@@ -123,12 +132,13 @@ def make_teacher(config: TeacherConfig, progress: bool = True) -> TeacherSet:
     device = resolve_device(config.device)
     model = load_model(config.model, device)
     spec = teacher_spec(config.solver, model)
-    return generate_teacher_set(
-        model, config.out, config.seeds, spec, spec.to_dict(),
-        batch_size=config.batch_size, shard_size=config.shard_size, device=device,
-        overwrite=config.overwrite, progress=progress,
-        cond_fn=seed_cond_fn(model, config.prompts),
-    )  # fmt: skip
+    with folder_lock(config.out):
+        return generate_teacher_set(
+            model, config.out, config.seeds, spec, spec.to_dict(),
+            batch_size=config.batch_size, shard_size=config.shard_size, device=device,
+            overwrite=config.overwrite, progress=progress,
+            cond_fn=seed_cond_fn(model, config.prompts),
+        )  # fmt: skip
 
 
 def load_sampler(
@@ -235,14 +245,21 @@ def run_sample(config: SampleConfig, progress: bool = True) -> Path:
     are held. ``samples.npz`` holds ``samples`` (latents for latent models), ``seeds``, and for
     latent models ``images``. 2-D models get ``scatter.png``.
     """
+    with folder_lock(config.out) as out:
+        return _sample_into(config, out, progress)
+
+
+SAMPLE_OUTPUTS = ("images", "samples.npz", "grid.png", "scatter.png", "sample.json")
+
+
+def _sample_into(config: SampleConfig, out: Path, progress: bool) -> Path:
     device = resolve_device(config.device)
     model = load_model(config.model, device) if config.model else None
     model, sampler, description = load_sampler(config.solver, model, device)
     seeds = parse_seeds(config.seeds)
     cond_fn = seed_cond_fn(model, config.prompts)
     samples = generate(model, sampler, seeds, config.batch_size, progress, cond_fn)
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+    remove_outputs(out, SAMPLE_OUTPUTS)  # nothing of an earlier run is left to be read as ours
     arrays = {"samples": samples.numpy(), "seeds": np.asarray(seeds, dtype=np.int64)}
     if makes_images(model):
         keep_decoded = is_latent(model) and config.npz  # latents are stored, and their images
@@ -257,8 +274,9 @@ def run_sample(config: SampleConfig, progress: bool = True) -> Path:
                 decoded.append(images.numpy())
             if config.png:
                 for seed, pixels in zip(seeds[done:], to_uint8(images), strict=False):
-                    Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(
-                        out / "images" / f"{seed:06d}.png"
+                    image = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
+                    atomic_write(
+                        out / "images" / f"{seed:06d}.png", partial(image.save, format="PNG")
                     )
             done += len(images)
         if keep_decoded:

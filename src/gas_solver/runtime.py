@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import io
@@ -10,15 +11,16 @@ import math
 import os
 import pickle
 import platform
+import shutil
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .errors import CheckpointMismatchError, ConfigError
+from .errors import CheckpointMismatchError, ConfigError, GasSolverError
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -52,8 +54,8 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        os.chmod(tmp, 0o666 & ~_UMASK)
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_UMASK)  # after writing: some writers replace the file
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -75,7 +77,9 @@ def json_safe(value: Any) -> Any:
 
 
 def write_json(path: str | Path, data: Any) -> Path:
-    text = json.dumps(data, indent=2, sort_keys=False, default=str) + "\n"
+    """Strict JSON (non-finite numbers become ``null``, see :func:`json_safe`), atomically."""
+    text = json.dumps(json_safe(data), indent=2, sort_keys=False, default=str, allow_nan=False)
+    text += "\n"
     return atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
@@ -121,6 +125,74 @@ def load_checkpoint_file(path: str | Path, map_location: Any = "cpu") -> dict[st
         return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
         raise refuse(f"unreadable payload ({str(err).splitlines()[0]})") from None
+
+
+def check_resumed_config(
+    stored: dict[str, Any],
+    given: dict[str, Any],
+    path: Path,
+    may_change: frozenset[str],
+) -> None:
+    """Refuse to resume ``path`` with settings that differ from those it was trained with.
+
+    Raises:
+        CheckpointMismatchError: naming each differing field with its stored and given values.
+    """
+    changed = [
+        f"{name}: stored {stored.get(name)!r}, given {value!r}"
+        for name, value in given.items()
+        if name not in may_change and name in stored and stored[name] != value
+    ]
+    if changed:
+        raise CheckpointMismatchError(
+            f"--resume: {path} was trained with other settings ({'; '.join(changed)}); resume with "
+            "the stored values or start a new run in another --out"
+        )
+
+
+LOCK_FILE = ".gas-solver.lock"
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | Path) -> Iterator[Path]:
+    """Hold an exclusive advisory lock on an output folder for the duration of a run.
+
+    A second run on the same folder is refused at once with the holder's PID, instead of both
+    writing into it. The lock (``fcntl.flock`` on ``FOLDER/.gas-solver.lock``) goes with the
+    process, so a killed run leaves no stale lock; the small file itself stays.
+
+    Raises:
+        GasSolverError: another process holds the folder.
+    """
+    import fcntl
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise GasSolverError(
+                f"{folder} is in use by another gas-solver run (PID {holder}); wait for it to "
+                "finish or choose another output folder"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield folder
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def remove_outputs(folder: str | Path, names: Iterable[str]) -> None:
+    """Delete the named files and folders of an earlier run in ``folder`` (a run owns them)."""
+    for name in names:
+        path = Path(folder) / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
 
 
 def run_metadata() -> dict[str, Any]:

@@ -58,7 +58,7 @@ from tqdm.auto import tqdm
 
 from ..errors import CheckpointMismatchError, ConfigError, GasSolverError, MissingAssetError
 from ..models.base import DiffusionModel
-from ..runtime import atomic_write, resolve_device, run_metadata
+from ..runtime import LOCK_FILE, atomic_write, resolve_device, run_metadata
 from ..seeds import format_seeds, parse_seeds, seeded_noise
 
 logger = logging.getLogger(__name__)
@@ -333,7 +333,7 @@ def _open_or_start(
                 raise
             logger.warning("overwrite: replacing the unreadable %s", manifest_path)
             _remove_set_files(out)
-    elif any(out.iterdir()):
+    elif any(p.name != LOCK_FILE for p in out.iterdir()):  # the command's lock may be there
         raise ConfigError(
             f"{out} is not empty and has no {MANIFEST_NAME}, so it is not a teacher set; "
             "choose an empty or new directory"

@@ -35,7 +35,10 @@ from tqdm.auto import tqdm
 from ..config import option, require
 from ..data.datasets import dataset_names, load_dataset
 from ..runtime import (
+    check_resumed_config,
+    folder_lock,
     load_checkpoint_file,
+    remove_outputs,
     resolve_device,
     run_metadata,
     save_checkpoint_file,
@@ -158,12 +161,20 @@ def noisy_batch(
     return alpha * x0 + sigma * noise, schedule.timestep(t).float(), target
 
 
+MODEL_OUTPUTS = ("checkpoint.pt", "model", "snapshots", "training.json")
+
+
 def train_denoiser(config: DenoiserConfig, progress: bool = True) -> Path:
-    """Train and save; returns the pipeline folder ``OUT/model``."""
+    """Train and save (the output folder locked); returns the pipeline folder ``OUT/model``."""
+    with folder_lock(config.out) as out:
+        if not config.resume:
+            remove_outputs(out, MODEL_OUTPUTS)
+        return _train(config, out, progress)
+
+
+def _train(config: DenoiserConfig, out: Path, progress: bool) -> Path:
     from diffusers import DDPMPipeline
 
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     images = load_dataset(config.dataset).images
@@ -177,6 +188,15 @@ def train_denoiser(config: DenoiserConfig, progress: bool = True) -> Path:
     step, history = 0, []
     if config.resume:
         state = load_checkpoint_file(out / "checkpoint.pt", map_location=device)
+        may_change = {"resume", "out", "device", "save_every", "snapshot_every", "max_minutes"}
+        if config.lr_decay == "none":  # a cosine schedule is fixed by its length
+            may_change.add("iterations")
+        check_resumed_config(
+            state.get("config", {}),
+            dataclasses.asdict(config),
+            out / "checkpoint.pt",
+            frozenset(may_change),
+        )
         unet.load_state_dict(state["unet"])
         optimizer.load_state_dict(state["optimizer"])
         warmup.load_state_dict(state["lr_schedule"])
@@ -196,6 +216,7 @@ def train_denoiser(config: DenoiserConfig, progress: bool = True) -> Path:
         save_checkpoint_file(out / "checkpoint.pt", {
             "unet": unet.state_dict(), "optimizer": optimizer.state_dict(), "lr_schedule": warmup.state_dict(),
             "ema": ema.state_dict(), "generator": generator.get_state(), "step": step, "history": history,
+            "config": dataclasses.asdict(config),
         })  # fmt: skip
         save_ema_pipeline(out / "model")
         write_json(out / "training.json", {

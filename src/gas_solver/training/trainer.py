@@ -45,7 +45,10 @@ from ..models.base import DiffusionModel
 from ..models.loading import load_model
 from ..pipeline import makes_images, to_images
 from ..runtime import (
+    check_resumed_config,
+    folder_lock,
     load_checkpoint_file,
+    remove_outputs,
     resolve_device,
     run_metadata,
     save_checkpoint_file,
@@ -63,6 +66,10 @@ from .losses import DISTILLATION_LOSSES, get_loss
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
+TRAIN_OUTPUTS = (
+    CHECKPOINT, SOLVER_FILE, "solver.json", "metrics.jsonl", "summary.json", "config.yaml", "val",
+    "tensorboard",
+)  # fmt: skip
 METHODS = ("gs", "gas")
 
 
@@ -165,6 +172,21 @@ class TrainConfig:
     def method(self) -> str:
         """``GS`` or ``GAS``, for labels."""
         return self.loss.upper()
+
+
+RESUME_MAY_CHANGE = frozenset(
+    {
+        "iterations",
+        "resume",
+        "out",
+        "device",
+        "log_every",
+        "val_every",
+        "checkpoint_every",
+        "grad_checkpoint",
+    }
+)
+"""Settings a resumed run may change; every other one must be the checkpoint's."""
 
 
 class Trainer:
@@ -364,6 +386,9 @@ class Trainer:
             raise CheckpointMismatchError(
                 f"--resume: {path} was trained with --loss {method}, not --loss {self.config.loss}"
             )
+        check_resumed_config(
+            state.get("config", {}), dataclasses.asdict(self.config), path, RESUME_MAY_CHANGE
+        )
         if self.adversary is not None:
             saved = state["adversary"]["discriminator"]["architecture"]
             if saved != self.adversary.discriminator.arch.to_dict():
@@ -432,12 +457,16 @@ class Trainer:
 
     # -- the loop -----------------------------------------------------------------------------
     def run(self, progress: bool = True) -> Path:
+        """Train (resuming if asked) with the output folder locked; returns the solver's path."""
+        with folder_lock(self.out):
+            return self._run(progress)
+
+    def _run(self, progress: bool) -> Path:
         cfg = self.config
-        self.out.mkdir(parents=True, exist_ok=True)
         if cfg.resume:
             self.load_checkpoint()
-        else:
-            (self.out / "metrics.jsonl").unlink(missing_ok=True)
+        else:  # a fresh run owns its folder: nothing of an earlier one may pass for its own
+            remove_outputs(self.out, TRAIN_OUTPUTS)
             (self.out / "config.yaml").write_text(
                 yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)
             )

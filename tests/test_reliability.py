@@ -1,0 +1,131 @@
+"""Runs own their output folders: one writer at a time, nothing stale left to be trusted, strict
+JSON, resumes that refuse changed settings (issue: reliability items 3, 4, 5, 7, 8)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from gas_solver.config import load_config
+from gas_solver.errors import CheckpointMismatchError
+from gas_solver.pipeline import SampleConfig, TeacherConfig, make_teacher, run_sample
+from gas_solver.runtime import atomic_write, folder_lock, write_json
+from gas_solver.training.trainer import TrainConfig, train_from_config
+
+
+def _gas(*args, cwd):
+    return subprocess.run(
+        [sys.executable, "-m", "gas_solver.cli", *map(str, args)],
+        cwd=cwd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ring") / "teacher"
+    make_teacher(
+        load_config(
+            TeacherConfig, overrides={"model": "gmm-ring", "seeds": "0-59", "out": str(out)}
+        ),
+        progress=False,
+    )
+    return out
+
+
+def _train_config(teacher, out, **overrides):
+    base = dict(teacher=str(teacher), out=str(out), nfe=2, iterations=4, batch_size=8, train_size=40,
+                val_size=20, val_every=0, checkpoint_every=2, device="cpu")  # fmt: skip
+    return load_config(TrainConfig, overrides={**base, **overrides})
+
+
+def test_resume_refuses_changed_settings_and_names_them(teacher, tmp_path):
+    train_from_config(_train_config(teacher, tmp_path / "run"), progress=False)
+    with pytest.raises(CheckpointMismatchError, match=r"lr: stored 0.001, given 0.002"):
+        train_from_config(
+            _train_config(teacher, tmp_path / "run", lr=2e-3, resume=True), progress=False
+        )
+    with pytest.raises(CheckpointMismatchError, match=r"t_eps: stored None, given 0.01"):
+        train_from_config(
+            _train_config(teacher, tmp_path / "run", t_eps=0.01, resume=True), progress=False
+        )
+    # more iterations is what resuming is for
+    train_from_config(
+        _train_config(teacher, tmp_path / "run", iterations=6, resume=True), progress=False
+    )
+
+
+def test_a_second_writer_is_refused_with_the_holders_pid(teacher, tmp_path):
+    with folder_lock(tmp_path / "run"):
+        result = _gas("train", "--teacher", teacher, "--out", "run", "--nfe", 2, "--iterations", 2,
+                      "--train-size", 40, "--val-size", 20, cwd=tmp_path)  # fmt: skip
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert f"in use by another gas-solver run (PID {os.getpid()})" in result.stderr
+        sampled = _gas(
+            "sample",
+            "--model",
+            "gmm-ring",
+            "--solver",
+            "ddim:nfe=2",
+            "--seeds",
+            "0-3",
+            "--out",
+            "run",
+            cwd=tmp_path,
+        )
+        assert sampled.returncode == 2 and "in use by another" in sampled.stderr
+    with folder_lock(tmp_path / "run"):  # released: the lock does not outlive its holder
+        pass
+
+
+def test_a_fresh_run_leaves_nothing_of_an_earlier_one(teacher, tmp_path):
+    out = tmp_path / "samples"
+    run_sample(
+        load_config(
+            SampleConfig,
+            overrides=dict(model="gmm-digits", solver="ddim:nfe=2", seeds="0-3", out=str(out)),
+        ),
+        progress=False,
+    )
+    assert (out / "samples.npz").is_file() and len(list((out / "images").iterdir())) == 4
+    run_sample(
+        load_config(
+            SampleConfig,
+            overrides=dict(
+                model="gmm-digits", solver="ddim:nfe=2", seeds="10-11", out=str(out), npz=False
+            ),
+        ),
+        progress=False,
+    )
+    assert not (out / "samples.npz").exists()  # the old seeds' samples are gone, not kept
+    assert sorted(p.name for p in (out / "images").iterdir()) == ["000010.png", "000011.png"]
+    assert not any(p.name.endswith(".tmp") for p in out.rglob("*"))
+
+    run = tmp_path / "run"
+    train_from_config(_train_config(teacher, run), progress=False)
+    (run / "summary.json").write_text("{stale}")
+    (run / "solver.json").write_text("{stale}")
+    train_from_config(_train_config(teacher, run, iterations=2), progress=False)
+    assert json.loads((run / "summary.json").read_text())["final_validation"] is not None
+
+
+def test_json_is_strict_and_files_get_ordinary_permissions(tmp_path):
+    path = write_json(tmp_path / "a.json", {"loss": math.nan, "list": [math.inf, 1.0]})
+    assert json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"bare {c}")) == {
+        "loss": None,
+        "list": [None, 1.0],
+    }
+    from safetensors.torch import save_file
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    written = atomic_write(
+        tmp_path / "s.safetensors", lambda tmp: save_file({"a": torch.zeros(1)}, str(tmp))
+    )
+    assert stat.S_IMODE(written.stat().st_mode) == 0o666 & ~mask
