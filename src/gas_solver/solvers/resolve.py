@@ -10,6 +10,7 @@ Commands take solvers as text: ``unipc:nfe=4,grid=uniform`` or the path of a tra
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -28,16 +29,20 @@ def is_checkpoint(text: str) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class TrainedSolver:
-    """A trained GS/GAS checkpoint, its metadata read once.
+    """A trained GS/GAS checkpoint; its metadata is read once, when first needed (a
+    configuration may name a checkpoint that an earlier step will write).
 
     Attributes:
         path: the checkpoint as given (a ``.safetensors`` file or a training run folder).
-        metadata: what :meth:`GeneralizedSolver.save` stored (model identity and source, teacher,
-            training configuration and summary).
     """
 
     path: str
-    metadata: dict[str, Any]
+
+    @functools.cached_property
+    def metadata(self) -> dict[str, Any]:
+        """What :meth:`GeneralizedSolver.save` stored: model identity and source, teacher,
+        training configuration and summary."""
+        return load_metadata(self.path)
 
     @property
     def kind(self) -> str:
@@ -76,10 +81,11 @@ def resolve_solver(text: str, default_nfe: int | None = None) -> SolverSpec | Tr
 
     Raises:
         ConfigError: a malformed spec.
-        MissingAssetError, CheckpointMismatchError: a missing or unreadable checkpoint.
+        MissingAssetError, CheckpointMismatchError: (on first use of a checkpoint's metadata) a
+            missing or unreadable checkpoint.
     """
     if is_checkpoint(text):
-        return TrainedSolver(text, load_metadata(text))
+        return TrainedSolver(text)
     return parse_solver_spec(text, **({} if default_nfe is None else {"nfe": default_nfe}))
 
 
