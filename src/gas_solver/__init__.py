@@ -6,8 +6,7 @@ from .models.loading import load_model
 from .sampling import sample
 from .schedules import DiscreteVPSchedule, LinearVPSchedule, NoiseSchedule, explicit_grid, time_grid
 from .solvers import GeneralizedSolver, SolverSpec
-
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = [
     "CheckpointMismatchError",

@@ -13,9 +13,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__
 from .config import add_config_arguments, config_from_args
 from .errors import GasSolverError
+from .version import __version__
 
 Action = Callable[[Any], str]
 

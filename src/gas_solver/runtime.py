@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from .errors import CheckpointMismatchError, ConfigError, GasSolverError
+from .version import __version__
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -197,8 +198,6 @@ def remove_outputs(folder: str | Path, names: Iterable[str]) -> None:
 
 def run_metadata() -> dict[str, Any]:
     """Who made an artefact, when, and with what: stored next to every output."""
-    from . import __version__
-
     return {
         "gas_solver_version": __version__,
         "torch_version": torch.__version__,

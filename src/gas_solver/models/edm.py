@@ -53,6 +53,7 @@ from ..errors import CheckpointMismatchError, ConfigError, MissingAssetError
 from ..runtime import atomic_write, write_json
 from ..safe_pickle import Captured, capture_persistent, captured_state_dict, read_pickle
 from ..schedules import LinearVPSchedule, NoiseSchedule
+from ..version import __version__
 from .base import DiffusionModel
 from .edm_networks import PRECONDS, Precond
 
@@ -312,8 +313,6 @@ def load_edm_pickle(path: str | Path) -> Precond:
 def save_edm_folder(net: Precond, folder: str | Path, converted_from: str = "") -> Path:
     """Write ``model.safetensors`` (the state dict) then ``edm.json`` (how to rebuild it)."""
     from safetensors.torch import save_file
-
-    from .. import __version__
 
     folder = Path(folder)
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in net.state_dict().items()}
