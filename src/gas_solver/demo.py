@@ -55,11 +55,17 @@ class DemoConfig:
     classic: str = option(CLASSIC, "classic solvers to compare with, ';'-separated (NFE added)")
     gas: bool = option(False, "also train a GAS (adversarial) and add its row")
     disc_preset: str = option(
-        "small",
-        "GAS discriminator; the paper's r3gan-32 (~21M parameters) takes ~100 s per iteration "
-        "on a 2-core CPU, small ~3 s",
+        FEATURE_PRESET,
+        "GAS discriminator: heads on the model's own UNet encoder (model-features, ~2x a GS "
+        "iteration), or an R3GAN preset (the paper's r3gan-32 takes ~100 s per iteration on a "
+        "2-core CPU, small ~3 s)",
         choices=[*PRESET_CHOICES, FEATURE_PRESET],
     )
+    adv_weight: float = option(0.3, "GAS: weight of the adversarial term")
+    disc_lr: float = option(
+        1e-4, "GAS: discriminator learning rate (Adam betas (0, 0.99), as R3GAN)"
+    )
+    disc_warmup: int = option(100, "GAS: discriminator-only steps before the solver trains")
     eval_seeds: str = option("50000-50199", "evaluation seeds (N of every FID)")
     fid_ref: str | None = option("mnist", "FID reference: a bundled data set, an .npz, or none")
     fid_method: str = option("eigh", "FID matrix square root: eigh (fast) or sqrtm (EDM)")
@@ -98,7 +104,9 @@ def run_demo(config: DemoConfig, progress: bool = True) -> Path:
             "loss": method, "distillation": config.distillation, "init_grid": config.init_grid,
             "iterations": config.iterations, "batch_size": config.batch_size, "train_size": config.train_size,
             "val_size": config.val_size, "val_every": 0, "checkpoint_every": config.iterations,
-            "disc_preset": config.disc_preset, "device": config.device,
+            "disc_preset": config.disc_preset, "adv_weight": config.adv_weight,
+            "disc_lr": config.disc_lr, "disc_beta1": 0.0, "disc_beta2": 0.99,
+            "disc_warmup": config.disc_warmup, "device": config.device,
         })  # fmt: skip
         learned.append(str(train(train_config, model, teacher, progress)))
         seconds[f"{method.upper()} training"] = time.perf_counter() - start

@@ -1,0 +1,71 @@
+"""The published NFE-4 table of the bundled model: FID against the real digits and against the
+teacher's own distribution, with the distance to the teacher, from runs already made.
+
+    python benchmarks/mnist32_nfe4_table.py --rows runs/final/rows.json \
+        --fid runs/final/fid --compare runs/final/compare/compare.json \
+        --teacher-ref runs/final/fid/teacher-ref.npz --out docs/results/mnist32-nfe4-n2000.json
+
+``rows.json`` lists the rows: ``[{"name", "label", "kind", "solver", "train_seconds"?}]``; for each,
+``FID/<name>.json`` and ``FID/<name>.npz`` come from ``gas-solver fid --solver SOLVER --ref mnist
+--save-ref FID/<name>.npz --out FID/<name>.json`` (N = 2000, seeds 50000–51999), and the L1 and
+PSNR to the teacher from ``gas-solver compare --fid-ref none`` on the same seeds. The second FID
+re-uses the saved statistics: no second Inception pass. Prints the markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from gas_solver.metrics.fid import reference_statistics
+from gas_solver.models.loading import load_model
+from gas_solver.runtime import run_metadata, write_json
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    for flag in ("--rows", "--fid", "--compare", "--teacher-ref", "--out"):
+        parser.add_argument(flag, required=True)
+    args = parser.parse_args()
+
+    spec = json.loads(Path(args.rows).read_text())
+    compared = {row["label"]: row for row in json.loads(Path(args.compare).read_text())["rows"]}
+    teacher_ref = reference_statistics(args.teacher_ref)
+    rows = []
+    for entry in spec:
+        fid = json.loads((Path(args.fid) / f"{entry['name']}.json").read_text())
+        stats = reference_statistics(Path(args.fid) / f"{entry['name']}.npz")
+        fidelity = compared[entry["compare_label"]]
+        rows.append({
+            **{k: entry[k] for k in ("label", "kind", "solver")},
+            "nfe": fidelity["nfe"], "n_samples": fid["num_images"], "fid": fid["fid"],
+            "fid_vs_teacher": stats.frechet_distance(teacher_ref, method="eigh"),
+            "l1": fidelity["l1"], "psnr": fidelity["psnr"],
+            **({"train_seconds": entry["train_seconds"]} if "train_seconds" in entry else {}),
+        })  # fmt: skip
+    classic = min(r["fid"] for r in rows if r["kind"] == "classic")
+    teacher = next(r["fid"] for r in rows if r["kind"] == "teacher")
+    for row in rows:
+        if row["kind"] in ("gs", "gas"):
+            row["gap_closed"] = (classic - row["fid"]) / (classic - teacher)
+    write_json(args.out, {
+        "model": load_model("mnist32").identity(), "seeds": "50000-51999",
+        "fid_reference": "mnist (5000 bundled digits), eigh",
+        "teacher_reference": f"{args.teacher_ref} (2000 teacher samples, seeds 60000-61999)",
+        "rows": rows, "run": run_metadata(),
+    })  # fmt: skip
+    print(
+        "| solver | NFE | FID (N = 2000) | FID vs teacher samples | L1 to teacher | PSNR (dB) | gap closed |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        gap = f"{r['gap_closed']:.2f}" if "gap_closed" in r else ""
+        psnr = "∞" if r["psnr"] is None else f"{r['psnr']:.2f}"
+        print(
+            f"| {r['label']} | {r['nfe']} | {r['fid']:.2f} | {r['fid_vs_teacher']:.2f} | {r['l1']:.4f} | {psnr} | {gap} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
