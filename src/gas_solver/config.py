@@ -37,7 +37,10 @@ def load_config(
         path = Path(path)
         if not path.is_file():
             raise MissingAssetError(f"config file not found: {path}")
-        loaded = yaml.safe_load(path.read_text()) or {}
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as err:
+            raise ConfigError(f"{path}: not valid YAML ({' '.join(str(err).split())})") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: a config file must be a mapping of field: value")
         data.update(loaded)

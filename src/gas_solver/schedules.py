@@ -263,28 +263,32 @@ def explicit_grid(
 
 
 def validate_grid(grid: Tensor, schedule: NoiseSchedule | None = None) -> Tensor:
-    """Check that ``grid`` is 1-D, has ≥ 2 points, is strictly decreasing and lies in range."""
+    """Check that ``grid`` is 1-D, has ≥ 2 points, is strictly decreasing and lies in range.
+
+    Raises:
+        ConfigError (a ``ValueError``): naming what is wrong, for a one-line CLI message.
+    """
     if grid.dim() != 1 or grid.numel() < 2:
-        raise ValueError(
+        raise ConfigError(
             f"a time grid must be 1-D with at least 2 points, got shape {tuple(grid.shape)}"
         )
     if not bool(torch.isfinite(grid).all()):
-        raise ValueError("time grid contains non-finite values")
+        raise ConfigError("time grid contains non-finite values")
     if not bool((grid[1:] < grid[:-1]).all()):
-        raise ValueError(
+        raise ConfigError(
             f"time grid must be strictly decreasing (from noise t=1 to data), got {_fmt(grid)}"
         )
     if schedule is not None:
         _check_range(schedule, grid)
     elif not bool(((grid > 0) & (grid <= 1)).all()):
-        raise ValueError(f"time grid must lie in (0, 1], got {_fmt(grid)}")
+        raise ConfigError(f"time grid must lie in (0, 1], got {_fmt(grid)}")
     return grid
 
 
 def _check_range(schedule: NoiseSchedule, times: Tensor) -> None:
     lo = schedule.t_min * (1 - 1e-9)
     if not bool(((times >= lo) & (times <= 1.0 + 1e-12)).all()):
-        raise ValueError(
+        raise ConfigError(
             f"times must lie in [t_min={schedule.t_min:g}, 1] for this {schedule.kind} schedule, "
             f"got {_fmt(times)}"
         )
