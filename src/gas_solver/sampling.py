@@ -75,6 +75,8 @@ def sample(
         if nfe is not None and isinstance(expected, int) and expected != nfe:
             raise ConfigError(f"nfe: the solver makes {expected} model calls, but nfe={nfe}")
         check_noise(model, noise)
+        if callback is None:  # a callable of the older shape (model, noise, cond) still fits
+            return solver(model, noise, cond)
         return solver(model, noise, cond, callback=callback)
     unknown = sorted(set(options) - set(SPEC_OPTIONS))
     if unknown:
