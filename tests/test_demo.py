@@ -38,7 +38,7 @@ def test_demo_writes_report_table_and_pictures(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "gas_solver.cli", "demo", "--model", str(model), "--out", "demo",
          "--train-size", "12", "--val-size", "4", "--iterations", "3", "--batch-size", "4",
-         "--eval-seeds", "50000-50003", "--fid-ref", "ref.npz", "--gas", "--disc-preset", "tiny"],
+         "--eval-seeds", "50000-50003", "--fid-ref", "ref.npz", "--disc-warmup", "2"],
         cwd=tmp_path, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )  # fmt: skip
     assert result.returncode == 0, result.stderr

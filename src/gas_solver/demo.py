@@ -1,7 +1,7 @@
 """``gas-solver demo``: the whole method on one model, from nothing to a report.
 
 1. a teacher set (the paper's teacher: UniPC-3, 20 model calls, logSNR grid) on seeds 0…;
-2. a GS trained on it at ``nfe`` model calls (and a GAS when ``--gas``);
+2. a GS and a GAS trained on it at ``nfe`` model calls (``--no-gas``: the GS only);
 3. :func:`~gas_solver.evaluation.compare` of the learned solver(s) against DDIM,
    DPM-Solver++(3M), UniPC-3 and iPNDM at the same NFE (each on its best grid for the default
    model, :data:`CLASSIC`), and the teacher, on evaluation seeds
@@ -53,7 +53,7 @@ class DemoConfig:
     )
     init_grid: str = option("logsnr", "initial time grid of the learned solver")
     classic: str = option(CLASSIC, "classic solvers to compare with, ';'-separated (NFE added)")
-    gas: bool = option(False, "also train a GAS (adversarial) and add its row")
+    gas: bool = option(True, "also train a GAS (adversarial) and add its row")
     disc_preset: str = option(
         FEATURE_PRESET,
         "GAS discriminator: heads on the model's own UNet encoder (model-features, ~2x a GS "
