@@ -31,9 +31,13 @@ from .training.feature_discriminator import FEATURE_PRESET
 from .training.losses import DISTILLATION_LOSSES
 from .training.trainer import TrainConfig, train
 
-CLASSIC = "ddim:grid=uniform;dpmpp:order=3,grid=quadratic;unipc:order=3,grid=uniform;ipndm:order=4"
+CLASSIC = (
+    "ddim:grid=quadratic;dpmpp:order=3,grid=quadratic;unipc:order=3,grid=quadratic;"
+    "ipndm:order=4,grid=quadratic"
+)
 """Each classic solver on its best built-in grid for ``mnist32`` at 4 calls (L1 to the teacher,
-docs/BENCHMARKS.md): on the logSNR grid UniPC-3 and 3M break down there."""
+docs/BENCHMARKS.md, ``docs/results/mnist32-classic-grids-nfe4.json``): time-quadratic for all
+four; on the logSNR grid UniPC-3 and 3M are far off."""
 
 
 @dataclasses.dataclass
