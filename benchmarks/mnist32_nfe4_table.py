@@ -8,8 +8,9 @@ teacher's own distribution, with the distance to the teacher, from runs already 
 ``rows.json`` lists the rows: ``[{"name", "label", "kind", "solver", "train_seconds"?}]``; for each,
 ``FID/<name>.json`` and ``FID/<name>.npz`` come from ``gas-solver fid --solver SOLVER --ref mnist
 --save-ref FID/<name>.npz --out FID/<name>.json`` (N = 2000, seeds 50000–51999), and the L1 and
-PSNR to the teacher from ``gas-solver compare --fid-ref none`` on the same seeds. The second FID
-re-uses the saved statistics: no second Inception pass. Prints the markdown table.
+PSNR to the teacher from ``gas-solver compare --fid-ref none``. The second FID, against the
+statistics of teacher samples (``--teacher-ref``), re-uses the saved statistics: no second
+Inception pass. Prints the markdown table.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def main() -> None:
     write_json(args.out, {
         "model": load_model("mnist32").identity(), "seeds": "50000-51999",
         "fid_reference": "mnist (5000 bundled digits), eigh",
-        "teacher_reference": f"{args.teacher_ref} (2000 teacher samples, seeds 60000-61999)",
+        "teacher_reference": args.teacher_ref,
         "rows": rows, "run": run_metadata(),
     })  # fmt: skip
     print(
