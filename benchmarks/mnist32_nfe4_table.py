@@ -35,20 +35,24 @@ def main() -> None:
     teacher_ref = reference_statistics(args.teacher_ref)
     rows = []
     for entry in spec:
-        fid = json.loads((Path(args.fid) / f"{entry['name']}.json").read_text())
-        stats = reference_statistics(Path(args.fid) / f"{entry['name']}.npz")
         fidelity = compared[entry["compare_label"]]
-        rows.append({
+        row = {
             **{k: entry[k] for k in ("label", "kind", "solver")},
-            "nfe": fidelity["nfe"], "n_samples": fid["num_images"], "fid": fid["fid"],
-            "fid_vs_teacher": stats.frechet_distance(teacher_ref, method="eigh"),
-            "l1": fidelity["l1"], "psnr": fidelity["psnr"],
+            "nfe": fidelity["nfe"], "fid": None, "fid_vs_teacher": None, "n_samples": None,
+            "l1": fidelity["l1"], "psnr": fidelity["psnr"], "n_samples_l1": fidelity["n_samples"],
             **({"train_seconds": entry["train_seconds"]} if "train_seconds" in entry else {}),
-        })  # fmt: skip
-    classic = min(r["fid"] for r in rows if r["kind"] == "classic")
+        }  # fmt: skip
+        result = Path(args.fid) / f"{entry['name']}.json"
+        if result.is_file():  # a row whose FID was not run stays None: "not run"
+            fid = json.loads(result.read_text())
+            stats = reference_statistics(result.with_suffix(".npz"))
+            row.update(fid=fid["fid"], n_samples=fid["num_images"],
+                       fid_vs_teacher=stats.frechet_distance(teacher_ref, method="eigh"))  # fmt: skip
+        rows.append(row)
+    classic = min(r["fid"] for r in rows if r["kind"] == "classic" and r["fid"] is not None)
     teacher = next(r["fid"] for r in rows if r["kind"] == "teacher")
     for row in rows:
-        if row["kind"] in ("gs", "gas"):
+        if row["kind"] in ("gs", "gas") and row["fid"] is not None:
             row["gap_closed"] = (classic - row["fid"]) / (classic - teacher)
     write_json(args.out, {
         "model": load_model("mnist32").identity(), "seeds": "50000-51999",
@@ -63,9 +67,9 @@ def main() -> None:
     for r in rows:
         gap = f"{r['gap_closed']:.2f}" if "gap_closed" in r else ""
         psnr = "∞" if r["psnr"] is None else f"{r['psnr']:.2f}"
-        print(
-            f"| {r['label']} | {r['nfe']} | {r['fid']:.2f} | {r['fid_vs_teacher']:.2f} | {r['l1']:.4f} | {psnr} | {gap} |"
-        )
+        fid = "not run" if r["fid"] is None else f"{r['fid']:.2f}"
+        vs = "" if r["fid"] is None else f"{max(r['fid_vs_teacher'], 0.0):.2f}"  # round-off
+        print(f"| {r['label']} | {r['nfe']} | {fid} | {vs} | {r['l1']:.4f} | {psnr} | {gap} |")
 
 
 if __name__ == "__main__":

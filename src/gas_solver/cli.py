@@ -64,7 +64,7 @@ def commands() -> dict[str, tuple[str, type | None, Action]]:
             lambda c: f"samples: {run_sample(c)}",
         ),
         "fid": ("Fréchet Inception Distance of images against reference statistics", FIDConfig, lambda c: format_fid(run_fid(c))),
-        "demo": ("the whole method on one model: teacher → GS → comparison → report", DemoConfig, lambda c: f"report: {run_demo(c)}"),
+        "demo": ("the whole method on one model: teacher → GS and GAS → comparison → report", DemoConfig, lambda c: f"report: {run_demo(c)}"),
         "compare": ("run several solvers on the same seeds and tabulate FID and teacher fidelity", CompareConfig, compare),
         "export": (
             "export a trained solver: a diffusers scheduler folder or a k-diffusion sampler file",
