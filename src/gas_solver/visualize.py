@@ -202,9 +202,8 @@ def save_curve(
         from matplotlib.ticker import ScalarFormatter
 
         ax.set_yscale("log")
-        for axis in (ax.yaxis,):
-            axis.set_major_formatter(ScalarFormatter())
-            axis.set_minor_formatter(ScalarFormatter())
+        ax.yaxis.set_major_formatter(ScalarFormatter())
+        ax.yaxis.set_minor_formatter(ScalarFormatter())
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)

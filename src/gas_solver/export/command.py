@@ -65,7 +65,7 @@ def run_export(config: ExportConfig) -> str:
             f"{path}: {description['solver'].upper()}-{solver.nfe}; in Python: "
             f"sigmas, sampler = gas_solver.export.load_k_diffusion_solver({str(path)!r})"
         )
-    if table.schedule.get("kind") != "discrete_vp" or not hasattr(model, "prediction_type"):
+    if table.schedule.get("kind") != "discrete_vp":
         raise ConfigError(
             "format: a diffusers scheduler needs a diffusers model (discrete DDPM schedule); this "
             f"solver's model has a {table.schedule.get('kind')} schedule: use --format k-diffusion"
