@@ -128,6 +128,20 @@ def load_checkpoint_file(path: str | Path, map_location: Any = "cpu") -> dict[st
         raise refuse(f"unreadable payload ({str(err).splitlines()[0]})") from None
 
 
+def tensors_digest(text: str, tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 (hex) of a metadata text and named tensors: names, dtypes, shapes and bytes.
+
+    What a safetensors file written by this project stores next to its tensors, so that reading
+    it can tell whether any value or the metadata changed since it was written.
+    """
+    digest = hashlib.sha256(text.encode())
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().to("cpu").contiguous()
+        digest.update(f"\n{name}:{tensor.dtype}:{list(tensor.shape)}\n".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def check_resumed_config(
     stored: dict[str, Any],
     given: dict[str, Any],

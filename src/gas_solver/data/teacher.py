@@ -33,7 +33,10 @@ made). Shards carry one safetensors metadata entry, ``gas_solver``: ``{"format",
 Shards and the manifest are written atomically (temporary file, fsync, ``os.replace``) and the
 manifest is rewritten after every shard, so an interrupted run loses at most the shard it was
 making: running the same call again keeps the finished shards whose checksum still matches and
-makes only the rest. Shard bytes contain no time stamps, so the same seeds, model and solver give
+makes only the rest. Reading trusts nothing: :class:`TeacherSet` refuses a manifest with a
+missing or mistyped key or a shard entry out of place (so every row comes from a listed shard),
+and checks every shard's size and sha256 once, before the first tensor is read. Shard bytes
+contain no time stamps, so the same seeds, model and solver give
 byte-identical shards (and checksums) whatever the batch size or the interruptions.
 """
 
@@ -447,14 +450,23 @@ class TeacherSet:
                 "`gas-solver teacher` (gas_solver.data.teacher.generate_teacher_set)"
             )
         self.manifest: dict[str, Any] = _read_manifest(manifest_path)
+        made = len(self.manifest["shards"])
+        total = math.ceil(self.manifest["num_samples"] / self.manifest["shard_size"])
         if not self.manifest["complete"]:
-            made = len(self.manifest["shards"])
-            total = math.ceil(self.manifest["num_samples"] / self.manifest["shard_size"])
             raise GasSolverError(
                 f"teacher set {self.path} is unfinished ({made} of {total} shards); run the "
                 "same generation again to complete it"
             )
+        indices = [entry["index"] for entry in self.manifest["shards"]]
+        if indices != list(range(total)) or not isinstance(self.manifest["fields"], dict):
+            missing = sorted(set(range(total)) - set(indices))
+            raise GasSolverError(
+                f"{manifest_path} says the set is complete but lists shards {indices} of "
+                f"{total} (missing {missing}) or no fields; the manifest is damaged: make the set "
+                "again (same call with --overwrite)"
+            )
         self._cache: dict[str, Tensor] = {}
+        self._verified = False
 
     def __len__(self) -> int:
         return int(self.manifest["num_samples"])
@@ -539,6 +551,9 @@ class TeacherSet:
     def verify(self) -> None:
         """Check every shard's size and sha256 against the manifest.
 
+        Reading a field does this once per :class:`TeacherSet` (on the first field read), so
+        a damaged shard is never used; call it directly to check a set without loading it.
+
         Raises:
             MissingAssetError: a shard file is missing (its path is named).
             GasSolverError: a shard's size or checksum differs (its path is named).
@@ -549,6 +564,7 @@ class TeacherSet:
                 path = self.path / entry["file"]
                 error = MissingAssetError if not path.exists() else GasSolverError
                 raise error(f"{problem}; make the set again (same call with overwrite=True)")
+        self._verified = True
 
     def check_model(self, model: DiffusionModel) -> None:
         """Raise :class:`CheckpointMismatchError` if the set was made with another model."""
@@ -565,11 +581,13 @@ class TeacherSet:
     def _field(self, key: str) -> Tensor:
         if key in self._cache:
             return self._cache[key]
+        if not self._verified:
+            self.verify()
         spec = self.manifest["fields"].get(key)
         if spec is None:
             raise GasSolverError(f"teacher set {self.path} has no field {key!r}")
         dtype = _dtype_from_name(spec["dtype"])
-        out = torch.empty((len(self), *spec["shape"]), dtype=dtype)
+        out = torch.empty((len(self), *spec["shape"]), dtype=dtype)  # the shards cover every row
         for entry in self.manifest["shards"]:
             path = self.path / entry["file"]
             if not path.is_file():
@@ -618,7 +636,60 @@ def _read_manifest(path: Path) -> dict[str, Any]:
             f"{path} has teacher-set format version {version}; this gas-solver reads version "
             f"{FORMAT_VERSION}"
         )
+    problem = _manifest_problem(manifest)
+    if problem is not None:
+        raise GasSolverError(
+            f"{path} is damaged ({problem}); make the set again (same call with --overwrite)"
+        )
     return manifest
+
+
+_MANIFEST_TYPES: dict[str, type | tuple[type, ...]] = {
+    "complete": bool, "num_samples": int, "shard_size": int, "seeds": str, "sample_shape": list,
+    "fields": (dict, type(None)), "shards": list, "model": dict, "solver": dict,
+}  # fmt: skip
+_SHARD_TYPES: dict[str, type] = {
+    "index": int, "file": str, "start": int, "count": int, "seeds": str, "sha256": str, "bytes": int,
+}  # fmt: skip
+
+
+def _manifest_problem(manifest: dict[str, Any]) -> str | None:
+    """What makes a manifest unusable (a missing or mistyped key, a shard entry that is not
+    where the layout puts it), or ``None``. Entries must name their own file, so a manifest
+    cannot point outside its folder."""
+    for key, kind in _MANIFEST_TYPES.items():
+        if not _has_type(manifest.get(key), kind):
+            return f"key {key!r} is missing or has the wrong type"
+    size, total = manifest["shard_size"], manifest["num_samples"]
+    if size < 1 or total < 1:
+        return "shard_size and num_samples must be positive"
+    seen = set()
+    for entry in manifest["shards"]:
+        if not isinstance(entry, dict):
+            return "a shard entry is not a mapping"
+        for key, kind in _SHARD_TYPES.items():
+            if not _has_type(entry.get(key), kind):
+                return f"a shard entry's {key!r} is missing or not a {kind.__name__}"
+        index = entry["index"]
+        expected_count = min(size, total - index * size)
+        if (
+            index in seen
+            or not 0 <= index < math.ceil(total / size)
+            or entry["file"] != shard_name(index)
+            or entry["start"] != index * size
+            or entry["count"] != expected_count
+        ):
+            return (
+                f"shard entry {index} ({entry['file']}, start {entry['start']}, count "
+                f"{entry['count']}) is not shard {index} of {size} items out of {total}"
+            )
+        seen.add(index)
+    return None
+
+
+def _has_type(value: Any, kind: type | tuple[type, ...]) -> bool:
+    """``isinstance``, except that a JSON ``true`` is not an int."""
+    return isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
 
 
 def _write_manifest(out: Path, manifest: dict[str, Any]) -> None:

@@ -44,7 +44,7 @@ from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
 from ..errors import CheckpointMismatchError, ConfigError, MissingAssetError
 from ..models.base import DiffusionModel
-from ..runtime import atomic_write, run_metadata
+from ..runtime import atomic_write, json_safe, run_metadata, tensors_digest
 from ..schedules import GRID_KINDS, NoiseSchedule, schedule_from_dict, time_grid, validate_grid
 from ._common import Callback, report
 
@@ -52,6 +52,8 @@ MU_EPS = 1e-5
 """Offset keeping every stick-breaking fraction μ in [1e-5, 1 − 1e-5] (``eps_mu_offset``)."""
 
 CHECKPOINT_FORMAT = "gas_solver.GeneralizedSolver/1"
+CHECKSUM_KEY = "gas_solver_sha256"
+"""Safetensors metadata key of the SHA-256 over the metadata text and the tensors."""
 SOLVER_FILE = "solver.safetensors"
 """File name of a trained solver inside a training run folder (what ``gas-solver train`` writes)."""
 
@@ -335,7 +337,9 @@ class GeneralizedSolver(nn.Module):
         """Write the parameters to ``path`` (``.safetensors``) and the metadata next to it.
 
         The metadata JSON goes both into the safetensors header (key ``gas_solver``, what
-        :meth:`load` reads) and into a side-car ``<path minus suffix>.json`` for people. It is the
+        :meth:`load` reads, with the SHA-256 of it and the tensors under ``gas_solver_sha256``,
+        which :meth:`load` checks) and into a side-car ``<path minus suffix>.json`` for people
+        (strict JSON: a non-finite number, such as a NaN validation loss, is ``null``). It is the
         caller's ``metadata`` (e.g. teacher spec, training summary; ``run`` defaults to
         :func:`~gas_solver.runtime.run_metadata`) plus the solver's own fields, which take
         precedence: ``format``, ``nfe``, ``t_eps``, ``schedule``, ``init_grid`` and ``solver``
@@ -360,10 +364,11 @@ class GeneralizedSolver(nn.Module):
             "init_grid": self.init_grid,
             "solver": self.describe(),
         }
-        text = json.dumps(meta, indent=2)
+        text = json.dumps(json_safe(meta), indent=2, allow_nan=False)
         tensors = {name: p.detach().cpu().contiguous() for name, p in self.state_dict().items()}
+        header = {"gas_solver": text, CHECKSUM_KEY: tensors_digest(text, tensors)}
         path = Path(path)
-        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"gas_solver": text}))
+        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
         atomic_write(path.with_suffix(".json"), lambda tmp: tmp.write_text(text + "\n"))
         return path
 
@@ -383,8 +388,9 @@ class GeneralizedSolver(nn.Module):
 
         Raises:
             MissingAssetError: the file does not exist.
-            CheckpointMismatchError: not a GS checkpoint, or the NFE or model identity differs
-                (the message names the differing fields).
+            CheckpointMismatchError: not a GS checkpoint, a checksum that does not match (a
+                corrupted file), non-finite parameters, or the NFE or model identity differs
+                (the message names the file, or the differing fields).
         """
         path = Path(path)
         meta, tensors = _read_checkpoint(path)
@@ -440,12 +446,32 @@ def _read_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
             tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (not a dict)
     except (SafetensorError, OSError) as err:
         raise CheckpointMismatchError(f"{path} is not a readable safetensors file: {err}") from err
-    meta = json.loads(header.get("gas_solver", "{}"))
-    if meta.get("format") != CHECKPOINT_FORMAT:
+    text = header.get("gas_solver", "{}")
+    try:
+        meta = json.loads(text)
+    except json.JSONDecodeError:
+        meta = None
+    if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else "unreadable"
         raise CheckpointMismatchError(
-            f"{path} is not a GeneralizedSolver checkpoint (format {meta.get('format')!r}, "
+            f"{path} is not a GeneralizedSolver checkpoint (format {found!r}, "
             f"expected {CHECKPOINT_FORMAT!r})"
         )
+    if header.get(CHECKSUM_KEY) != tensors_digest(text, tensors):
+        why = "has no checksum" if CHECKSUM_KEY not in header else "fails its checksum"
+        raise CheckpointMismatchError(
+            f"{path} {why}: the file is corrupted (or was written by an older gas-solver); "
+            "train the solver again"
+        )
+    missing = sorted({"nfe", "t_eps", "schedule", "init_grid", "model"} - set(meta))
+    if missing:
+        raise CheckpointMismatchError(f"{path}: the solver metadata lacks {missing}")
+    for name, tensor in tensors.items():
+        if not bool(torch.isfinite(tensor).all()):
+            raise CheckpointMismatchError(
+                f"{path}: parameter {name} holds NaN or infinite values, so every sample would; "
+                "train the solver again (e.g. with a lower --lr)"
+            )
     return meta, tensors
 
 
