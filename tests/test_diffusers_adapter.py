@@ -53,6 +53,31 @@ def test_folder_round_trips_through_the_adapter(tiny_model_dir):
     assert model.identity() == load_model(str(tiny_model_dir)).identity()
 
 
+def test_float16_weights_halve_the_file_and_load_as_float32(tiny_model_dir, tmp_path):
+    """``--save-dtype float16`` stores the EMA weights rounded to float16; the adapter loads them
+    as float32 and predicts exactly what the float32 model does with those rounded weights."""
+    from safetensors.torch import load_file
+
+    config = load_config(
+        DenoiserConfig,
+        overrides={"dataset": "digits", "out": str(tmp_path), "channels": "8,16", "iterations": 6,
+                   "batch_size": 8, "save_every": 3, "device": "cpu", "save_dtype": "float16"},
+    )  # fmt: skip
+    folder = train_denoiser(config, progress=False)
+    weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    full = tiny_model_dir / "unet" / "diffusion_pytorch_model.safetensors"
+    assert {t.dtype for t in load_file(weights).values()} == {torch.float16}
+    assert weights.stat().st_size < 0.6 * full.stat().st_size
+    half, single = load_model(str(folder)), load_model(str(tiny_model_dir))
+    assert next(half.unet.parameters()).dtype == torch.float32
+    rounded = {k: v.half().float() for k, v in load_file(full).items()}
+    assert all(torch.equal(load_file(weights)[k].float(), rounded[k]) for k in rounded)
+    single.unet.load_state_dict(rounded)
+    x, t = torch.randn(2, 1, 8, 8), torch.tensor(0.3)
+    with torch.no_grad():
+        torch.testing.assert_close(half.noise_prediction(x, t), single.noise_prediction(x, t))
+
+
 def test_training_batches_follow_the_recipe():
     """v targets satisfy x₀ = α x_t − σ v and ε = σ x_t + α v; log-normal levels have the asked
     moments of ln σ̃; the uniform recipe draws DDPM's integer timesteps with ε targets."""

@@ -21,6 +21,7 @@ user model; ``--snapshot-every`` also keeps the EMA weights at those steps (trai
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -76,6 +77,10 @@ class DenoiserConfig:
         choices=("cosine", "none"),
     )  # fmt: skip
     ema_decay: float = option(0.999, "EMA decay of the saved weights")
+    save_dtype: str = option(
+        "float32", "dtype of the saved model weights (float16 halves the file; loads as float32)",
+        choices=("float32", "float16"),
+    )  # fmt: skip
     seed: int = option(0, "seed of the initialisation, batches and noise")
     save_every: int = option(500, "steps between checkpoints")
     snapshot_every: int | None = option(
@@ -188,7 +193,15 @@ def _train(config: DenoiserConfig, out: Path, progress: bool) -> Path:
     step, history = 0, []
     if config.resume:
         state = load_checkpoint_file(out / "checkpoint.pt", map_location=device)
-        may_change = {"resume", "out", "device", "save_every", "snapshot_every", "max_minutes"}
+        may_change = {
+            "resume",
+            "out",
+            "device",
+            "save_every",
+            "snapshot_every",
+            "max_minutes",
+            "save_dtype",
+        }
         if config.lr_decay == "none":  # a cosine schedule is fixed by its length
             may_change.add("iterations")
         check_resumed_config(
@@ -205,12 +218,11 @@ def _train(config: DenoiserConfig, out: Path, progress: bool) -> Path:
         step, history = state["step"], state["history"]
 
     def save_ema_pipeline(folder: Path) -> None:
-        raw = [p.detach().clone() for p in unet.parameters()]
-        ema.copy_to(unet.parameters())
-        DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(folder)
-        with torch.no_grad():
-            for p, r in zip(unet.parameters(), raw, strict=True):
-                p.copy_(r)
+        saved = copy.deepcopy(unet)
+        ema.copy_to(saved.parameters())
+        for param in saved.parameters():  # (diffusers' own .to(dtype) warns about nothing here)
+            param.data = param.data.to(getattr(torch, config.save_dtype))
+        DDPMPipeline(unet=saved, scheduler=scheduler).save_pretrained(folder)
 
     def save() -> Path:
         save_checkpoint_file(out / "checkpoint.pt", {
