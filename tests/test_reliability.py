@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -14,10 +15,12 @@ import pytest
 import torch
 
 from gas_solver.config import load_config
-from gas_solver.errors import CheckpointMismatchError
+from gas_solver.data.teacher import generate_teacher_set
+from gas_solver.errors import CheckpointMismatchError, ConfigError, GasSolverError
+from gas_solver.models import GaussianMixtureModel
 from gas_solver.pipeline import SampleConfig, TeacherConfig, make_teacher, run_sample
 from gas_solver.runtime import atomic_write, folder_lock, write_json
-from gas_solver.training.trainer import TrainConfig, train_from_config
+from gas_solver.training.trainer import TrainConfig, train, train_from_config
 
 
 def _gas(*args, cwd):
@@ -129,3 +132,89 @@ def test_json_is_strict_and_files_get_ordinary_permissions(tmp_path):
         tmp_path / "s.safetensors", lambda tmp: save_file({"a": torch.zeros(1)}, str(tmp))
     )
     assert stat.S_IMODE(written.stat().st_mode) == 0o666 & ~mask
+
+
+def _strict_json(text):
+    return json.loads(text, parse_constant=lambda c: pytest.fail(f"bare {c} in JSON"))
+
+
+def test_nan_validation_is_null_in_every_file_and_stops_with_an_error(tmp_path):
+    model = GaussianMixtureModel.ring(modes=4, radius=1.0, std=0.1).requires_grad_(False)
+
+    calls = []
+
+    def run(model, noise, cond):  # the last batch, items 40-59 (validation), gets NaN targets
+        calls.append(1)
+        return noise * (math.nan if len(calls) == 3 else 0.5)
+
+    teacher = generate_teacher_set(model, tmp_path / "t", "0-59", run, {"kind": "half"},
+                                   batch_size=20, shard_size=20, progress=False)  # fmt: skip
+    with pytest.raises(GasSolverError, match=r"final validation is not finite \(val_l1, val_l2"):
+        train(_train_config(tmp_path / "t", tmp_path / "run"), model, teacher, progress=False)
+    summary = _strict_json((tmp_path / "run" / "summary.json").read_text())
+    assert summary["final_validation"]["val_loss"] is None
+    assert _strict_json((tmp_path / "run" / "solver.json").read_text())["training"]
+    for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines():
+        _strict_json(line)
+
+
+def test_a_non_finite_loss_names_only_a_checkpoint_that_exists(teacher, tmp_path):
+    with pytest.raises(GasSolverError, match="no checkpoint was written yet") as caught:
+        train_from_config(_train_config(teacher, tmp_path / "run", lr=1e30), progress=False)
+    assert "checkpoint.pt" not in str(caught.value)
+
+
+def test_resume_drops_a_torn_metrics_line_and_refuses_a_corrupt_one(teacher, tmp_path):
+    run = tmp_path / "run"
+    train_from_config(_train_config(teacher, run), progress=False)
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"iteration": 5, "lo')  # what a kill during a write leaves
+    train_from_config(_train_config(teacher, run, iterations=6, resume=True), progress=False)
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert [_strict_json(line)["iteration"] for line in lines][-1] == 6
+    (run / "metrics.jsonl").write_text("not json\n" + "\n".join(lines) + "\n")
+    with pytest.raises(GasSolverError, match=r"metrics.jsonl line 1 is not a metrics record"):
+        train_from_config(_train_config(teacher, run, iterations=8, resume=True), progress=False)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--device", "meta"], "device: 'meta' is not a device gas-solver runs on"),
+        (["--device", "mps"], "device: mps was requested but is not available"),
+        (["--device", "cuda:x"], "device: 'cuda:x' is not a device"),
+        (["--prompts", "prompts.txt"], "prompts: the model gmm-ring takes no text prompts"),
+        (["--solver", "ddim:nfe=100000000000"], "nfe: must be an integer from 1 to 10000"),
+        (["--batch-size", "100000000"], "batch_size: must be from 1 to 4096"),
+        (["--seeds", "\u0663-\u0665"], "seeds: cannot read"),
+        (["--seeds", "1e3"], "seeds: cannot read"),
+    ],
+)
+def test_bad_sample_inputs_are_one_line_and_write_nothing(tmp_path, args, message):
+    (tmp_path / "prompts.txt").write_text("a cat\n")
+    base = {"--model": "gmm-ring", "--solver": "ddim:nfe=2", "--seeds": "0-3", "--out": "out",
+            "--device": "cpu"}  # fmt: skip
+    base.update(zip(args[::2], args[1::2], strict=True))
+    result = _gas("sample", *(item for pair in base.items() for item in pair), cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and message in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "message"),
+    [
+        ("nfe: true", "nfe: expected an integer, got True"),
+        ("out: {a: 1}", "out: expected text, got {'a': 1}"),
+        ("model: [mnist32]", "model: expected text"),
+        ("lr: .nan", "lr: expected a finite number, got nan"),
+        ("iterations: 1.5", "iterations: expected an integer, got 1.5"),
+        ("seed: 100000000000000000000", "seed: expected an integer"),
+        ("grad_checkpoint: 1", "grad_checkpoint: expected true or false, got 1"),
+        ("nfe: 1000", "nfe: must be from 1 to 100"),
+    ],
+)
+def test_yaml_values_are_not_coerced(tmp_path, yaml_text, message):
+    (tmp_path / "c.yaml").write_text(f"teacher: t\n{yaml_text}\n")
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(TrainConfig, tmp_path / "c.yaml")

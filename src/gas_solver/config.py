@@ -4,12 +4,20 @@ Each command has one dataclass. Its fields carry their help text (``field(metada
 so the YAML keys, the CLI flags (``--batch-size`` for ``batch_size``) and the docs stay one list.
 Every bad value stops before any work with a :class:`~gas_solver.errors.ConfigError` naming the
 field.
+
+Values are taken as their field's type and nothing else: YAML ``true`` is not an int, a mapping or
+list is not text, ``1e20`` is not an int, numbers are finite and written in ASCII digits, ints fit
+in int64. Two fields that several commands share are checked here, by name, for every command:
+``device`` (:func:`gas_solver.runtime.resolve_device`: ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or
+``auto``, present on this machine) and ``batch_size`` (1 to :data:`MAX_BATCH_SIZE`).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -21,6 +29,15 @@ import yaml
 from .errors import ConfigError, MissingAssetError
 
 C = TypeVar("C")
+
+MAX_BATCH_SIZE = 4096
+"""Largest ``batch_size`` any command takes. Batches are cut from it without looking at the
+model, so a mistyped value (``640000``) would otherwise allocate until the kernel kills the
+process; 4096 is above any batch the paper's settings use (at most a few hundred) and still fits
+the small models' memory."""
+
+_INT = re.compile(r"[+-]?[0-9]+")
+_FLOAT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
 
 
 def option(default: Any, help: str, **kwargs: Any) -> Any:  # noqa: A002 - mirrors argparse
@@ -52,6 +69,7 @@ def load_config(
         raise ConfigError(f"unknown field(s) {', '.join(unknown)}; valid: {', '.join(names)}")
     values = {name: _coerce(name, data[name], hints[name]) for name in names if name in data}
     config = cls(**values)
+    _check_common_fields(config)
     validate = getattr(config, "validate", None)
     if validate is not None:
         validate()
@@ -96,6 +114,17 @@ def require(condition: bool, field: str, message: str) -> None:
         raise ConfigError(f"{field}: {message}")
 
 
+def _check_common_fields(config: Any) -> None:
+    """The checks of ``device`` and ``batch_size``, whichever command has them."""
+    if isinstance(getattr(config, "device", None), str):
+        from .runtime import resolve_device  # torch: imported only when a command runs
+
+        resolve_device(config.device)
+    batch_size = getattr(config, "batch_size", None)
+    if isinstance(batch_size, int) and not 1 <= batch_size <= MAX_BATCH_SIZE:
+        raise ConfigError(f"batch_size: must be from 1 to {MAX_BATCH_SIZE}, got {batch_size}")
+
+
 def _base_type(hint: Any) -> Any:
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1:
@@ -112,21 +141,35 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
             return None
         raise ConfigError(f"{name}: a value is required")
     kind = _base_type(hint)
-    try:
-        if kind is bool:
-            if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
-                return value.lower() in ("true", "yes", "1")
-            if isinstance(value, bool):
-                return value
-            raise ValueError
-        if kind is int:
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            return int(value)
-        if kind is float:
-            return float(value)
-        if kind is str:
-            return str(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name}: expected {kind.__name__}, got {value!r}") from None
+    coerced = _as_kind(value, kind)
+    if coerced is None:
+        what = {bool: "true or false", int: "an integer", float: "a finite number", str: "text"}
+        raise ConfigError(f"{name}: expected {what.get(kind, kind.__name__)}, got {value!r}")
+    return coerced
+
+
+def _as_kind(value: Any, kind: Any) -> Any:
+    """``value`` as ``kind`` (bool, int, float or str) if it is one, else ``None``."""
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
+            return value.lower() in ("true", "yes", "1")
+        return None
+    if isinstance(value, (bool, dict, list, tuple, set)):
+        return None  # YAML's true is not 1, and a mapping is not text
+    if kind is int:
+        if isinstance(value, str) and _INT.fullmatch(value):
+            value = int(value)
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        return value if isinstance(value, int) and -(2**63) <= value < 2**63 else None
+    if kind is float:
+        if isinstance(value, str) and _FLOAT.fullmatch(value):
+            value = float(value)
+        if isinstance(value, int):
+            value = float(value)
+        return value if isinstance(value, float) and math.isfinite(value) else None
+    if kind is str:
+        return str(value) if isinstance(value, (str, int, float)) else None
     return value

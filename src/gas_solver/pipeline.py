@@ -123,7 +123,16 @@ def seed_cond_fn(model: DiffusionModel, prompts: str | None = None) -> CondFn | 
     if prompts is not None:
         from .models.diffusers import prompt_cond_fn
 
-        lines = [line.strip() for line in Path(prompts).read_text().splitlines() if line.strip()]
+        if getattr(model, "tokenizer", None) is None:
+            raise ConfigError(
+                f"prompts: the model {getattr(model, 'source', None) or type(model).__name__} "
+                "takes no text prompts (it has no tokenizer); leave --prompts out"
+            )
+        try:
+            text = Path(prompts).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise ConfigError(f"prompts: cannot read {prompts} as UTF-8 text ({err})") from None
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
         return prompt_cond_fn(model, lines)
     return getattr(model, "default_cond", None)
 
@@ -132,12 +141,12 @@ def make_teacher(config: TeacherConfig, progress: bool = True) -> TeacherSet:
     device = resolve_device(config.device)
     model = load_model(config.model, device)
     spec = teacher_spec(config.solver, model)
+    cond_fn = seed_cond_fn(model, config.prompts)  # a bad --prompts is refused before writing
     with folder_lock(config.out):
         return generate_teacher_set(
             model, config.out, config.seeds, spec, spec.to_dict(),
             batch_size=config.batch_size, shard_size=config.shard_size, device=device,
-            overwrite=config.overwrite, progress=progress,
-            cond_fn=seed_cond_fn(model, config.prompts),
+            overwrite=config.overwrite, progress=progress, cond_fn=cond_fn,
         )  # fmt: skip
 
 
@@ -245,19 +254,27 @@ def run_sample(config: SampleConfig, progress: bool = True) -> Path:
     are held. ``samples.npz`` holds ``samples`` (latents for latent models), ``seeds``, and for
     latent models ``images``. 2-D models get ``scatter.png``.
     """
-    with folder_lock(config.out) as out:
-        return _sample_into(config, out, progress)
+    device = resolve_device(config.device)
+    model = load_model(config.model, device) if config.model else None
+    model, sampler, description = load_sampler(config.solver, model, device)
+    cond_fn = seed_cond_fn(model, config.prompts)
+    with folder_lock(config.out) as out:  # only once the model, solver and prompts are good
+        return _sample_into(config, out, model, sampler, description, cond_fn, progress)
 
 
 SAMPLE_OUTPUTS = ("images", "samples.npz", "grid.png", "scatter.png", "sample.json")
 
 
-def _sample_into(config: SampleConfig, out: Path, progress: bool) -> Path:
-    device = resolve_device(config.device)
-    model = load_model(config.model, device) if config.model else None
-    model, sampler, description = load_sampler(config.solver, model, device)
+def _sample_into(
+    config: SampleConfig,
+    out: Path,
+    model: DiffusionModel,
+    sampler: Sampler,
+    description: dict[str, Any],
+    cond_fn: CondFn | None,
+    progress: bool,
+) -> Path:
     seeds = parse_seeds(config.seeds)
-    cond_fn = seed_cond_fn(model, config.prompts)
     samples = generate(model, sampler, seeds, config.batch_size, progress, cond_fn)
     remove_outputs(out, SAMPLE_OUTPUTS)  # nothing of an earlier run is left to be read as ours
     arrays = {"samples": samples.numpy(), "seeds": np.asarray(seeds, dtype=np.int64)}

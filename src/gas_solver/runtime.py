@@ -23,17 +23,37 @@ import torch
 from .errors import CheckpointMismatchError, ConfigError, GasSolverError
 from .version import __version__
 
+DEVICES = "cpu, cuda, cuda:N, mps or auto"
+
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` → CUDA when available, else CPU; anything else must be a valid torch device."""
+    """``auto`` → CUDA when available, else CPU; else ``cpu``, ``cuda``, ``cuda:N`` or ``mps``,
+    which must be present on this machine.
+
+    Raises:
+        ConfigError: any other name (``meta`` computes no values), or a device this machine
+            lacks.
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise ConfigError(f"device: {err}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device: CUDA was requested but is not available on this machine")
+        device = torch.device(name) if isinstance(name, str) and name.isascii() else None
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps") or name != name.strip():
+        raise ConfigError(f"device: {name!r} is not a device gas-solver runs on; use {DEVICES}")
+    if device.type == "cpu" and device.index not in (None, 0):
+        raise ConfigError(f"device: {name!r}: there is one CPU device; use cpu")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("device: CUDA was requested but is not available on this machine")
+        if (device.index or 0) >= torch.cuda.device_count():
+            raise ConfigError(
+                f"device: {name!r}, but this machine has {torch.cuda.device_count()} CUDA "
+                f"device(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}"
+            )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device: mps was requested but is not available on this machine")
     return device
 
 

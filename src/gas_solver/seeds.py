@@ -26,7 +26,7 @@ TEACHER_SEEDS = "0-49999"
 EVAL_SEEDS = "50000-99999"
 
 MAX_SEED = 2**63 - 1  # seeds are stored as int64
-_PART = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$")
+_PART = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$", re.ASCII)  # ASCII digits only
 
 
 def parse_seeds(seeds: str | int | Iterable[int]) -> list[int]:

@@ -21,6 +21,7 @@ bracketed, comma-separated list. Spaces are ignored.
 from __future__ import annotations
 
 import dataclasses
+import math
 import numbers
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -38,6 +39,9 @@ from .ipndm import IPNDM_VARIANTS, ipndm
 from .unipc import UNIPC_VARIANTS, unipc
 
 GRID_UNITS = ("t", "sigma", "timestep")
+MAX_NFE = 10_000
+"""Most model calls a solver may make: ten times a 1000-step DDPM chain, far above any teacher,
+and low enough that a mistyped NFE fails at once instead of allocating its time grid."""
 
 
 @dataclass(frozen=True)
@@ -141,8 +145,8 @@ class SolverSpec:
             raise ConfigError(f"grid_unit: must be one of {GRID_UNITS}, got {self.grid_unit!r}")
         if self.nfe is None:
             raise ConfigError(f"nfe: required for {self.name} with grid kind {self.grid!r}")
-        if not _is_int(self.nfe) or self.nfe < 1:
-            raise ConfigError(f"nfe: must be an integer >= 1, got {self.nfe!r}")
+        if not _is_int(self.nfe) or not 1 <= self.nfe <= MAX_NFE:
+            raise ConfigError(f"nfe: must be an integer from 1 to {MAX_NFE}, got {self.nfe!r}")
         set_("nfe", int(self.nfe))
         if self.nfe % info.calls_per_step:
             raise ConfigError(
@@ -172,7 +176,7 @@ class SolverSpec:
             set_("lower_order_final", lof)
         if self.t_eps is not None and not (_is_number(self.t_eps) and 0 < self.t_eps < 1):
             raise ConfigError(f"t_eps: must be a number in (0, 1), got {self.t_eps!r}")
-        if not (_is_number(self.rho) and self.rho > 0):
+        if not (_is_number(self.rho) and 0 < self.rho < math.inf):
             raise ConfigError(f"rho: must be a positive number, got {self.rho!r}")
         set_("rho", float(self.rho))
         if self.t_eps is not None:
@@ -343,6 +347,8 @@ def _split_top_level(text: str) -> list[str]:
 
 def _parse_value(key: str, raw: str, text: str) -> Any:
     try:
+        if not raw.isascii():
+            raise ValueError(raw)
         if key in ("nfe", "order"):
             return int(raw)
         if key in ("t_eps", "rho"):
@@ -368,6 +374,7 @@ def _is_number(value: Any) -> bool:
 
 __all__ = [
     "GRID_UNITS",
+    "MAX_NFE",
     "SOLVERS",
     "ClassicSolver",
     "SolverSpec",

@@ -45,8 +45,10 @@ from ..models.base import DiffusionModel
 from ..models.loading import load_model
 from ..pipeline import makes_images, to_images
 from ..runtime import (
+    atomic_write,
     check_resumed_config,
     folder_lock,
+    json_safe,
     load_checkpoint_file,
     remove_outputs,
     resolve_device,
@@ -71,6 +73,9 @@ TRAIN_OUTPUTS = (
     "tensorboard",
 )  # fmt: skip
 METHODS = ("gs", "gas")
+MAX_GS_NFE = 100
+"""Most model calls of a learned solver: it has ``nfe·(nfe+1)`` coefficients, and the paper's
+range is 4-10 calls."""
 
 
 @dataclasses.dataclass
@@ -127,7 +132,9 @@ class TrainConfig:
 
     def validate(self) -> None:
         require(bool(self.teacher), "teacher", "a teacher set folder is required")
-        require(self.nfe >= 1, "nfe", f"must be >= 1, got {self.nfe}")
+        require(
+            1 <= self.nfe <= MAX_GS_NFE, "nfe", f"must be from 1 to {MAX_GS_NFE}, got {self.nfe}"
+        )
         require(self.iterations >= 1, "iterations", f"must be >= 1, got {self.iterations}")
         require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
@@ -260,9 +267,16 @@ class Trainer:
         try:
             return self._train_step()
         except NonFiniteLossError as err:
+            path = self.out / CHECKPOINT
+            last = (
+                f"the last good checkpoint is {path} (resume it with other settings in a new "
+                "run, or lower --lr / --disc-lr)"
+                if path.is_file()
+                else "no checkpoint was written yet (lower --lr / --disc-lr)"
+            )
             raise GasSolverError(
-                f"{err} at iteration {self.iteration}; training stopped. The last good checkpoint "
-                f"is {self.out / CHECKPOINT} (lower --lr / --disc-lr or check the teacher set)"
+                f"{err} at iteration {self.iteration}; training stopped: {last}, or check the "
+                "teacher set"
             ) from None
 
     def _train_step(self) -> dict[str, float]:
@@ -429,23 +443,42 @@ class Trainer:
 
     # -- logging ------------------------------------------------------------------------------
     def log(self, record: dict[str, Any]) -> None:
+        """One strict-JSON line in ``metrics.jsonl`` (a non-finite value is ``null``)."""
         record = {"iteration": self.iteration, **record}
         with open(self.out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json.dumps(json_safe(record), allow_nan=False) + "\n")
         if self._writer is not None:
             for key, value in record.items():
                 if key != "iteration":
                     self._writer.add_scalar(key, value, self.iteration)
 
     def _truncate_metrics(self, iteration: int) -> None:
+        """Keep the log lines up to the resumed checkpoint's iteration.
+
+        A last line without its newline is what a killed run leaves half-written (it is newer
+        than any checkpoint) and is dropped; any other line that is not a JSON record with an
+        ``iteration`` is refused, naming the file and line.
+        """
         path = self.out / "metrics.jsonl"
-        if path.is_file():
-            keep = [
-                ln
-                for ln in path.read_text().splitlines()
-                if json.loads(ln)["iteration"] <= iteration
-            ]
-            path.write_text("".join(ln + "\n" for ln in keep))
+        if not path.is_file():
+            return
+        text = path.read_bytes().decode("utf-8", errors="replace")
+        lines = text.split("\n")
+        keep = []
+        for number, line in enumerate(lines[:-1], start=1):  # lines[-1]: after the last newline
+            try:
+                record = json.loads(line)
+                step = record["iteration"]
+                if isinstance(step, bool) or not isinstance(step, int):
+                    raise TypeError(step)
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise GasSolverError(
+                    f"--resume: {path} line {number} is not a metrics record; repair or delete "
+                    "that file (it is a log: training does not need it)"
+                ) from None
+            if step <= iteration:
+                keep.append(line + "\n")
+        atomic_write(path, lambda tmp: tmp.write_text("".join(keep)))
 
     def _open_tensorboard(self) -> None:
         try:
@@ -505,7 +538,15 @@ class Trainer:
             "seconds": time.perf_counter() - start,
         }
         write_json(self.out / "summary.json", {**summary, "timesteps": self._ema_timesteps()})
-        return self.save_solver(summary)
+        path = self.save_solver(summary)
+        bad = sorted(k for k, v in summary["final_validation"].items() if not math.isfinite(v))
+        if bad:
+            raise GasSolverError(
+                f"the final validation is not finite ({', '.join(bad)}: null in "
+                f"{self.out / 'summary.json'}): the teacher set's validation targets or the "
+                f"solver's outputs hold NaN or infinity; check the teacher set before using {path}"
+            )
+        return path
 
     def _ema_timesteps(self) -> list[float]:
         with self.ema_weights() as solver, torch.no_grad():
