@@ -11,7 +11,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from .config import add_config_arguments, config_from_args
 from .errors import GasSolverError
@@ -79,8 +79,15 @@ def commands() -> dict[str, tuple[str, type | None, Action]]:
     }  # fmt: skip
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line, like every other user error: exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="gas-solver",
         description="Learned few-step ODE solvers (GS/GAS, arXiv 2510.17699) for frozen diffusion "
         "models: teacher data, training, sampling, evaluation, export.",
@@ -110,7 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(args.action(config))
         return 0
     except GasSolverError as err:
-        print(f"gas-solver {args.command}: error: {err}", file=sys.stderr)
+        message = " ".join(str(err).splitlines())  # one line, whatever the message holds
+        print(f"gas-solver {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

@@ -68,6 +68,10 @@ def load_config(
     if unknown:
         raise ConfigError(f"unknown field(s) {', '.join(unknown)}; valid: {', '.join(names)}")
     values = {name: _coerce(name, data[name], hints[name]) for name in names if name in data}
+    for f in dataclasses.fields(cls):  # flags check their choices in argparse, YAML values here
+        choices = f.metadata.get("choices")
+        if choices and f.name in values and values[f.name] not in choices:
+            raise ConfigError(f"{f.name}: one of {list(choices)}, got {values[f.name]!r}")
     config = cls(**values)
     _check_common_fields(config)
     validate = getattr(config, "validate", None)
@@ -171,5 +175,7 @@ def _as_kind(value: Any, kind: Any) -> Any:
             value = float(value)
         return value if isinstance(value, float) and math.isfinite(value) else None
     if kind is str:
-        return str(value) if isinstance(value, (str, int, float)) else None
+        if not isinstance(value, (str, int, float)) or "\x00" in str(value):
+            return None  # no path or name can hold a NUL
+        return str(value)
     return value
