@@ -13,11 +13,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from . import distributed
 from .config import add_config_arguments, config_from_args
-from .errors import GasSolverError
+from .errors import ConfigError, GasSolverError
 from .version import __version__
 
 Action = Callable[[Any], str]
+
+DISTRIBUTED_COMMANDS = frozenset({"teacher", "train", "sample", "fid", "compare"})
+"""The commands that split their work over the processes of ``torchrun`` (:mod:`.distributed`);
+under torchrun only rank 0 prints their result."""
 
 
 def _list_models(_: Any) -> str:
@@ -42,6 +47,8 @@ def commands() -> dict[str, tuple[str, type | None, Action]]:
 
     def compare(config: CompareConfig) -> str:
         run_compare(config)
+        if not distributed.is_main():  # torchrun: rank 0 wrote the table and prints it
+            return ""
         table = (Path(config.out) / "compare.md").read_text()
         return f"{table}comparison (table, JSON, pictures): {config.out}"
 
@@ -114,12 +121,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         config = config_from_args(args.config_class, args) if args.config_class else None
-        print(args.action(config))
+        if distributed.init() and args.command not in DISTRIBUTED_COMMANDS:
+            raise ConfigError(
+                f"{args.command} runs in one process; start it without torchrun (these split "
+                f"their work over processes: {', '.join(sorted(DISTRIBUTED_COMMANDS))})"
+            )
+        result = args.action(config)
+        if distributed.is_main():
+            print(result)
         return 0
     except GasSolverError as err:
         message = " ".join(str(err).splitlines())  # one line, whatever the message holds
-        print(f"gas-solver {args.command}: error: {message}", file=sys.stderr)
+        where = f" (rank {distributed.rank()})" if distributed.world_size() > 1 else ""
+        print(f"gas-solver {args.command}{where}: error: {message}", file=sys.stderr)
         return 2
+    finally:
+        distributed.close()
 
 
 if __name__ == "__main__":

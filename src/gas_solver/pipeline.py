@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from .config import option, require
 from .data.teacher import CondFn, TeacherSet, generate_teacher_set
+from .distributed import gather_ordered, is_main, main_lock, owned, show_progress
 from .errors import ConfigError
 from .models.base import DiffusionModel
 from .models.loading import load_model
@@ -142,7 +143,7 @@ def make_teacher(config: TeacherConfig, progress: bool = True) -> TeacherSet:
     model = load_model(config.model, device)
     spec = teacher_spec(config.solver, model)
     cond_fn = seed_cond_fn(model, config.prompts)  # a bad --prompts is refused before writing
-    with folder_lock(config.out):
+    with main_lock(config.out):
         return generate_teacher_set(
             model, config.out, config.seeds, spec, spec.to_dict(),
             batch_size=config.batch_size, shard_size=config.shard_size, device=device,
@@ -180,12 +181,16 @@ def generate(
     """Samples for ``seeds`` (each from its own seeded noise), on the model's device, in order.
 
     ``cond_fn(seeds)`` gives the conditions; by default the model's (:func:`seed_cond_fn`).
+    Under torchrun each rank samples the batches ``i`` with ``i mod K = rank`` and every rank gets
+    all samples back (:func:`~gas_solver.distributed.gather_ordered`): the batches are those of
+    one process, so the samples are the same bit for bit.
     """
     device = next((b.device for b in model.buffers()), torch.device("cpu"))
     cond_fn = cond_fn or seed_cond_fn(model)
-    chunks = []
-    for start in tqdm(
-        range(0, len(seeds), batch_size), desc="sample", unit="batch", disable=not progress
+    chunks = {}
+    batches = owned(list(enumerate(range(0, len(seeds), batch_size))))
+    for number, start in tqdm(
+        batches, desc="sample", unit="batch", disable=not show_progress(progress)
     ):
         batch = seeds[start : start + batch_size]
         noise = seeded_noise(batch, model.sample_shape, device=device)
@@ -194,8 +199,8 @@ def generate(
             cond = cond.to(device)
         elif isinstance(cond, dict):
             cond = {key: value.to(device) for key, value in cond.items()}
-        chunks.append(sampler(model, noise, cond).float().cpu())
-    return torch.cat(chunks)
+        chunks[number] = sampler(model, noise, cond).float().cpu()
+    return torch.cat(gather_ordered(chunks))
 
 
 def is_latent(model: DiffusionModel) -> bool:
@@ -258,6 +263,9 @@ def run_sample(config: SampleConfig, progress: bool = True) -> Path:
     model = load_model(config.model, device) if config.model else None
     model, sampler, description = load_sampler(config.solver, model, device)
     cond_fn = seed_cond_fn(model, config.prompts)
+    if not is_main():  # torchrun: the other ranks sample their batches for rank 0, which writes
+        generate(model, sampler, parse_seeds(config.seeds), config.batch_size, False, cond_fn)
+        return Path(config.out)
     with folder_lock(config.out) as out:  # only once the model, solver and prompts are good
         return _sample_into(config, out, model, sampler, description, cond_fn, progress)
 

@@ -26,18 +26,21 @@ Each shard is a safetensors file with one row per item, in seed-list order:
 of every tensor above, and ``cond_kind``: ``none`` | ``tensor`` | ``dict``), ``shards`` (file,
 index, first item ``start``, ``count``, ``seeds``, ``sha256``, ``bytes``), the times ``created``
 and ``completed``, ``gas_solver_version``, ``torch_version``, ``python``, ``command`` (the latest
-one), and ``runs`` (one entry per invocation: start time, command, device, batch size, shards
-made). Shards carry one safetensors metadata entry, ``gas_solver``: ``{"format", "format_version",
-"shard"}`` as JSON.
+one), and ``runs`` (one entry per invocation: start time, command, device, batch size, processes,
+shards made). Shards carry one safetensors metadata entry, ``gas_solver``: ``{"format",
+"format_version", "shard"}`` as JSON.
 
 Shards and the manifest are written atomically (temporary file, fsync, ``os.replace``) and the
 manifest is rewritten after every shard, so an interrupted run loses at most the shard it was
 making: running the same call again keeps the finished shards whose checksum still matches and
-makes only the rest. Reading trusts nothing: :class:`TeacherSet` refuses a manifest with a
-missing or mistyped key or a shard entry out of place (so every row comes from a listed shard),
-and checks every shard's size and sha256 once, before the first tensor is read. Shard bytes
-contain no time stamps, so the same seeds, model and solver give
-byte-identical shards (and checksums) whatever the batch size or the interruptions.
+makes only the rest. Under ``torchrun`` (:mod:`gas_solver.distributed`) the shards still to make
+are dealt out in rounds, one per process (rank r makes the r-th of each round); after each round
+rank 0 records the round's shards in the one manifest, so a killed run loses at most one round and
+resumes with the same or another number of processes. Reading trusts nothing: :class:`TeacherSet`
+refuses a manifest with a missing or mistyped key or a shard entry out of place (so every row comes
+from a listed shard), and checks every shard's size and sha256 once, before the first tensor is
+read. Shard bytes contain no time stamps, so the same seeds, model and solver give byte-identical
+shards (and checksums) whatever the batch size or the interruptions.
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ from safetensors.torch import save as safetensors_save
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ..distributed import all_gather, barrier, broadcast, is_main, rank, show_progress, world_size
 from ..errors import CheckpointMismatchError, ConfigError, GasSolverError, MissingAssetError
 from ..models.base import DiffusionModel
 from ..runtime import LOCK_FILE, atomic_write, resolve_device, run_metadata
@@ -158,7 +162,9 @@ def generate_teacher_set(
     elif command is None:
         command = run_metadata()["command"]  # this process's sys.argv
     out = Path(out_dir)
-    manifest = _open_or_start(out, identity, seed_list, model, overwrite)
+    # rank 0 opens (and checks) the folder; every rank then plans from the same manifest
+    manifest = _open_or_start(out, identity, seed_list, model, overwrite) if is_main() else None
+    manifest = broadcast(manifest)
     plan = [
         (index, start, seed_list[start : start + shard_size])
         for index, start in enumerate(range(0, len(seed_list), shard_size))
@@ -168,20 +174,24 @@ def generate_teacher_set(
     if not todo and manifest["complete"]:
         logger.info("teacher set %s is already complete (%d items)", out, len(seed_list))
         return TeacherSet(out)
+    processes = world_size()
     run = {
         "started": _now(),
         "command": command,
         "device": str(device),
         "batch_size": batch_size,
+        "processes": processes,
         "shards_made": 0,
     }
     manifest["runs"].append(run)
     manifest["command"] = command
     logger.info(
-        "teacher set %s: %d items in %d shards, %d finished, making %d (batch %d, device %s)",
-        out, len(seed_list), len(plan), len(done), len(todo), batch_size, device,
+        "teacher set %s: %d items in %d shards, %d finished, making %d (batch %d, device %s, "
+        "%d process(es))",
+        out, len(seed_list), len(plan), len(done), len(todo), batch_size, device, processes,
     )  # fmt: skip
-    _write_manifest(out, manifest)
+    if is_main():
+        _write_manifest(out, manifest)
 
     done_items = sum(entry["count"] for entry in manifest["shards"])
     with (
@@ -191,38 +201,56 @@ def generate_teacher_set(
             initial=done_items,
             unit="sample",
             desc="teacher",
-            disable=not progress,
+            disable=not show_progress(progress),
         ) as bar,
     ):
-        for index, start, shard_seeds in todo:
-            tensors = _make_shard(
-                model, shard_seeds, run_solver, cond_fn, batch_size, device, dtype, bar
-            )
-            fields = {k: _field_spec(t) for k, t in tensors.items()}
-            _check_fields(manifest, fields, out)
-            data = safetensors_save(tensors, metadata=_shard_metadata(index))
-            atomic_write(out / shard_name(index), lambda tmp, data=data: tmp.write_bytes(data))
-            manifest["shards"].append(
-                {
-                    "index": index,
-                    "file": shard_name(index),
-                    "start": start,
-                    "count": len(shard_seeds),
-                    "seeds": format_seeds(shard_seeds),
-                    "sha256": hashlib.sha256(data).hexdigest(),
-                    "bytes": len(data),
-                }
-            )
+        # rounds of one shard per process; after each, rank 0 records every rank's shards
+        for first in range(0, len(todo), processes):
+            this_round = todo[first : first + processes]
+            made = None
+            if rank() < len(this_round):
+                index, start, shard_seeds = this_round[rank()]
+                tensors = _make_shard(
+                    model, shard_seeds, run_solver, cond_fn, batch_size, device, dtype, bar
+                )
+                fields = {k: _field_spec(t) for k, t in tensors.items()}
+                _check_fields(manifest, fields, out)
+                made = (_write_shard(out, index, start, shard_seeds, tensors), fields)
+            for entry, fields in filter(None, all_gather(made)):
+                _check_fields(manifest, fields, out)
+                manifest["shards"].append(entry)
+                run["shards_made"] += 1
+                if made is None or entry["index"] != made[0]["index"]:
+                    bar.update(entry["count"])  # another rank's items
             manifest["shards"].sort(key=lambda entry: entry["index"])
-            run["shards_made"] += 1
-            _write_manifest(out, manifest)
-            logger.debug("wrote %s (%d items)", shard_name(index), len(shard_seeds))
+            if is_main():
+                _write_manifest(out, manifest)
 
     manifest["complete"] = True
     manifest["completed"] = _now()
-    _write_manifest(out, manifest)
+    if is_main():
+        _write_manifest(out, manifest)
+    barrier()  # every rank returns the finished set
     logger.info("teacher set %s complete: %d items", out, len(seed_list))
     return TeacherSet(out)
+
+
+def _write_shard(
+    out: Path, index: int, start: int, seeds: list[int], tensors: dict[str, Tensor]
+) -> dict[str, Any]:
+    """Write shard ``index`` atomically; returns its manifest entry."""
+    data = safetensors_save(tensors, metadata=_shard_metadata(index))
+    atomic_write(out / shard_name(index), lambda tmp: tmp.write_bytes(data))
+    logger.debug("wrote %s (%d items)", shard_name(index), len(seeds))
+    return {
+        "index": index,
+        "file": shard_name(index),
+        "start": start,
+        "count": len(seeds),
+        "seeds": format_seeds(seeds),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "bytes": len(data),
+    }
 
 
 def _make_shard(

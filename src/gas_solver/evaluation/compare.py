@@ -53,6 +53,7 @@ from torch import Tensor
 
 from ..config import option, require
 from ..data.teacher import TeacherSet
+from ..distributed import all_sum, is_main
 from ..errors import ConfigError, GasSolverError
 from ..metrics.fid import FID_METHODS
 from ..models.base import DiffusionModel
@@ -370,7 +371,7 @@ def compare(
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - start
-        calls = model.nfe / n_batches
+        calls = all_sum(torch.tensor(float(model.nfe))).item() / n_batches  # torchrun: all ranks
         if calls != entry.nfe:
             log.warning("%s: %g model calls per sample, expected %d", entry.label, calls, entry.nfe)
         if reference is None:
@@ -413,7 +414,7 @@ def compare(
                 "description": entry.description,
             }
         )
-    if out is not None:
+    if out is not None and is_main():  # torchrun: every rank has the rows, rank 0 writes
         context = {
             "model": getattr(model, "source", None) or type(model).__name__,
             "model_identity": model.identity(),

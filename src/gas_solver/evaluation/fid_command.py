@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from ..config import option, require
+from ..distributed import is_main
 from ..errors import ConfigError, MissingAssetError
 from ..metrics.fid import FID_METHODS
 from ..models.loading import load_model
@@ -31,7 +32,7 @@ from ..pipeline import (
     makes_images,
     seed_cond_fn,
 )
-from ..runtime import json_safe, resolve_device, run_metadata, write_json
+from ..runtime import json_safe, reading, resolve_device, run_metadata, write_json
 from ..seeds import EVAL_SEEDS, format_seeds, parse_seeds
 from ..solvers.resolve import TrainedSolver, resolve_solver
 
@@ -136,11 +137,11 @@ def load_images(source: str, num: int | None = None) -> Tensor | str:
             f"({', '.join(dataset_names())})"
         )
     if path.is_file() and path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as data:
+        with reading(path, "an .npz archive"), np.load(path, allow_pickle=False) as data:
             if "samples" in data.files:
                 # `sample` of a latent model: samples are latents, images their decoded pictures
                 key = "images" if "images" in data.files else "samples"
-                samples = data[key]
+                samples = data[key]  # the zip's CRC-32 is checked: a changed byte is refused
                 if samples.ndim != 4 or samples.shape[1] not in (1, 3):
                     raise ConfigError(
                         f"{path}: {key} of shape {samples.shape} are not images "
@@ -155,7 +156,7 @@ def _has_samples(path: str) -> bool:
     """Whether ``path`` is an ``.npz`` written by ``gas-solver sample`` (key ``samples``)."""
     if not (path.endswith(".npz") and Path(path).is_file()):
         return False
-    with np.load(path, allow_pickle=False) as data:
+    with reading(path, "an .npz archive"), np.load(path, allow_pickle=False) as data:
         return "samples" in data.files
 
 
@@ -200,7 +201,7 @@ def run_fid(config: FIDConfig, progress: bool = True) -> dict[str, Any]:
         samples = generate(model, sampler, seeds, config.batch_size, progress, cond_fn)
         images = image_batches(model, samples, config.batch_size) if is_latent(model) else samples
     stats = compute_statistics(images, num_images=config.num, **kwargs)
-    if config.save_ref:
+    if config.save_ref and is_main():  # torchrun: every rank has the statistics, rank 0 writes
         stats.save(config.save_ref)
         log.info("wrote FID statistics of %d images to %s", stats.num_images, config.save_ref)
     result = {
@@ -214,7 +215,7 @@ def run_fid(config: FIDConfig, progress: bool = True) -> dict[str, Any]:
         "saved_reference": config.save_ref,
         "run": run_metadata(),
     }
-    if config.out:
+    if config.out and is_main():
         write_json(config.out, json_safe(result))
     return result
 

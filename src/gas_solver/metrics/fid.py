@@ -30,8 +30,9 @@ import scipy.linalg
 import torch
 from torch import Tensor
 
+from ..distributed import all_gather, all_sum, is_main, world_size
 from ..errors import ConfigError, MissingAssetError
-from ..runtime import atomic_write
+from ..runtime import atomic_write, reading
 from .inception import (
     INCEPTION_SHA1,
     ImageSource,
@@ -150,6 +151,19 @@ class _MomentAccumulator:
         self.total += f.sum(0)
         self.outer += f.T @ f
 
+    def add_over_ranks(self) -> None:
+        """Under torchrun: the count and sums of all ranks (a rank may have seen no images)."""
+        if world_size() == 1:
+            return
+        dims = {dim for dim in all_gather(None if self.total is None else len(self.total)) if dim}
+        if len(dims) != 1:
+            raise ConfigError(f"FID features of different sizes on different ranks: {dims}")
+        (dim,) = dims
+        total = torch.zeros(dim, dtype=torch.float64) if self.total is None else self.total
+        outer = torch.zeros(dim, dim, dtype=torch.float64) if self.outer is None else self.outer
+        self.count = int(all_sum(torch.tensor(float(self.count))).item())
+        self.total, self.outer = all_sum(total), all_sum(outer)
+
     def statistics(self) -> FIDStatistics:
         if self.count < 2 or self.total is None or self.outer is None:
             raise ConfigError(f"FID statistics need at least 2 images, got {self.count}")
@@ -174,6 +188,11 @@ def compute_statistics(
         images: an :data:`ImageSource`; with ``features=True``, precomputed features ``(N, D)``.
         features: treat ``images`` as features (no Inception pass).
         model, batch_size, num_images, device, progress: as :func:`inception_features`.
+
+    Under torchrun every rank passes the same ``images``; each runs the detector on its share of
+    the batches (:func:`~gas_solver.metrics.inception.feature_batches` with ``shard=True``) and
+    the float64 sums Σf, Σ f fᵀ and the count are added over ranks, so every rank gets the
+    statistics of all images (equal to one process's up to the order of float64 additions).
     """
     acc = _MomentAccumulator()
     if features:
@@ -189,8 +208,10 @@ def compute_statistics(
             num_images=num_images,
             device=device,
             progress=progress,
+            shard=True,
         ):
             acc.add(f)
+        acc.add_over_ranks()
     return acc.statistics()
 
 
@@ -220,7 +241,7 @@ def load_statistics(
             f"FID reference statistics {path} not found; make them with "
             f"`gas_solver.metrics.reference_statistics` (EDM-style .npz with 'mu' and 'sigma')"
         )
-    with np.load(path, allow_pickle=False) as data:
+    with reading(path, "an .npz archive"), np.load(path, allow_pickle=False) as data:
         if "mu" in data.files and ("sigma" in data.files or "sigma_triu" in data.files):
             count = int(data["num_images"]) if "num_images" in data.files else None
             if num_images is not None and count is not None and count != num_images:
@@ -290,7 +311,7 @@ def reference_statistics(
                 logger.info("reading cached FID statistics %s", cached)
                 return load_statistics(cached)
             stats = compute_statistics(images, num_images=count, **kwargs)
-            if use_cache:
+            if use_cache and is_main():  # torchrun: one writer
                 stats.save(cached)
                 logger.info("cached FID statistics in %s", cached)
             return stats

@@ -33,8 +33,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ..distributed import owns, show_progress
 from ..errors import ConfigError, MissingAssetError
-from ..runtime import resolve_device
+from ..runtime import reading, resolve_device
 
 __all__ = [
     "FEATURE_DIM",
@@ -254,7 +255,7 @@ def _read_image(path: Path) -> np.ndarray:
     """One image file → uint8 ``(C, H, W)``, C = 1 for grayscale, else 3 (as EDM's loader)."""
     from PIL import Image
 
-    with Image.open(path) as img:
+    with reading(path, "an image"), Image.open(path) as img:
         img = img if img.mode == "L" else img.convert("RGB")
         arr = np.asarray(img, dtype=np.uint8)
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
@@ -274,7 +275,7 @@ def _numpy_to_nchw(arr: np.ndarray) -> Tensor:
 
 
 def npz_images(path: Path) -> np.ndarray:
-    with np.load(path, allow_pickle=False) as data:
+    with reading(path, "an .npz archive"), np.load(path, allow_pickle=False) as data:
         for key in ("images", "arr_0"):
             if key in data.files:
                 return data[key]
@@ -352,17 +353,23 @@ def feature_batches(
     num_images: int | None,
     device: str | torch.device,
     progress: bool,
+    shard: bool = False,
 ) -> Iterator[Tensor]:
+    """Features ``(b, 2048)`` of each batch of ``batch_size`` images, in order.
+
+    With ``shard=True`` under torchrun, only this rank's batches (``i mod K = rank``) go through
+    the detector; the others are read and skipped (the other ranks run them).
+    """
     model = model if model is not None else load_inception(device=device)
     batches, total = _batches(source, batch_size, num_images)
     with (
         torch.inference_mode(),
-        tqdm(total=total, unit="img", desc="Inception", disable=not progress) as bar,
+        tqdm(total=total, unit="img", desc="Inception", disable=not show_progress(progress)) as bar,
     ):
-        for batch in batches:
-            features = model(batch)
+        for index, batch in enumerate(batches):
+            if not shard or owns(index):
+                yield model(batch)
             bar.update(len(batch))
-            yield features
 
 
 def inception_features(
