@@ -22,3 +22,13 @@ class MissingAssetError(GasSolverError, FileNotFoundError):
 
 class CheckpointMismatchError(GasSolverError, ValueError):
     """A checkpoint or data set does not belong to the model/solver it is used with."""
+
+
+class CorruptFileError(GasSolverError, ValueError):
+    """A file that should hold data written earlier cannot be read or fails its check (damaged,
+    truncated or changed); the message names it."""
+
+
+class OutputError(GasSolverError, OSError):
+    """An output could not be written (disk full, no permission); nothing half-written is left
+    under its name, and the message names it."""

@@ -4,24 +4,36 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
 import hashlib
 import io
 import json
+import logging
 import math
 import os
 import pickle
 import platform
+import re
 import shutil
 import sys
 import tempfile
+import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .errors import CheckpointMismatchError, ConfigError, GasSolverError
+from .errors import (
+    CheckpointMismatchError,
+    ConfigError,
+    CorruptFileError,
+    GasSolverError,
+    OutputError,
+)
 from .version import __version__
+
+logger = logging.getLogger(__name__)
 
 DEVICES = "cpu, cuda, cuda:N, mps or auto"
 
@@ -68,22 +80,88 @@ _UMASK = _read_umask()  # read once at import: os.umask can only be read by sett
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp)`` on a temporary file next to ``path``, fsync it, then rename it into
-    place: a crash leaves either the old file or the complete new one. The file gets the
-    permissions a plain ``open`` would give it (``mkstemp`` makes it owner-only)."""
+    place: a crash leaves either the old file or the complete new one (and at most a temporary
+    ``.NAME.XXXXXXXX.tmp``, which :func:`folder_lock` removes on the next run). The file gets the
+    permissions a plain ``open`` would give it (``mkstemp`` makes it owner-only).
+
+    Raises:
+        OutputError: the file could not be written (a full disk, no permission), naming it.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
         write(Path(tmp))
         os.chmod(tmp, 0o666 & ~_UMASK)  # after writing: some writers replace the file
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        raise OutputError(f"cannot write {path}: {_os_reason(err)}") from err
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def append_line(path: str | Path, line: str) -> None:
+    """Append one line to a log file (``metrics.jsonl``).
+
+    Raises:
+        OutputError: the line could not be written, naming the file.
+    """
+    try:
+        with open(path, "a") as f:
+            f.write(line + "\n")
+    except OSError as err:
+        raise OutputError(f"cannot write {path}: {_os_reason(err)}") from err
+
+
+def _os_reason(err: OSError) -> str:
+    """Why a write failed, and what to do, in words."""
+    reason = err.strerror or str(err)
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"{reason}; free some space and run the same command again"
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"{reason}; choose a folder you may write to"
+    return reason
+
+
+_TEMPORARY = re.compile(r"\..+\.[A-Za-z0-9_]{8}\.tmp")
+"""Names :func:`atomic_write` gives its temporaries (``mkstemp``: ``.NAME.XXXXXXXX.tmp``)."""
+
+
+def remove_temporaries(folder: str | Path) -> list[Path]:
+    """Delete what interrupted :func:`atomic_write` calls left in ``folder`` and its direct
+    subfolders; only safe while holding :func:`folder_lock` (no other writer is at work)."""
+    folder = Path(folder)
+    found = [
+        path
+        for parent in (folder, *(p for p in folder.iterdir() if p.is_dir() and not p.is_symlink()))
+        for path in parent.iterdir()
+        if _TEMPORARY.fullmatch(path.name) and path.is_file()
+    ]
+    for path in found:
+        path.unlink(missing_ok=True)
+    return found
+
+
+@contextlib.contextmanager
+def reading(path: str | Path, what: str) -> Iterator[None]:
+    """Turn a failure to read ``path`` (damaged, truncated, not that kind of file) into a
+    :class:`CorruptFileError` naming it; the project's own errors pass unchanged."""
+    try:
+        yield
+    except GasSolverError:
+        raise
+    except (OSError, ValueError, EOFError, KeyError, RuntimeError, NotImplementedError,
+            zipfile.BadZipFile, SyntaxError) as err:  # fmt: skip
+        reason = " ".join(str(err).split()) or type(err).__name__
+        raise CorruptFileError(
+            f"{path}: cannot be read as {what} ({reason}); it is damaged or not such a file"
+        ) from None
 
 
 def json_safe(value: Any) -> Any:
@@ -193,17 +271,22 @@ def folder_lock(folder: str | Path) -> Iterator[Path]:
     """Hold an exclusive advisory lock on an output folder for the duration of a run.
 
     A second run on the same folder is refused at once with the holder's PID, instead of both
-    writing into it. The lock (``fcntl.flock`` on ``FOLDER/.gas-solver.lock``) goes with the
+    writing into it. Once the lock is held, the temporaries of interrupted writes are removed
+    (:func:`remove_temporaries`). The lock (``fcntl.flock`` on ``FOLDER/.gas-solver.lock``) goes with the
     process, so a killed run leaves no stale lock; the small file itself stays.
 
     Raises:
         GasSolverError: another process holds the folder.
+        OutputError: the folder cannot be made or written to.
     """
     import fcntl
 
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+    except OSError as err:
+        raise OutputError(f"cannot write in {folder}: {_os_reason(err)}") from err
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -215,6 +298,8 @@ def folder_lock(folder: str | Path) -> Iterator[Path]:
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        for path in remove_temporaries(folder):
+            logger.info("removed %s, left by an interrupted run", path)
         yield folder
     finally:
         os.close(fd)  # releases the lock
