@@ -45,6 +45,7 @@ from ..models.base import DiffusionModel
 from ..models.loading import load_model
 from ..pipeline import makes_images, to_images
 from ..runtime import (
+    append_line,
     atomic_write,
     check_resumed_config,
     folder_lock,
@@ -445,8 +446,7 @@ class Trainer:
     def log(self, record: dict[str, Any]) -> None:
         """One strict-JSON line in ``metrics.jsonl`` (a non-finite value is ``null``)."""
         record = {"iteration": self.iteration, **record}
-        with open(self.out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(json_safe(record), allow_nan=False) + "\n")
+        append_line(self.out / "metrics.jsonl", json.dumps(json_safe(record), allow_nan=False))
         if self._writer is not None:
             for key, value in record.items():
                 if key != "iteration":
@@ -500,9 +500,8 @@ class Trainer:
             self.load_checkpoint()
         else:  # a fresh run owns its folder: nothing of an earlier one may pass for its own
             remove_outputs(self.out, TRAIN_OUTPUTS)
-            (self.out / "config.yaml").write_text(
-                yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)
-            )
+            text = yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)
+            atomic_write(self.out / "config.yaml", lambda tmp: tmp.write_text(text))
         self._open_tensorboard()
         if self.iteration == 0:
             self.log({"initial": 1, **self.validate(picture=True)})
