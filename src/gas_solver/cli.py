@@ -121,11 +121,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         config = config_from_args(args.config_class, args) if args.config_class else None
-        if distributed.init() and args.command not in DISTRIBUTED_COMMANDS:
+        if distributed.launched() and args.command not in DISTRIBUTED_COMMANDS:
             raise ConfigError(
                 f"{args.command} runs in one process; start it without torchrun (these split "
                 f"their work over processes: {', '.join(sorted(DISTRIBUTED_COMMANDS))})"
             )
+        distributed.init()
         result = args.action(config)
         if distributed.is_main():
             print(result)

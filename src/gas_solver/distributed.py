@@ -43,6 +43,11 @@ TIMEOUT = datetime.timedelta(minutes=60)
 """How long a rank waits for the others at a collective (a slow shard or Inception pass)."""
 
 
+def launched() -> bool:
+    """Whether torchrun started this process as one of several (``WORLD_SIZE`` > 1)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
 def init() -> bool:
     """Join the process group described by torchrun's environment; ``True`` if there is one.
 
@@ -54,7 +59,7 @@ def init() -> bool:
         ConfigError: a process of a node would have no GPU of its own (``LOCAL_RANK`` ≥ the
             node's GPU count).
     """
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+    if not launched() or dist.is_initialized():
         return dist.is_initialized()
     backend = "gloo"
     if torch.cuda.is_available():
@@ -155,20 +160,25 @@ def gather_ordered(parts: dict[int, T]) -> list[T]:
     return [merged[index] for index in sorted(merged)]
 
 
-def local_slice(batch: Tensor) -> Tensor:
-    """This rank's contiguous slice of a global batch: rows ``[r·B/K, (r+1)·B/K)``.
+def per_rank(batch_size: int) -> int:
+    """The slice of a global batch each rank takes: ``B / K``.
 
     Raises:
         ConfigError: ``B`` is not a multiple of the number of processes ``K``.
     """
-    size, k = len(batch), world_size()
-    if size % k:
+    k = world_size()
+    if batch_size % k:
         raise ConfigError(
-            f"batch_size: the global batch of {size} does not split evenly over {k} processes; "
-            f"use a multiple of {k}"
+            f"batch_size: the global batch of {batch_size} does not split evenly over {k} "
+            f"processes; use a multiple of {k}"
         )
-    per_rank = size // k
-    return batch[rank() * per_rank : (rank() + 1) * per_rank]
+    return batch_size // k
+
+
+def local_slice(batch: Tensor) -> Tensor:
+    """This rank's contiguous slice of a global batch ``(B, …)``: rows ``[r·B/K, (r+1)·B/K)``."""
+    size = per_rank(len(batch))
+    return batch[rank() * size : (rank() + 1) * size]
 
 
 def all_mean(values: Tensor) -> Tensor:
@@ -186,6 +196,14 @@ def all_sum(values: Tensor) -> Tensor:
     if dist.is_initialized():
         dist.all_reduce(out, op=dist.ReduceOp.SUM)
     return out
+
+
+def mean_stats(stats: dict[str, float]) -> dict[str, float]:
+    """Logged numbers averaged over ranks (means over equal slices: the global batch's means)."""
+    if world_size() == 1 or not stats:
+        return stats
+    values = all_mean(torch.tensor(list(stats.values()), dtype=torch.float64))
+    return dict(zip(stats, values.tolist(), strict=True))
 
 
 def average_gradients(parameters: Iterable[nn.Parameter]) -> None:

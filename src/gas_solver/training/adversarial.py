@@ -12,6 +12,11 @@ One discriminator step per iteration comes **before** the generator term: reals 
 teacher targets, fakes the solver's outputs on fresh noise, made without gradient. The generator
 term then uses the updated discriminator with its parameters frozen. The discriminator has its own
 Adam (lr 1e-5, betas (0.9, 0.999)), no gradient clipping, and stays in ``eval()`` mode.
+
+Every term is a per-sample value averaged over the batch (R1 and R2 too: each sample's logit
+depends on that sample alone), so under torchrun K processes with B/K samples each and their
+gradients averaged (:func:`~gas_solver.distributed.average_gradients`) step like one process
+with B samples.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..distributed import all_mean, average_gradients
 from ..errors import GasSolverError
 from .discriminator import Discriminator
 
@@ -94,10 +100,11 @@ class Adversary:
         try:
             per_sample, parts = self.discriminator_loss(real.detach(), fake.detach())
             loss = per_sample.mean()
-            if not torch.isfinite(loss):
+            if not torch.isfinite(all_mean(loss)):  # torchrun: every rank stops, or none
                 raise NonFiniteLossError("non-finite discriminator loss")
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            average_gradients(disc.parameters())  # torchrun: the global batch's gradient
             self.optimizer.step()
         finally:
             disc.requires_grad_(False)

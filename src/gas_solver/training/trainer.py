@@ -19,6 +19,14 @@ Data order is a pure function of (seed, iteration): sample position ``p`` of the
 run therefore needs no data-loader state and continues bit-exactly. GAS draws the fakes' fresh
 noise from its own ``torch.Generator``, whose state is checkpointed with the discriminator and its
 optimizer.
+
+Under torchrun (:mod:`gas_solver.distributed`) ``batch_size`` is the global batch: rank ``r`` of
+``K`` takes the contiguous slice ``[r·B/K, (r+1)·B/K)`` of each iteration's indices (and of the
+GAS fakes' fresh noise, drawn for the whole batch), and the solver's and the discriminator's
+gradients are averaged over ranks before clipping and Adam. Every loss term is a per-sample mean,
+so K processes step like one with the whole batch; every rank holds the same parameters, EMA and
+generators, and rank 0 alone writes logs, pictures, checkpoints and the solver. A checkpoint holds
+only global state, so a run resumes with any number of processes that divides the batch.
 """
 
 from __future__ import annotations
@@ -40,6 +48,18 @@ from tqdm.auto import tqdm
 
 from ..config import option, require
 from ..data.teacher import TeacherSet
+from ..distributed import (
+    all_mean,
+    all_sum,
+    average_gradients,
+    is_main,
+    local_slice,
+    main_lock,
+    mean_stats,
+    owns,
+    per_rank,
+    show_progress,
+)
 from ..errors import CheckpointMismatchError, ConfigError, GasSolverError
 from ..models.base import DiffusionModel
 from ..models.loading import load_model
@@ -48,7 +68,6 @@ from ..runtime import (
     append_line,
     atomic_write,
     check_resumed_config,
-    folder_lock,
     json_safe,
     load_checkpoint_file,
     remove_outputs,
@@ -209,6 +228,7 @@ class Trainer:
         self.teacher = teacher
         teacher.check_model(model)
         self.train_idx, self.val_idx = teacher.split(config.train_size, config.val_size)
+        per_rank(config.batch_size)  # torchrun: the global batch must split evenly
         self.loss_fn = get_loss(config.distillation)
         self.adversary: Adversary | None = None
         if config.loss == "gas":  # checked against the data before anything is trained
@@ -281,7 +301,7 @@ class Trainer:
             ) from None
 
     def _train_step(self) -> dict[str, float]:
-        noise, target, cond = self.batch(self.batch_indices(self.iteration))
+        noise, target, cond = self.batch(local_slice(self.batch_indices(self.iteration)))
         stats: dict[str, float] = {}
         if self.adversary is not None:
             stats.update(self._discriminator_step(noise, target, cond))
@@ -294,10 +314,11 @@ class Trainer:
             stats["distillation"] = distillation.mean().item()
             stats["adversarial"] = adversarial.mean().item()
         loss = per_sample.mean()
-        if not torch.isfinite(loss):
+        if not torch.isfinite(all_mean(loss)):  # torchrun: every rank stops, or none
             raise NonFiniteLossError("non-finite loss")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        average_gradients(self.solver.parameters())  # torchrun: the global batch's gradient
         clip = self.config.grad_clip
         grad_norm = torch.nn.utils.clip_grad_norm_(
             self.solver.parameters(), clip if clip > 0 else math.inf
@@ -305,12 +326,13 @@ class Trainer:
         self.optimizer.step()
         self.ema.update()
         self.iteration += 1
-        return {"loss": loss.item(), "grad_norm": float(grad_norm), **stats}
+        return mean_stats({"loss": loss.item(), "grad_norm": float(grad_norm), **stats})
 
     def _discriminator_step(self, noise: Tensor, target: Tensor, cond: Any) -> dict[str, float]:
         """Fakes from fresh noise (same conditions, no gradient) against the batch's targets."""
         assert self.adversary is not None
-        fresh = torch.randn(noise.shape, generator=self.fake_noise, dtype=noise.dtype)
+        shape = (self.config.batch_size, *noise.shape[1:])  # drawn for the global batch
+        fresh = local_slice(torch.randn(shape, generator=self.fake_noise, dtype=noise.dtype))
         with torch.no_grad():
             fake = self.solver(self.model, fresh.to(self.device), cond)
         return self.adversary.discriminator_step(target, fake)
@@ -321,10 +343,11 @@ class Trainer:
         adversarial gradients come from a discriminator that already tells the two apart."""
         if self.adversary is None or not self.config.disc_warmup:
             return
-        for step in tqdm(range(self.config.disc_warmup), desc="warm up D", disable=not progress):
-            noise, target, cond = self.batch(self.batch_indices(step))
+        warm_up = range(self.config.disc_warmup)
+        for step in tqdm(warm_up, desc="warm up D", disable=not show_progress(progress)):
+            noise, target, cond = self.batch(local_slice(self.batch_indices(step)))
             try:
-                stats = self._discriminator_step(noise, target, cond)
+                stats = mean_stats(self._discriminator_step(noise, target, cond))
             except NonFiniteLossError as err:
                 raise GasSolverError(f"{err} in discriminator warm-up step {step}") from None
             if self.config.log_every and (step + 1) % self.config.log_every == 0:
@@ -344,13 +367,19 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self, picture: bool = True) -> dict[str, float]:
-        """Distillation loss (and L1/L2) of the EMA solver on the validation split."""
+        """Distillation loss (and L1/L2) of the EMA solver on the validation split.
+
+        Under torchrun each rank takes the chunks ``i mod K = rank`` and the sums are added
+        over ranks; rank 0 (chunk 0) draws the picture.
+        """
         if len(self.val_idx) == 0:
             return {}
         totals = {"val_loss": 0.0, "val_l1": 0.0, "val_l2": 0.0}
         first = None
         with self.ema_weights() as solver:
-            for chunk in self.val_idx.split(max(self.config.batch_size, 64)):
+            for number, chunk in enumerate(self.val_idx.split(max(self.config.batch_size, 64))):
+                if not owns(number):
+                    continue
                 noise, target, cond = self.batch(chunk)
                 student = solver(self.model, noise, cond)
                 totals["val_loss"] += self.loss_fn(student, target).sum().item()
@@ -359,9 +388,10 @@ class Trainer:
                 if first is None:
                     label = f"{self.config.method} (EMA) @{self.iteration}"
                     first = {"teacher": target.cpu(), label: student.cpu()}
-        if picture and first is not None:
+        if picture and first is not None and is_main():
             self._save_picture(first)
-        return {k: v / len(self.val_idx) for k, v in totals.items()}
+        summed = all_sum(torch.tensor(list(totals.values()), dtype=torch.float64)).tolist()
+        return {k: v / len(self.val_idx) for k, v in zip(totals, summed, strict=True)}
 
     def _save_picture(self, rows: dict[str, Tensor]) -> None:
         """Teacher vs student on the first validation items: image rows (latent models: the
@@ -375,6 +405,9 @@ class Trainer:
 
     # -- persistence --------------------------------------------------------------------------
     def save_checkpoint(self) -> None:
+        """Rank 0 writes ``checkpoint.pt`` (everything is the same on every rank) and the solver."""
+        if not is_main():
+            return
         state = {
             "iteration": self.iteration,
             "method": self.config.loss,
@@ -418,7 +451,8 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"].cpu())
         self.iteration = state["iteration"]
-        self._truncate_metrics(self.iteration)
+        if is_main():
+            self._truncate_metrics(self.iteration)
         log.info("resumed from %s at iteration %d", path, self.iteration)
 
     def save_solver(self, summary: dict[str, Any] | None = None) -> Path:
@@ -444,7 +478,9 @@ class Trainer:
 
     # -- logging ------------------------------------------------------------------------------
     def log(self, record: dict[str, Any]) -> None:
-        """One strict-JSON line in ``metrics.jsonl`` (a non-finite value is ``null``)."""
+        """One strict-JSON line in ``metrics.jsonl`` (a non-finite value is ``null``); rank 0."""
+        if not is_main():
+            return
         record = {"iteration": self.iteration, **record}
         append_line(self.out / "metrics.jsonl", json.dumps(json_safe(record), allow_nan=False))
         if self._writer is not None:
@@ -481,6 +517,8 @@ class Trainer:
         atomic_write(path, lambda tmp: tmp.write_text("".join(keep)))
 
     def _open_tensorboard(self) -> None:
+        if not is_main():
+            return
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
@@ -491,14 +529,14 @@ class Trainer:
     # -- the loop -----------------------------------------------------------------------------
     def run(self, progress: bool = True) -> Path:
         """Train (resuming if asked) with the output folder locked; returns the solver's path."""
-        with folder_lock(self.out):
+        with main_lock(self.out):
             return self._run(progress)
 
     def _run(self, progress: bool) -> Path:
         cfg = self.config
         if cfg.resume:
             self.load_checkpoint()
-        else:  # a fresh run owns its folder: nothing of an earlier one may pass for its own
+        elif is_main():  # a fresh run owns its folder: nothing of an earlier one passes as its own
             remove_outputs(self.out, TRAIN_OUTPUTS)
             text = yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)
             atomic_write(self.out / "config.yaml", lambda tmp: tmp.write_text(text))
@@ -511,7 +549,7 @@ class Trainer:
             total=cfg.iterations,
             initial=self.iteration,
             desc=f"train {cfg.method}",
-            disable=not progress,
+            disable=not show_progress(progress),
             unit="it",
         )
         try:
@@ -536,8 +574,10 @@ class Trainer:
             "final_validation": self.last_validation or self.validate(picture=False),
             "seconds": time.perf_counter() - start,
         }
-        write_json(self.out / "summary.json", {**summary, "timesteps": self._ema_timesteps()})
-        path = self.save_solver(summary)
+        path = self.out / SOLVER_FILE
+        if is_main():
+            write_json(self.out / "summary.json", {**summary, "timesteps": self._ema_timesteps()})
+            self.save_solver(summary)
         bad = sorted(k for k, v in summary["final_validation"].items() if not math.isfinite(v))
         if bad:
             raise GasSolverError(

