@@ -733,14 +733,18 @@ def _shard_problem(root: Path, entry: dict[str, Any]) -> str | None:
         return f"teacher set shard missing: {path}"
     if path.stat().st_size != entry["bytes"]:
         return (
-            f"teacher set shard {path} has {path.stat().st_size} bytes, expected {entry['bytes']}"
+            f"teacher set shard {path} has {path.stat().st_size} bytes, but {root / MANIFEST_NAME} "
+            f"says {entry['bytes']}: the shard or the manifest is damaged"
         )
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 24), b""):
             digest.update(block)
     if digest.hexdigest() != entry["sha256"]:
-        return f"teacher set shard {path} is corrupt (sha256 mismatch)"
+        return (
+            f"teacher set shard {path} does not match its sha256 in {root / MANIFEST_NAME}: the "
+            "shard or the manifest is damaged"
+        )
     return None
 
 
