@@ -22,6 +22,18 @@ def test_conversions_agree_on_a_known_decomposition():
             torch.testing.assert_close(got, expected, msg=f"{source} -> {target}")
 
 
+def test_flow_velocity_converts_on_a_flow_schedule_even_at_pure_noise():
+    """x = (1 − s) x₀ + s ε with v = ε − x₀ (rectified flow): x₀ and ε come back exactly, also
+    at s = 1 where α = 0 and x₀ = (x − σ ε)/α would be 0/0."""
+    x0, eps = torch.randn(6, 3, dtype=torch.float64), torch.randn(6, 3, dtype=torch.float64)
+    s = torch.tensor([1.0, 0.999, 0.7, 0.3, 1e-3, 0.0], dtype=torch.float64)[:, None]
+    x, v = (1 - s) * x0 + s * eps, eps - x0
+    torch.testing.assert_close(convert_prediction(v, x, 1 - s, s, "flow_prediction", "sample"), x0)
+    torch.testing.assert_close(
+        convert_prediction(v, x, 1 - s, s, "flow_prediction", "epsilon"), eps
+    )
+
+
 def test_unknown_prediction_type():
     with pytest.raises(ValueError, match="prediction type"):
         convert_prediction(

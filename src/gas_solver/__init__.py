@@ -1,10 +1,17 @@
 """gas-solver: learned few-step ODE samplers (GS / GAS, arXiv 2510.17699) for frozen diffusion models."""
 
 from .errors import CheckpointMismatchError, ConfigError, GasSolverError, MissingAssetError
-from .models import DiffusionModel, GaussianMixtureModel
+from .models import DiffusionModel, FunctionModel, GaussianMixtureModel
 from .models.loading import load_model
 from .sampling import sample
-from .schedules import DiscreteVPSchedule, LinearVPSchedule, NoiseSchedule, explicit_grid, time_grid
+from .schedules import (
+    DiscreteVPSchedule,
+    FlowSchedule,
+    LinearVPSchedule,
+    NoiseSchedule,
+    explicit_grid,
+    time_grid,
+)
 from .solvers import GeneralizedSolver, SolverSpec
 from .version import __version__
 
@@ -13,6 +20,8 @@ __all__ = [
     "ConfigError",
     "DiffusionModel",
     "DiscreteVPSchedule",
+    "FlowSchedule",
+    "FunctionModel",
     "GasSolverError",
     "GaussianMixtureModel",
     "GeneralizedSolver",

@@ -1,13 +1,16 @@
-"""Noise schedules in continuous variance-preserving (VP) time, and the time grids solvers walk.
+"""Noise schedules in continuous time, and the time grids solvers walk.
 
 Convention (as in DPM-Solver and the GAS paper, arXiv 2510.17699 §1): the forward process is
-``x_t = α(t) x_0 + σ(t) ε`` with ``α² + σ² = 1``, time ``t ∈ [t_eps, 1]``, ``t = 1`` the noise end.
+``x_t = α(t) x_0 + σ(t) ε``, time ``t ∈ [t_eps, t_max]`` (``t_max`` normally 1), large ``t`` the
+noise end. Variance-preserving (VP) schedules have ``α² + σ² = 1``; the flow-matching schedule
+(rectified flow: SD3, FLUX) has ``α + σ = 1``. Solvers need only α, σ and λ, so they run on both.
 Every schedule exposes
 
 * ``log_alpha(t)``, ``alpha(t)``, ``sigma(t)``;
 * the half log-SNR ``λ(t) = log α(t) − log σ(t)`` (decreasing in t) and its inverse ``t(λ)``;
 * the EDM noise level ``σ̃(t) = σ(t)/α(t) = e^{−λ(t)}`` and its inverse;
-* the DDPM integer timestep convention ``t_i = (i + 1)/N`` (``N`` = ``num_train_timesteps``).
+* the network's timestep: DDPM's integer convention ``t_i = (i + 1)/N`` (``N`` =
+  ``num_train_timesteps``) for VP schedules, ``N·σ`` for flow models.
 
 All maps are torch functions, differentiable in ``t`` (the learned solver trains its timesteps
 through them). Schedules are ``nn.Module`` s so their tables follow ``.to(device)``.
@@ -15,6 +18,7 @@ through them). Schedules are ``nn.Module`` s so their tables follow ``.to(device
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,6 +28,7 @@ from torch import Tensor, nn
 from .errors import ConfigError
 
 GRID_KINDS = ("uniform", "logsnr", "quadratic", "edm")
+GRID_UNITS = ("t", "sigma", "flow_sigma", "timestep")
 
 
 def interp_linear(x: Tensor, xp: Tensor, fp: Tensor) -> Tensor:
@@ -38,17 +43,20 @@ def interp_linear(x: Tensor, xp: Tensor, fp: Tensor) -> Tensor:
 
 
 class NoiseSchedule(nn.Module):
-    """A VP noise schedule in continuous time. Subclasses define ``log_alpha`` and ``inverse_lambda``.
+    """A noise schedule in continuous time. Subclasses define ``log_alpha`` and ``inverse_lambda``
+    (and, when not VP, ``sigma`` and ``lambda_``).
 
     Attributes:
         t_eps: the default last grid time (smallest time a solver integrates to).
         t_min: the smallest time the schedule accepts in a grid.
+        t_max: the first time of every grid (where the noise is drawn).
         num_train_timesteps: ``N`` of the DDPM integer timestep convention ``t_i = (i+1)/N``.
     """
 
     kind: str = ""
     t_eps: float = 1e-3
     t_min: float = 1e-6
+    t_max: float = 1.0
     num_train_timesteps: int = 1000
 
     def log_alpha(self, t: Tensor) -> Tensor:
@@ -66,10 +74,11 @@ class NoiseSchedule(nn.Module):
         return self.log_alpha(t).exp()
 
     def sigma(self, t: Tensor) -> Tensor:
+        """``σ = √(1 − α²)`` (VP; the flow schedule overrides it)."""
         return torch.sqrt(-torch.expm1(2.0 * self.log_alpha(t)))
 
     def lambda_(self, t: Tensor) -> Tensor:
-        """Half log-SNR ``λ = log α − log σ``."""
+        """Half log-SNR ``λ = log α − log σ`` (VP form; the flow schedule overrides it)."""
         log_alpha = self.log_alpha(t)
         return log_alpha - 0.5 * torch.log(-torch.expm1(2.0 * log_alpha))
 
@@ -192,15 +201,90 @@ class DiscreteVPSchedule(NoiseSchedule):
         }
 
 
+class FlowSchedule(NoiseSchedule):
+    """Rectified flow (flow matching; SD3, FLUX, Wan): ``α = 1 − s``, ``σ = s``, with the shifted
+    noise level ``s(t) = k t / (1 + (k − 1) t)`` (``k`` = SD3's ``shift``; FLUX's ``mu`` is
+    ``k = e^mu``; ``k = 1`` is no shift).
+
+    ``α + σ = 1`` (not VP), so ``σ`` and ``λ`` are given directly:
+    ``λ(t) = log((1 − s)/s) = log(1 − t) − log t − log k`` and ``t(λ) = 1 / (1 + k e^λ)``, both
+    exact. The network sees the timestep ``N·s`` (diffusers' flow schedulers and transformers).
+
+    Ends: at ``t = 1`` (``σ = 1``, ``α = 0``) λ is −∞, so grids start at ``t_max = 1 − 1/N``
+    as diffusers' ``DPMSolverMultistepScheduler`` and ``UniPCMultistepScheduler`` do with
+    ``use_flow_sigmas`` (``σ = 0.99967`` for ``k = 3``, ``N = 1000``); the noise drawn there is
+    taken as the state, as in diffusers. ``t = 0`` (``σ = 0``, λ = +∞) is allowed as the last grid
+    time: solvers take that last step at order 1, ``x = x̂₀``, as diffusers does.
+
+    Args:
+        shift: ``k > 0``.
+        num_train_timesteps: ``N`` of the timestep convention ``N·σ`` (diffusers: 1000).
+        t_eps: the default last time: ``1e-3`` (``σ ≈ k·1e-3``), a finite λ as the GS needs.
+    """
+
+    kind = "flow"
+    t_min = 0.0
+
+    def __init__(self, shift: float = 1.0, num_train_timesteps: int = 1000, t_eps: float = 1e-3):
+        super().__init__()
+        if not shift > 0:
+            raise ConfigError(f"flow schedule: shift must be > 0, got {shift}")
+        if not (isinstance(num_train_timesteps, int) and num_train_timesteps >= 2):
+            raise ConfigError("flow schedule: num_train_timesteps must be an integer >= 2")
+        self.shift, self.num_train_timesteps = float(shift), num_train_timesteps
+        self.t_max = 1.0 - 1.0 / num_train_timesteps
+        if not 0 <= t_eps < self.t_max:
+            raise ConfigError(f"flow schedule: t_eps must be in [0, {self.t_max}), got {t_eps}")
+        self.t_eps = float(t_eps)
+
+    def flow_sigma(self, t: Tensor) -> Tensor:
+        """The shifted noise level ``s(t) = k t / (1 + (k − 1) t)``: the flow's σ."""
+        return self.shift * t / (1.0 + (self.shift - 1.0) * t)
+
+    def t_from_flow_sigma(self, s: Tensor) -> Tensor:
+        """The inverse of :meth:`flow_sigma`: ``t = s / (k − (k − 1) s)``."""
+        return s / (self.shift - (self.shift - 1.0) * s)
+
+    def log_alpha(self, t: Tensor) -> Tensor:
+        return torch.log1p(-self.flow_sigma(t))
+
+    def sigma(self, t: Tensor) -> Tensor:
+        return self.flow_sigma(t)
+
+    def lambda_(self, t: Tensor) -> Tensor:
+        return torch.log1p(-t) - torch.log(t) - math.log(self.shift)
+
+    def inverse_lambda(self, lam: Tensor) -> Tensor:
+        return torch.sigmoid(-lam - math.log(self.shift))
+
+    def timestep(self, t: Tensor) -> Tensor:
+        """The network's timestep ``N·s(t)`` (a float, as diffusers' flow schedulers pass it)."""
+        return self.num_train_timesteps * self.flow_sigma(t)
+
+    def t_from_timestep(self, timestep: Tensor) -> Tensor:
+        return self.t_from_flow_sigma(timestep / self.num_train_timesteps)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "shift": self.shift,
+            "num_train_timesteps": self.num_train_timesteps,
+            "t_eps": self.t_eps,
+        }
+
+
 def schedule_from_dict(spec: dict[str, Any]) -> NoiseSchedule:
-    """Rebuild a linear-VP schedule from :meth:`describe` (discrete ones come with their model)."""
+    """Rebuild a linear-VP or flow schedule from :meth:`describe` (discrete ones come with their
+    model)."""
     if spec.get("kind") == LinearVPSchedule.kind:
         return LinearVPSchedule(spec["beta_0"], spec["beta_1"], spec.get("t_eps", 1e-3))
+    if spec.get("kind") == FlowSchedule.kind:
+        return FlowSchedule(spec["shift"], spec["num_train_timesteps"], spec["t_eps"])
     raise ConfigError(f"cannot rebuild schedule {spec.get('kind')!r} from a description")
 
 
 # ----------------------------------------------------------------------------------------------
-# Time grids: N + 1 strictly decreasing times from t_max (normally 1) down to t_eps.
+# Time grids: N + 1 strictly decreasing times from t_max (the schedule's, normally 1) to t_eps.
 
 
 def time_grid(
@@ -208,25 +292,34 @@ def time_grid(
     steps: int,
     kind: str = "logsnr",
     t_eps: float | None = None,
-    t_max: float = 1.0,
+    t_max: float | None = None,
     rho: float = 7.0,
 ) -> Tensor:
     """A grid of ``steps + 1`` times (float64, descending) from ``t_max`` to ``t_eps``.
 
     Kinds:
-        ``uniform``: uniform in t.
+        ``uniform``: uniform in t (on a flow schedule: diffusers' flow-sigma grid, shifted).
         ``logsnr``: uniform in λ (DPM-Solver's ``logSNR``).
         ``quadratic``: uniform in √t (DPM-Solver's ``time_quadratic``).
         ``edm``: Karras et al. (2022) eq. 5, uniform in ``σ̃^{1/ρ}`` between σ̃(t_max) and σ̃(t_eps).
+
+    ``t_eps`` and ``t_max`` default to the schedule's. ``logsnr`` and ``edm`` need finite λ at both
+    ends (a flow grid ending at σ = 0 is ``uniform`` or ``quadratic``).
     """
     if not isinstance(steps, int) or steps < 1:
         raise ConfigError(f"steps (NFE) must be an integer >= 1, got {steps!r}")
     t_eps = schedule.t_eps if t_eps is None else float(t_eps)
+    t_max = schedule.t_max if t_max is None else float(t_max)
     _check_range(schedule, torch.tensor([t_max, t_eps], dtype=torch.float64))
     if not t_eps < t_max:
         raise ConfigError(f"t_eps ({t_eps}) must be smaller than t_max ({t_max})")
     ends = torch.tensor([t_max, t_eps], dtype=torch.float64)
     u = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
+    if kind in ("logsnr", "edm") and not bool(torch.isfinite(schedule.lambda_(ends)).all()):
+        raise ConfigError(
+            f"a {kind} grid needs a finite log-SNR at both ends; t = {t_eps:g} or {t_max:g} has "
+            "none on this schedule: use a uniform or quadratic grid, or t_eps > 0"
+        )
     if kind == "uniform":
         grid = t_max + (t_eps - t_max) * u
     elif kind == "logsnr":
@@ -247,7 +340,13 @@ def time_grid(
 def explicit_grid(
     schedule: NoiseSchedule, values: Sequence[float] | Tensor, unit: str = "t"
 ) -> Tensor:
-    """A grid from explicit values given in ``t``, EDM ``sigma`` (σ̃) or DDPM integer ``timestep``."""
+    """A grid from explicit values in one of ``GRID_UNITS``.
+
+    Units: ``t`` (this module's time), ``sigma`` (EDM's ``σ̃ = σ/α``, > 0; infinite at a flow
+    model's ``σ = 1``), ``flow_sigma`` (a flow schedule's ``σ``, the ``sigmas`` of diffusers' flow
+    schedulers, in [0, 1]) or ``timestep`` (the network's: DDPM's integer timesteps, ``N·σ`` for
+    flow models).
+    """
     values = torch.as_tensor(values, dtype=torch.float64).flatten()
     if unit == "t":
         grid = values
@@ -255,10 +354,16 @@ def explicit_grid(
         if not bool((values > 0).all()):
             raise ConfigError("EDM sigmas in an explicit grid must be > 0")
         grid = schedule.t_from_edm_sigma(values)
+    elif unit == "flow_sigma":
+        if not isinstance(schedule, FlowSchedule):
+            raise ConfigError(
+                f"grid unit 'flow_sigma' needs a flow model, not a {schedule.kind} one"
+            )
+        grid = schedule.t_from_flow_sigma(values)
     elif unit == "timestep":
         grid = schedule.t_from_timestep(values)
     else:
-        raise ConfigError(f"grid unit must be 't', 'sigma' or 'timestep', got {unit!r}")
+        raise ConfigError(f"grid unit must be one of {GRID_UNITS}, got {unit!r}")
     return validate_grid(grid, schedule)
 
 
@@ -302,7 +407,9 @@ def _fmt(grid: Tensor) -> str:
 
 __all__ = [
     "GRID_KINDS",
+    "GRID_UNITS",
     "DiscreteVPSchedule",
+    "FlowSchedule",
     "LinearVPSchedule",
     "NoiseSchedule",
     "explicit_grid",

@@ -2,5 +2,12 @@
 
 from .analytic import GaussianMixtureModel
 from .base import PREDICTION_TYPES, DiffusionModel, convert_prediction
+from .function import FunctionModel
 
-__all__ = ["PREDICTION_TYPES", "DiffusionModel", "GaussianMixtureModel", "convert_prediction"]
+__all__ = [
+    "PREDICTION_TYPES",
+    "DiffusionModel",
+    "FunctionModel",
+    "GaussianMixtureModel",
+    "convert_prediction",
+]

@@ -1,12 +1,13 @@
 """The one model contract every solver uses.
 
 A :class:`DiffusionModel` wraps a frozen network together with its noise schedule. Solvers see
-only this contract, in continuous VP time ``t`` (see :mod:`gas_solver.schedules`):
+only this contract, in continuous time ``t`` (see :mod:`gas_solver.schedules`):
 
 * ``noise_prediction(x, t, cond)`` → ε̂(x, t),
 * ``data_prediction(x, t, cond)`` → x̂₀(x, t) = (x − σ(t) ε̂) / α(t),
 
-whatever the network natively predicts (ε, x₀ or v). :func:`convert_prediction` is the single place
+whatever the network natively predicts (ε, x₀, v or a flow velocity). :func:`convert_prediction`
+is the single place
 where prediction types are converted. Every network call increments :attr:`DiffusionModel.nfe`.
 """
 
@@ -20,28 +21,39 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from ..schedules import NoiseSchedule
 
-PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction", "flow_prediction")
+TARGETS = ("epsilon", "sample")
 
 
 def convert_prediction(
     output: Tensor, x: Tensor, alpha: Tensor, sigma: Tensor, source: str, target: str
 ) -> Tensor:
-    """Convert a network output between prediction types at one noise level.
+    """Convert a network output to ε or x₀ at one noise level.
 
-    With ``x = α x₀ + σ ε`` and ``v = α ε − σ x₀`` (Salimans & Ho 2022, VP so α² + σ² = 1):
-    ``ε = (x − α x₀)/σ``, ``x₀ = (x − σ ε)/α``, ``ε = σ x + α v``, ``x₀ = α x − σ v``.
+    With ``x = α x₀ + σ ε``: ``ε = (x − α x₀)/σ`` and ``x₀ = (x − σ ε)/α``. Velocities:
+
+    * ``v_prediction`` (Salimans & Ho 2022, VP models, α² + σ² = 1): ``v = α ε − σ x₀``, so
+      ``ε = σ x + α v``;
+    * ``flow_prediction`` (rectified flow, Liu et al. 2022; diffusers' name): ``v = ε − x₀``, so
+      ``x = (α + σ) x₀ + σ v`` and ``x₀ = (x − σ v)/(α + σ)``, ``ε = (x + α v)/(α + σ)``
+      (``α + σ = 1`` on a flow schedule: ``x₀ = x − σ v``, finite even at ``α = 0``).
 
     Args:
         output: the prediction, shape ``(B, ...)``.
         x: the noisy input, shape ``(B, ...)``.
         alpha, sigma: shape ``(B, 1, ..., 1)`` (broadcastable to ``x``).
-        source, target: ``epsilon`` | ``sample`` | ``v_prediction``.
+        source: one of ``PREDICTION_TYPES``; target: ``epsilon`` | ``sample``.
     """
-    for name in (source, target):
-        if name not in PREDICTION_TYPES:
-            raise ConfigError(f"prediction type must be one of {PREDICTION_TYPES}, got {name!r}")
+    if source not in PREDICTION_TYPES:
+        raise ConfigError(f"prediction type must be one of {PREDICTION_TYPES}, got {source!r}")
+    if target not in TARGETS:
+        raise ConfigError(f"conversion target must be one of {TARGETS}, got {target!r}")
     if source == target:
         return output
+    if source == "flow_prediction":
+        if target == "sample":
+            return (x - sigma * output) / (alpha + sigma)
+        return (x + alpha * output) / (alpha + sigma)
     if source == "v_prediction":
         eps = sigma * x + alpha * output
     elif source == "sample":
@@ -52,7 +64,7 @@ def convert_prediction(
 
 
 class DiffusionModel(nn.Module):
-    """A frozen diffusion model seen through continuous VP time.
+    """A frozen diffusion model seen through continuous time.
 
     Subclasses implement :meth:`network_output`, returning the network's native prediction
     (``self.prediction_type``) for a batch at per-sample times ``t: (B,)``.
@@ -60,7 +72,7 @@ class DiffusionModel(nn.Module):
     Attributes:
         schedule: the model's :class:`~gas_solver.schedules.NoiseSchedule`.
         sample_shape: shape of one sample (without batch), e.g. ``(3, 32, 32)``.
-        prediction_type: ``epsilon`` | ``sample`` | ``v_prediction``.
+        prediction_type: one of ``PREDICTION_TYPES``.
         nfe: number of network evaluations since construction or :meth:`reset_nfe`.
     """
 

@@ -39,3 +39,17 @@ def check_grid(grid: Tensor, schedule: NoiseSchedule) -> Tensor:
 def vp_terms(schedule: NoiseSchedule, grid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """``α(t)``, ``σ(t)`` and ``λ(t)`` on the grid, each ``(N+1,)`` in float64."""
     return schedule.alpha(grid), schedule.sigma(grid), schedule.lambda_(grid)
+
+
+def finite_order(lam: Tensor, i: int, order: int) -> int:
+    """The order, at most ``order``, of a multistep update from grid point ``i`` to ``i + 1``
+    whose log-SNRs ``λ_{i+1−k} … λ_{i+1}`` are all finite.
+
+    A flow model's grid may start at ``σ = 1`` (λ = −∞) or end at ``σ = 0`` (λ = +∞); a step into
+    or next to such a point is taken at order 1 (``h = ∞``: ``x_{i+1} = (σ_{i+1}/σ_i) x_i +
+    α_{i+1} D_i``, i.e. ``x = D_i`` at ``σ = 0``), as diffusers' flow schedulers do. The limit of
+    the higher-order terms is the same (their differences are divided by an infinite ``h``).
+    """
+    while order > 1 and not bool(torch.isfinite(lam[i + 1 - order : i + 2]).all()):
+        order -= 1
+    return order

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from ..models.base import DiffusionModel
-from ._common import Callback, check_grid, check_order, report, vp_terms
+from ._common import Callback, check_grid, check_order, finite_order, report, vp_terms
 
 
 def ddim(
@@ -67,6 +67,8 @@ def dpm_solver_pp(
     Lu et al. (2022b), *DPM-Solver++*, arXiv 2211.01095, Alg. 2 (2M); the 3M update is the one of
     the DPM-Solver reference code, diffusers and the GAS base solver (arXiv 2510.17699, App. D.3).
     The first steps warm up with orders 1, 2, …; ``N`` model calls in all, none at ``grid[-1]``.
+    Steps next to an infinite λ (a flow model's σ = 1 or 0) are of order 1
+    (:func:`~gas_solver.solvers._common.finite_order`).
 
     Note: ``E₂ ≈ h² D''/2`` but gets the coefficient of ``h² D''``, so the 3M step is exact for D
     linear in λ, not quadratic, and converges at order 2 (``tests/test_solvers.py``); doubling
@@ -90,7 +92,7 @@ def dpm_solver_pp(
     for i in range(n):
         denoised = [*denoised, model.data_prediction(x, grid[i], cond)][-order:]
         report(callback, i, grid[i], x, denoised[-1])
-        k = min(order, i + 1, n - i if lower_order_final else order)
+        k = finite_order(lam, i, min(order, i + 1, n - i if lower_order_final else order))
         x = _dpmpp_update(
             x, denoised[-k:], lam[i + 1 - k : i + 2], alpha[i + 1], sigma[i + 1] / sigma[i]
         )

@@ -31,14 +31,13 @@ from torch import Tensor
 
 from ..errors import ConfigError
 from ..models.base import DiffusionModel
-from ..schedules import GRID_KINDS, NoiseSchedule, explicit_grid, time_grid
+from ..schedules import GRID_KINDS, GRID_UNITS, NoiseSchedule, explicit_grid, time_grid
 from ._common import Callback
 from .dpm_solver import ddim, dpm_solver_pp
 from .heun import heun
 from .ipndm import IPNDM_VARIANTS, ipndm
 from .unipc import UNIPC_VARIANTS, unipc
 
-GRID_UNITS = ("t", "sigma", "timestep")
 MAX_NFE = 10_000
 """Most model calls a solver may make: ten times a 1000-step DDPM chain, far above any teacher,
 and low enough that a mistyped NFE fails at once instead of allocating its time grid."""
@@ -86,7 +85,8 @@ class SolverSpec:
         nfe: number of model calls. Optional with an explicit grid (it follows from its length).
         grid: a grid kind (``uniform``, ``logsnr``, ``quadratic``, ``edm``) or explicit values,
             strictly decreasing, ``nfe / calls_per_step + 1`` of them.
-        grid_unit: unit of explicit values: ``t``, ``sigma`` (EDM σ̃) or ``timestep`` (DDPM).
+        grid_unit: unit of explicit values: ``t``, ``sigma`` (EDM σ̃), ``flow_sigma`` (a flow
+            model's σ) or ``timestep`` (the network's).
         order: solver order (default per solver: dpmpp 3, unipc 3, ipndm 4, ddim 1, heun 2).
         variant: ``bh1``/``bh2`` for unipc (default bh1), ``fixed``/``variable`` for ipndm.
         lower_order_final: dpmpp (default False) and unipc (default True) only.

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ..errors import ConfigError
 from ..models.base import DiffusionModel
-from ._common import Callback, check_grid, check_order, report, vp_terms
+from ._common import Callback, check_grid, check_order, finite_order, report, vp_terms
 
 UNIPC_VARIANTS = ("bh1", "bh2")
 
@@ -42,7 +42,10 @@ def unipc(
     order-1 correctors use the weight ½ instead of the solve; elsewhere ``B(h)·a`` does not depend
     on B, so bh1 and bh2 differ only in those steps. ``D_{i+1}`` stays the prediction at the
     *uncorrected* point (the next step uses it). The first steps warm up with orders 1, 2, …;
-    there is no corrector after the last step, so ``N`` model calls in all.
+    there is no corrector after the last step, so ``N`` model calls in all. Next to an infinite
+    λ (a flow model's σ = 1 or 0) the predictor is of order 1
+    (:func:`~gas_solver.solvers._common.finite_order`) and that step is not corrected (UniC's
+    ``B(h)`` is infinite there for bh1).
 
     Args:
         model, x, grid, cond, callback: as in :func:`~gas_solver.solvers.dpm_solver.ddim`
@@ -66,10 +69,11 @@ def unipc(
     for i in range(n):
         d = model.data_prediction(x, grid[i], cond)
         report(callback, i, grid[i], x, d)
-        if i > 0:  # correct the previous step with the evaluation just made (no extra call)
+        if i > 0 and bool(torch.isfinite(lam[i - 1 : i + 1]).all()):
+            # correct the previous step with the evaluation just made (no extra call)
             x = _unipc_update(x_last, denoised[-k_last:], lam, alpha, sigma, i - 1, variant, d)
         denoised = [*denoised, d][-order:]
-        k = min(order, i + 1, n - i if lower_order_final else order)
+        k = finite_order(lam, i, min(order, i + 1, n - i if lower_order_final else order))
         x_last, k_last = x, k
         x = _unipc_update(x, denoised[-k:], lam, alpha, sigma, i, variant)
     return x
