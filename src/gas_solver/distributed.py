@@ -24,7 +24,7 @@ import contextlib
 import datetime
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -133,6 +133,12 @@ def broadcast(value: T) -> T:
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def on_main(compute: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``compute(*args, **kwargs)`` on rank 0, its result on every rank (the others wait instead
+    of repeating what every rank would compute alike, e.g. an FID's matrix square root)."""
+    return broadcast(compute(*args, **kwargs) if is_main() else None)
 
 
 def all_gather(value: T) -> list[T]:

@@ -53,7 +53,7 @@ from torch import Tensor
 
 from ..config import option, require
 from ..data.teacher import TeacherSet
-from ..distributed import all_sum, is_main
+from ..distributed import all_sum, is_main, on_main
 from ..errors import ConfigError, GasSolverError
 from ..metrics.fid import FID_METHODS
 from ..models.base import DiffusionModel
@@ -384,7 +384,7 @@ def compare(
             stats = compute_statistics(
                 images, batch_size=batch_size, device=device, progress=progress
             )
-            fid_value = stats.frechet_distance(ref_stats, method=fid_method)
+            fid_value = on_main(stats.frechet_distance, ref_stats, method=fid_method)
         if out is not None:  # the pictures show images: latent models' decoded samples
             kept[entry.label] = (
                 to_images(model, samples[:GRID_IMAGES], batch_size)

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from ..config import option, require
-from ..distributed import is_main
+from ..distributed import is_main, on_main
 from ..errors import ConfigError, MissingAssetError
 from ..metrics.fid import FID_METHODS
 from ..models.loading import load_model
@@ -205,7 +205,7 @@ def run_fid(config: FIDConfig, progress: bool = True) -> dict[str, Any]:
         stats.save(config.save_ref)
         log.info("wrote FID statistics of %d images to %s", stats.num_images, config.save_ref)
     result = {
-        "fid": None if ref is None else stats.frechet_distance(ref, method=config.method),
+        "fid": None if ref is None else on_main(stats.frechet_distance, ref, config.method),
         "num_images": stats.num_images,
         "images": source,
         "reference": config.ref,
