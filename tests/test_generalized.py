@@ -11,6 +11,7 @@ from gas_solver import (
     CheckpointMismatchError,
     ConfigError,
     DiscreteVPSchedule,
+    FlowSchedule,
     GaussianMixtureModel,
     LinearVPSchedule,
     MissingAssetError,
@@ -27,6 +28,7 @@ from gas_solver.solvers.generalized import (
 SCHEDULES = {
     "linear": LinearVPSchedule,
     "discrete": lambda: DiscreteVPSchedule.from_beta_range(0.00085, 0.012),
+    "flow": lambda: FlowSchedule(shift=3.0),  # α + σ = 1; grids from t_max = 0.999
 }
 
 

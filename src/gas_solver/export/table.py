@@ -76,7 +76,7 @@ def solver_table(
     """The table of ``solver`` for ``model`` (whose schedule the solver was trained with)."""
     schedule = copy.deepcopy(model.schedule).cpu()  # float64 math on the CPU, model untouched
     params = {name: p.detach().to("cpu", torch.float64) for name, p in solver.named_parameters()}
-    grid = grid_from_logits(params["mu_logit"], solver.t_eps)
+    grid = grid_from_logits(params["mu_logit"], solver.t_eps, solver.t_max)
     query = grid[:-1] + params["t_couple"]
     alpha, sigma = schedule.alpha(grid), schedule.sigma(grid)
     h = schedule.lambda_(grid).diff()

@@ -58,12 +58,13 @@ SOLVER_FILE = "solver.safetensors"
 """File name of a trained solver inside a training run folder (what ``gas-solver train`` writes)."""
 
 
-def grid_from_logits(mu_logit: Tensor, t_eps: float) -> Tensor:
+def grid_from_logits(mu_logit: Tensor, t_eps: float, t_max: float = 1.0) -> Tensor:
     """The stick-breaking map (spec §2.3, the official code's orientation): logits → time grid.
 
     ``μ_j = 1e-5 + (1 − 2e-5)·sigmoid(θ_j)``, ``P_j = Π_{i≤j} μ_i`` and the ``j``-th *smallest*
-    interior time is ``s_j = t_eps + (1 − t_eps)(1 − P_j)``, ``j = 1 … N−1``. The grid is
-    ``[1, s_{N−1}, …, s_1, t_eps]``: monotone by construction, ends exact. In floating point two
+    interior time is ``s_j = t_eps + (t_max − t_eps)(1 − P_j)``, ``j = 1 … N−1``. The grid is
+    ``[t_max, s_{N−1}, …, s_1, t_eps]``: monotone by construction, ends exact (``t_max`` is the
+    schedule's first time: 1, or ``1 − 1/N`` on a flow schedule; the paper has 1). In floating point two
     times merge once ``P_j`` falls below the resolution of ``1 − P_j`` (saturated negative logits).
 
     Computed without cancellation near ``t_eps``: ``1 − μ = 1e-5 + (1 − 2e-5)·sigmoid(−θ)`` and
@@ -72,25 +73,27 @@ def grid_from_logits(mu_logit: Tensor, t_eps: float) -> Tensor:
     Args:
         mu_logit: θ, shape ``(N−1,)``.
         t_eps: the last time ``t_N``.
+        t_max: the first time ``t_0``.
 
     Returns:
         ``(N+1,)`` descending times in the dtype of ``mu_logit``, differentiable in it.
     """
     one_minus_mu = MU_EPS + (1.0 - 2.0 * MU_EPS) * torch.sigmoid(-mu_logit)
     one_minus_p = -torch.expm1(torch.cumsum(torch.log1p(-one_minus_mu), dim=0))
-    interior = t_eps + (1.0 - t_eps) * one_minus_p  # ascending
-    ends = mu_logit.new_tensor([1.0, t_eps])
+    interior = t_eps + (t_max - t_eps) * one_minus_p  # ascending
+    ends = mu_logit.new_tensor([t_max, t_eps])
     return torch.cat([ends[:1], interior.flip(0), ends[1:]])
 
 
 def logits_from_grid(grid: Tensor) -> Tensor:
-    """The exact inverse of :func:`grid_from_logits` for a grid from 1 down to ``grid[-1] = t_eps``.
+    """The exact inverse of :func:`grid_from_logits` for a grid from ``grid[0] = t_max`` down to
+    ``grid[-1] = t_eps``.
 
-    ``P_j = (1 − s_j)/(1 − t_eps)``, ``μ_j = P_j / P_{j−1}`` (``P_0 = 1``),
+    ``P_j = (t_max − s_j)/(t_max − t_eps)``, ``μ_j = P_j / P_{j−1}`` (``P_0 = 1``),
     ``θ_j = logit((μ_j − 1e-5)/(1 − 2e-5))``.
 
     Args:
-        grid: ``(N+1,)`` strictly decreasing times with ``grid[0] = 1``.
+        grid: ``(N+1,)`` strictly decreasing times.
 
     Returns:
         θ, shape ``(N−1,)``, float64.
@@ -99,14 +102,14 @@ def logits_from_grid(grid: Tensor) -> Tensor:
         ConfigError: if a fraction μ falls outside ``(1e-5, 1 − 1e-5)`` (times too close).
     """
     grid = grid.detach().to(torch.float64)
-    t_eps = grid[-1]
-    p = (1.0 - grid[1:-1].flip(0)) / (1.0 - t_eps)
+    t_max, t_eps = grid[0], grid[-1]
+    p = (t_max - grid[1:-1].flip(0)) / (t_max - t_eps)
     mu = p / torch.cat([p.new_ones(1), p[:-1]])
     u = (mu - MU_EPS) / (1.0 - 2.0 * MU_EPS)
     if not bool(((u > 0) & (u < 1)).all()):
         raise ConfigError(
             f"grid {grid.tolist()} cannot be represented by the stick-breaking map: its "
-            f"fractions (1 − s_j)/(1 − s_(j−1)) must lie in ({MU_EPS}, 1 − {MU_EPS})"
+            f"fractions (t_max − s_j)/(t_max − s_(j−1)) must lie in ({MU_EPS}, 1 − {MU_EPS})"
         )
     return torch.logit(u)
 
@@ -179,7 +182,8 @@ class GeneralizedSolver(nn.Module):
             ``init_grid``).
         init_grid: a :func:`~gas_solver.schedules.time_grid` kind (``uniform`` is the paper's
             init, ``logsnr``, ``edm``, ``quadratic``) or an explicit ``(N+1,)`` descending tensor
-            from 1 to ``t_eps``. It is turned into logits by the exact inverse map.
+            from ``schedule.t_max`` (1, or ``1 − 1/N`` for flow models) to ``t_eps``. It is
+            turned into logits by the exact inverse map.
     """
 
     def __init__(
@@ -200,14 +204,19 @@ class GeneralizedSolver(nn.Module):
         else:
             grid = validate_grid(torch.as_tensor(init_grid, dtype=torch.float64), schedule)
             t_eps = float(grid[-1]) if t_eps is None else t_eps
-            if grid.numel() != nfe + 1 or float(grid[0]) != 1.0 or float(grid[-1]) != t_eps:
+            ends = (schedule.t_max, t_eps)
+            if grid.numel() != nfe + 1 or (float(grid[0]), float(grid[-1])) != ends:
                 raise ConfigError(
-                    f"an explicit init_grid must have nfe + 1 = {nfe + 1} times from 1 down to "
-                    f"t_eps = {t_eps}, got {grid.tolist()}"
+                    f"an explicit init_grid must have nfe + 1 = {nfe + 1} times from "
+                    f"{schedule.t_max:g} down to t_eps = {t_eps}, got {grid.tolist()}"
                 )
             self.init_grid = grid.tolist()
+        if not bool(torch.isfinite(schedule.lambda_(grid[-1:])).all()):
+            raise ConfigError(
+                "t_eps: the GS needs a finite log-SNR at its last time (t_eps > 0 on a flow model)"
+            )
         self.nfe = nfe
-        self.t_eps = float(grid[-1])
+        self.t_max, self.t_eps = float(grid[0]), float(grid[-1])
         self.schedule_spec = schedule.describe()
         self.metadata: dict[str, Any] = {}
         dtype = torch.get_default_dtype()
@@ -222,8 +231,8 @@ class GeneralizedSolver(nn.Module):
 
     # -- parameters seen as solver quantities ----------------------------------------------------
     def timesteps(self) -> Tensor:
-        """The grid ``t_0 = 1 > … > t_N = t_eps``, shape ``(N+1,)``, differentiable in θ."""
-        return grid_from_logits(self.mu_logit, self.t_eps)
+        """The grid ``t_0 = t_max > … > t_N = t_eps``, shape ``(N+1,)``, differentiable in θ."""
+        return grid_from_logits(self.mu_logit, self.t_eps, self.t_max)
 
     def evaluation_times(self) -> Tensor:
         """The network query times ``t_k + ξ_k``, ``k = 0 … N−1``, shape ``(N,)`` (not clamped)."""
@@ -264,7 +273,7 @@ class GeneralizedSolver(nn.Module):
         checkpoint: bool = False,
         callback: Callback | None = None,
     ) -> Tensor:
-        """Integrate from ``noise`` at ``t = 1`` to ``t_eps`` with exactly ``N`` network calls.
+        """Integrate from ``noise`` at ``t_max`` to ``t_eps`` with exactly ``N`` network calls.
 
         ``D_k = (y_k − σ(t_k)·ε̂(y_k, t_k + ξ_k)) / α(t_k)``: the network sees the shifted time,
         the conversion to a data prediction uses the grid time (spec §2.4).
@@ -292,7 +301,7 @@ class GeneralizedSolver(nn.Module):
         # the step weights are scalars with cancellations (φ2, φ3 at small h): float64 where the
         # device has it, cast to the samples' dtype only where they multiply a tensor
         exact = torch.float32 if noise.device.type == "mps" else torch.float64
-        grid = grid_from_logits(self.mu_logit.to(exact), self.t_eps)
+        grid = grid_from_logits(self.mu_logit.to(exact), self.t_eps, self.t_max)
         query = grid[:-1] + self.t_couple.to(exact)  # t_k + ξ_k
         alpha, sigma = model.schedule.alpha(grid), model.schedule.sigma(grid)
         h = model.schedule.lambda_(grid).diff()  # h_k at index k−1, all > 0
