@@ -16,6 +16,8 @@ the unit is a whole batch, never a re-split of one. Training splits each global 
 contiguous equal slices (:func:`local_slice`) and averages gradients (:func:`average_gradients`).
 
 Only rank 0 logs below WARNING, shows progress bars (:func:`show_progress`) and writes files.
+The ``gas-solver`` command calls :func:`init` itself; a Python script started by torchrun calls
+it before the library functions (``generate_teacher_set``, ``compare``, ``train``, …).
 """
 
 from __future__ import annotations
