@@ -184,7 +184,7 @@ def test_bad_seed_lists_are_refused(command, value):
     )
 )
 def test_bad_solver_specs_are_refused(value):
-    if Path(value).is_dir():  # a folder name is read as a training run (it exists here)
+    if Path(value).exists():  # an existing path is read as a trained solver, when first used
         return
     _assert_refused(_argv("sample", **{"--solver": value}))
 

@@ -218,3 +218,22 @@ def test_yaml_values_are_not_coerced(tmp_path, yaml_text, message):
     (tmp_path / "c.yaml").write_text(f"teacher: t\n{yaml_text}\n")
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(TrainConfig, tmp_path / "c.yaml")
+
+
+def test_a_full_disk_while_saving_a_solver_names_the_file(tmp_path, monkeypatch):
+    import errno
+    import pathlib
+
+    from gas_solver.errors import OutputError
+    from gas_solver.solvers.generalized import GeneralizedSolver
+
+    model = GaussianMixtureModel.ring(modes=4, radius=1.0, std=0.1)
+    solver = GeneralizedSolver(2, model.schedule)
+
+    def full(self, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(pathlib.Path, "write_bytes", full)
+    with pytest.raises(OutputError, match=r"cannot write .*s\.safetensors: No space left"):
+        solver.save(tmp_path / "s.safetensors", {"model": model.identity()})
+    assert list(tmp_path.iterdir()) == []  # no temporary, no half file

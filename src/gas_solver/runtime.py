@@ -272,8 +272,8 @@ def folder_lock(folder: str | Path) -> Iterator[Path]:
 
     A second run on the same folder is refused at once with the holder's PID, instead of both
     writing into it. Once the lock is held, the temporaries of interrupted writes are removed
-    (:func:`remove_temporaries`). The lock (``fcntl.flock`` on ``FOLDER/.gas-solver.lock``) goes with the
-    process, so a killed run leaves no stale lock; the small file itself stays.
+    (:func:`remove_temporaries`). The lock (``fcntl.flock`` on ``FOLDER/.gas-solver.lock``) goes
+    with the process, so a killed run leaves no stale lock; the small file itself stays.
 
     Raises:
         GasSolverError: another process holds the folder.

@@ -38,7 +38,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
@@ -377,7 +377,8 @@ class GeneralizedSolver(nn.Module):
         tensors = {name: p.detach().cpu().contiguous() for name, p in self.state_dict().items()}
         header = {"gas_solver": text, CHECKSUM_KEY: tensors_digest(text, tensors)}
         path = Path(path)
-        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
+        data = safetensors_bytes(tensors, metadata=header)  # in memory: a failed write is OSError
+        atomic_write(path, lambda tmp: tmp.write_bytes(data))
         atomic_write(path.with_suffix(".json"), lambda tmp: tmp.write_text(text + "\n"))
         return path
 

@@ -339,14 +339,15 @@ class Discriminator(nn.Module):
 
     def save(self, path: str | Path) -> Path:
         """Write the weights as safetensors, with the architecture in the file's metadata."""
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
         tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         metadata = {
             "format": "gas-solver-discriminator",
             "architecture": json.dumps(self.arch.to_dict()),
         }
-        return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+        data = save(tensors, metadata=metadata)  # in memory: a failed write is an OSError
+        return atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
     @classmethod
     def load(cls, path: str | Path) -> Discriminator:
