@@ -55,7 +55,7 @@ def init() -> bool:
 
     Does nothing (and returns ``False``) without ``WORLD_SIZE`` or with ``WORLD_SIZE=1``. With
     CUDA present, rank ``LOCAL_RANK`` is bound to ``cuda:LOCAL_RANK`` (so ``--device cuda`` or
-    ``auto`` means that GPU). Other ranks than 0 log only warnings and errors.
+    ``auto`` means that GPU). Ranks other than 0 log only warnings and errors.
 
     Raises:
         ConfigError: a process of a node would have no GPU of its own (``LOCAL_RANK`` ≥ the
@@ -218,15 +218,15 @@ def average_gradients(parameters: Iterable[nn.Parameter]) -> None:
     """Replace each parameter's ``.grad`` by its mean over ranks (one all-reduce, in place).
 
     Each rank's loss is the mean over its ``B/K`` samples, so the mean of the K gradients is the
-    gradient of the mean over the global batch of ``B`` (what one process computes). A missing
-    gradient counts as zeros, so every rank reduces the same tensors.
+    gradient of the mean over the global batch of ``B`` (what one process computes). Parameters
+    without a gradient are left alone (as the optimizer leaves them): every rank runs the same
+    graph, so they are the same on every rank.
     """
     if not dist.is_initialized():
         return
-    params = [p for p in parameters if p.requires_grad]
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
+    params = [p for p in parameters if p.grad is not None]
+    if not params:
+        return
     flat = torch.cat([p.grad.reshape(-1) for p in params])
     dist.all_reduce(flat, op=dist.ReduceOp.SUM)
     flat /= world_size()
