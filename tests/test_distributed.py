@@ -21,7 +21,9 @@ import numpy as np
 import pytest
 import torch
 
+from gas_solver import distributed
 from gas_solver.cli import main
+from gas_solver.errors import ConfigError
 from gas_solver.runtime import load_checkpoint_file
 
 # a slow enough teacher (200 steps) that a kill lands between its rounds of shards
@@ -208,3 +210,14 @@ def test_commands_that_do_not_split_refuse_torchrun(monkeypatch, capsys):
     monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets it; refused before any rendezvous
     assert main(["models"]) == 2
     assert "models runs in one process; start it without torchrun" in capsys.readouterr().err
+
+
+def test_rank_one_of_two_takes_its_share(monkeypatch):
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    monkeypatch.setattr(distributed, "rank", lambda: 1)
+    assert distributed.local_slice(torch.arange(8)).tolist() == [4, 5, 6, 7]  # contiguous
+    assert distributed.owned(list(range(5))) == [1, 3]  # batches 1 and 3 of 0-4
+    assert [i for i in range(5) if distributed.owns(i)] == [1, 3]
+    assert not distributed.is_main()
+    with pytest.raises(ConfigError, match="global batch of 7 does not split evenly over 2"):
+        distributed.per_rank(7)
