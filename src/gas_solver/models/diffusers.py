@@ -58,6 +58,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError, MissingAssetError
 from ..schedules import DiscreteVPSchedule
 from .base import DiffusionModel
+from .diffusers_flow import DiffusersFlowModel, is_flow_pipeline_folder, load_diffusers_flow_model
 
 UNET_CLASSES = ("UNet2DModel", "UNet2DConditionModel")
 VAE_FOLDERS = ("vae", "vqvae")
@@ -321,11 +322,17 @@ def class_cond_fn(num_classes: int) -> Callable[[Tensor], Tensor]:
     return cond_fn
 
 
-def prompt_cond_fn(model: DiffusersUNetModel, prompts: Sequence[str]) -> Callable[[Tensor], dict]:
+def prompt_cond_fn(
+    model: DiffusersUNetModel | DiffusersFlowModel, prompts: Sequence[str]
+) -> Callable[[Tensor], dict]:
     """``cond_fn(seeds)``: the prompt ``prompts[seed mod len(prompts)]`` as ``{"input_ids"}``.
 
-    Token ids are stored in teacher sets and replayed through the text encoder in training.
+    Token ids are stored in teacher sets and replayed through the text encoder in training. Flow
+    (SD3-style) models take the pipeline's embeddings instead
+    (:meth:`~gas_solver.models.diffusers_flow.DiffusersFlowModel.prompt_cond_fn`).
     """
+    if isinstance(model, DiffusersFlowModel):
+        return model.prompt_cond_fn(prompts)
     if not prompts:
         raise ConfigError("prompt_cond_fn needs at least one prompt")
     ids = model.tokenize(prompts)
@@ -365,7 +372,7 @@ def load_diffusers_model(
     folder: str | Path,
     guidance_scale: float | None = None,
     null_class: int | None = None,
-) -> DiffusersUNetModel:
+) -> DiffusersUNetModel | DiffusersFlowModel:
     """Load a diffusers pipeline folder (see the module docstring).
 
     Args:
@@ -377,6 +384,8 @@ def load_diffusers_model(
     if guidance_scale is None:
         guidance_scale = options.get("guidance", 1.0)
     folder = Path(folder)
+    if is_flow_pipeline_folder(folder):  # transformer/ + a flow scheduler (SD3 layout)
+        return load_diffusers_flow_model(folder, guidance_scale, _fingerprint)
     unet_dir, scheduler_dir = folder / "unet", folder / "scheduler"
     for needed in (unet_dir / "config.json", scheduler_dir / "scheduler_config.json"):
         if not needed.is_file():

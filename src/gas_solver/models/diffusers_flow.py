@@ -1,0 +1,247 @@
+"""diffusers flow-matching pipelines behind the model contract (Stable Diffusion 3 and its layout).
+
+A local folder written by ``StableDiffusion3Pipeline.save_pretrained``::
+
+    folder/
+      transformer/   SD3Transformer2DModel            the velocity network
+      scheduler/     FlowMatchEulerDiscreteScheduler  its ``shift`` (SD3: 3.0) sets the schedule
+      vae/           AutoencoderKL (optional)          latents → images
+      text_encoder/, text_encoder_2/ (+ tokenizers)    CLIP-L and CLIP-G; text_encoder_3/ T5 optional
+
+becomes a :class:`DiffusersFlowModel`: a :class:`~gas_solver.schedules.FlowSchedule` with the
+scheduler's shift, ``prediction_type = "flow_prediction"`` (``v = ε − x₀``), the transformer
+queried at the timestep ``N·σ`` as the pipeline does. Every classic solver, the teacher and GS/GAS
+then run on it unchanged.
+
+**Conditions** are the pipeline's own text embeddings, ``{"encoder_hidden_states": (B, L, D),
+"pooled_projections": (B, P)}``; :meth:`DiffusersFlowModel.prompt_cond_fn` makes them from prompts
+with the pipeline's ``encode_prompt`` (CLIP-L + CLIP-G, and T5 when present). Teacher sets store
+them as given (for SD3 that is about 1.4 MB per sample at float32: L = 333, D = 4096).
+
+**Classifier-free guidance**: ``v = v_u + s (v_c − v_u)`` on the velocity, the two halves in one
+batch of 2B ordered ``[unconditional, conditional]`` exactly as ``StableDiffusion3Pipeline`` runs
+them, one NFE per guided call. The unconditional embeddings are the empty prompt's (the
+pipeline's default negative prompt) unless ``cond`` carries ``negative_encoder_hidden_states`` and
+``negative_pooled_projections``.
+
+**Latents** decode as the pipeline does: ``vae.decode(z / scaling_factor + shift_factor)``.
+Schedulers with ``use_dynamic_shifting`` (FLUX: a shift that depends on the image size) are
+refused with a message: pass a fixed ``shift``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import ConfigError, MissingAssetError
+from ..schedules import FlowSchedule
+from .base import DiffusionModel
+
+FLOW_SCHEDULERS = ("FlowMatchEulerDiscreteScheduler",)
+
+
+def flow_schedule_from_config(config: dict[str, Any], where: str) -> FlowSchedule:
+    """The :class:`FlowSchedule` of a diffusers flow scheduler config (its ``shift``)."""
+    if config.get("use_dynamic_shifting"):
+        raise ConfigError(
+            f"{where}: use_dynamic_shifting (a resolution-dependent shift, as FLUX) is not "
+            "supported; set a fixed 'shift' in the scheduler config"
+        )
+    return FlowSchedule(
+        float(config.get("shift", 1.0)), int(config.get("num_train_timesteps", 1000))
+    )
+
+
+class DiffusersFlowModel(DiffusionModel):
+    """A diffusers flow-matching transformer (SD3 family) as a model (see the module docstring).
+
+    Args:
+        transformer: an ``SD3Transformer2DModel``.
+        schedule: its :class:`FlowSchedule` (:func:`flow_schedule_from_config`).
+        vae: optional ``AutoencoderKL``; makes this a latent model.
+        pipeline: the ``StableDiffusion3Pipeline`` whose ``encode_prompt`` encodes prompts
+            (optional: without it conditions must be embeddings, and guidance needs negatives).
+        guidance_scale: classifier-free guidance scale ``s``; 1 means no guidance.
+        fingerprint: a cheap identity of the weights.
+    """
+
+    def __init__(
+        self,
+        transformer: nn.Module,
+        schedule: FlowSchedule,
+        vae: nn.Module | None = None,
+        pipeline: Any = None,
+        guidance_scale: float = 1.0,
+        fingerprint: str = "",
+    ) -> None:
+        config = transformer.config
+        size = config.sample_size
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        super().__init__(schedule, (config.in_channels, *size), "flow_prediction")
+        self.transformer = transformer.eval().requires_grad_(False)
+        self.vae = None if vae is None else vae.eval().requires_grad_(False)
+        self.pipeline = pipeline
+        self.guidance_scale = float(guidance_scale)
+        self.fingerprint = fingerprint
+        self.conditioning = "text"
+        self._null: tuple[Tensor, Tensor] | None = None
+
+    # -- the contract -----------------------------------------------------------------------------
+    def network_output(self, x: Tensor, t: Tensor, cond: Any = None) -> Tensor:
+        states, pooled = self._text(cond, x.shape[0], "")
+        timestep = self.schedule.timestep(t)
+        if self.guidance_scale == 1.0:
+            return self._transformer(x, timestep, states, pooled)
+        null_states, null_pooled = self._null_text(cond, x.shape[0])
+        out_u, out_c = self._transformer(
+            torch.cat([x, x]), torch.cat([timestep, timestep]),
+            torch.cat([null_states, states]), torch.cat([null_pooled, pooled]),
+        ).chunk(2)  # fmt: skip
+        return out_u + self.guidance_scale * (out_c - out_u)
+
+    def _transformer(self, x: Tensor, timestep: Tensor, states: Tensor, pooled: Tensor) -> Tensor:
+        dtype = next(self.transformer.parameters()).dtype
+        return self.transformer(
+            hidden_states=x.to(dtype), timestep=timestep.to(dtype),
+            encoder_hidden_states=states.to(x.device, dtype), pooled_projections=pooled.to(x.device, dtype),
+        ).sample  # fmt: skip
+
+    def _text(self, cond: Any, batch: int, prefix: str) -> tuple[Tensor, Tensor]:
+        if not isinstance(cond, dict):
+            raise ConfigError(
+                "this flow (SD3-style) model needs cond = {'encoder_hidden_states': (B, L, D), "
+                "'pooled_projections': (B, P)}: make it from prompts with prompt_cond_fn"
+            )
+        found = []
+        for name in (f"{prefix}encoder_hidden_states", f"{prefix}pooled_projections"):
+            value = cond.get(name)
+            if not isinstance(value, Tensor) or value.shape[0] != batch:
+                raise ConfigError(f"cond {name}: expected a tensor with a batch of {batch}")
+            found.append(value)
+        return found[0], found[1]
+
+    def _null_text(self, cond: dict[str, Tensor], batch: int) -> tuple[Tensor, Tensor]:
+        if "negative_encoder_hidden_states" in cond:
+            return self._text(cond, batch, "negative_")
+        if self._null is None:
+            self._null = self.encode_prompts([""])
+        states, pooled = self._null
+        return states.expand(batch, -1, -1), pooled.expand(batch, -1)
+
+    # -- text -------------------------------------------------------------------------------------
+    @property
+    def tokenizer(self) -> Any:
+        """The pipeline's first tokenizer (``None`` without text encoders: no prompts)."""
+        return None if self.pipeline is None else self.pipeline.tokenizer
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: Sequence[str]) -> tuple[Tensor, Tensor]:
+        """``(encoder_hidden_states (P, L, D), pooled_projections (P, P'))`` of prompts, by the
+        pipeline's own ``encode_prompt`` (the same prompt to every text encoder)."""
+        if self.pipeline is None:
+            raise ConfigError(
+                "this flow model has no text encoders: pass encoder_hidden_states and "
+                "pooled_projections (and negative_* for guidance)"
+            )
+        device = next(self.transformer.parameters()).device
+        states, _, pooled, _ = self.pipeline.encode_prompt(
+            list(prompts), None, None, device=device, do_classifier_free_guidance=False
+        )
+        return states, pooled
+
+    def prompt_cond_fn(self, prompts: Sequence[str]) -> Callable[[Tensor], dict[str, Tensor]]:
+        """``cond_fn(seeds)``: the embeddings of ``prompts[seed mod len(prompts)]``."""
+        if not prompts:
+            raise ConfigError("prompt_cond_fn needs at least one prompt")
+        states, pooled = self.encode_prompts(prompts)
+
+        def cond_fn(seeds: Tensor) -> dict[str, Tensor]:
+            pick = torch.as_tensor(seeds).long() % len(prompts)
+            return {"encoder_hidden_states": states[pick], "pooled_projections": pooled[pick]}
+
+        return cond_fn
+
+    def default_cond(self, seeds: Tensor) -> None:
+        raise ConfigError("text-conditional models need prompts: use --prompts (prompt_cond_fn)")
+
+    # -- latents ----------------------------------------------------------------------------------
+    @property
+    def is_latent(self) -> bool:
+        return self.vae is not None
+
+    def decode(self, latents: Tensor) -> Tensor:
+        """Images in [−1, 1] of latents: ``vae.decode(z / scaling_factor + shift_factor)``."""
+        if self.vae is None:
+            return latents
+        config = self.vae.config
+        scale, shift = float(config.scaling_factor), float(getattr(config, "shift_factor", 0) or 0)
+        latents = latents.to(next(self.vae.parameters()))
+        return self.vae.decode(latents / scale + shift).sample.clamp(-1.0, 1.0)
+
+    def identity(self) -> dict[str, Any]:
+        return {
+            **super().identity(),
+            "network": type(self.transformer).__name__,
+            "weights": self.fingerprint,
+            "conditioning": self.conditioning,
+            "guidance_scale": self.guidance_scale,
+            **({"vae": type(self.vae).__name__} if self.vae is not None else {}),
+        }
+
+
+def is_flow_pipeline_folder(folder: Path) -> bool:
+    """A pipeline folder with a ``transformer/`` (the SD3 layout)."""
+    return (folder / "transformer" / "config.json").is_file()
+
+
+def load_diffusers_flow_model(
+    folder: Path, guidance_scale: float, fingerprint: Callable[..., str]
+) -> DiffusersFlowModel:
+    """Load an SD3-layout folder (see the module docstring); nothing is downloaded."""
+    import diffusers
+
+    scheduler_config = folder / "scheduler" / "scheduler_config.json"
+    if not scheduler_config.is_file():
+        raise MissingAssetError(f"{scheduler_config} not found: a flow pipeline needs scheduler/")
+    config = json.loads(scheduler_config.read_text())
+    if config.get("_class_name") not in FLOW_SCHEDULERS:
+        raise ConfigError(
+            f"{scheduler_config}: a transformer pipeline needs a flow scheduler "
+            f"{FLOW_SCHEDULERS}, got {config.get('_class_name')}"
+        )
+    schedule = flow_schedule_from_config(config, str(scheduler_config))
+    has_text = (folder / "text_encoder" / "config.json").is_file()
+    if has_text:  # the whole pipeline: its encode_prompt is the reference text path
+        absent = {  # T5 is optional in SD3 (its embeddings are then zeros)
+            name: None for name in ("text_encoder_3", "tokenizer_3") if not (folder / name).is_dir()
+        }
+        pipeline = diffusers.StableDiffusion3Pipeline.from_pretrained(
+            folder, low_cpu_mem_usage=False, **absent
+        )
+        transformer, vae = pipeline.transformer, pipeline.vae
+    else:
+        pipeline, vae = None, None
+        transformer = diffusers.SD3Transformer2DModel.from_pretrained(
+            folder / "transformer", low_cpu_mem_usage=False
+        )
+        if (folder / "vae" / "config.json").is_file():
+            vae = diffusers.AutoencoderKL.from_pretrained(folder / "vae", low_cpu_mem_usage=False)
+    weights = [folder / "transformer"] + ([folder / "vae"] if vae is not None else [])
+    return DiffusersFlowModel(
+        transformer, schedule, vae, pipeline, guidance_scale, fingerprint(*weights)
+    )
+
+
+__all__ = [
+    "FLOW_SCHEDULERS",
+    "DiffusersFlowModel",
+    "flow_schedule_from_config",
+    "is_flow_pipeline_folder",
+    "load_diffusers_flow_model",
+]
