@@ -122,6 +122,15 @@ def main_lock(folder: str | os.PathLike) -> contextlib.AbstractContextManager[Pa
     return folder_lock(folder) if is_main() else contextlib.nullcontext(Path(folder))
 
 
+def own_batches(items: Tensor, batch_size: int) -> Tensor:
+    """This rank's batches of ``items`` (``rank``, ``rank + K``, … of ``batch_size`` rows each)
+    concatenated in order: cut again into ``batch_size`` rows they are the same batches."""
+    if world_size() == 1:
+        return items
+    parts = owned(items.split(batch_size))
+    return torch.cat(parts) if parts else items[:0]
+
+
 def barrier() -> None:
     """Wait until every rank gets here."""
     if dist.is_initialized():

@@ -53,7 +53,7 @@ from torch import Tensor
 
 from ..config import option, require
 from ..data.teacher import TeacherSet
-from ..distributed import all_sum, is_main, on_main
+from ..distributed import all_sum, is_main, on_main, own_batches
 from ..errors import ConfigError, GasSolverError
 from ..metrics.fid import FID_METHODS
 from ..models.base import DiffusionModel
@@ -380,9 +380,10 @@ def compare(
         summary = summarize_fidelity(per_sample_fidelity(samples, reference))
         fid_value = None
         if ref_stats is not None:  # latent models: decoded batch by batch into the Inception
-            images = image_batches(model, samples, batch_size) if latent else samples
+            mine = own_batches(samples, batch_size)  # torchrun: each decodes and scores its own
+            images = image_batches(model, mine, batch_size) if latent else mine
             stats = compute_statistics(
-                images, batch_size=batch_size, device=device, progress=progress
+                images, batch_size=batch_size, device=device, progress=progress, split=False
             )
             fid_value = on_main(stats.frechet_distance, ref_stats, method=fid_method)
         if out is not None:  # the pictures show images: latent models' decoded samples

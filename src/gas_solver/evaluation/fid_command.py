@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from ..config import option, require
-from ..distributed import is_main, on_main
+from ..distributed import is_main, on_main, own_batches
 from ..errors import ConfigError, MissingAssetError
 from ..metrics.fid import FID_METHODS
 from ..models.loading import load_model
@@ -182,6 +182,8 @@ def run_fid(config: FIDConfig, progress: bool = True) -> dict[str, Any]:
         if not makes_images(model):
             raise ConfigError(f"model: samples of shape {model.sample_shape} are not images")
         seeds = parse_seeds(config.seeds)[: config.num]
+        if config.num is not None and len(seeds) < config.num:
+            raise ConfigError(f"num: {config.num} images, but --seeds gives only {len(seeds)}")
         source: Any = {
             "solver": description,
             "seeds": format_seeds(seeds),
@@ -199,8 +201,11 @@ def run_fid(config: FIDConfig, progress: bool = True) -> dict[str, Any]:
     if images is None:  # latent models: decoded batch by batch on the way to the Inception
         cond_fn = seed_cond_fn(model, config.prompts)
         samples = generate(model, sampler, seeds, config.batch_size, progress, cond_fn)
-        images = image_batches(model, samples, config.batch_size) if is_latent(model) else samples
-    stats = compute_statistics(images, num_images=config.num, **kwargs)
+        mine = own_batches(samples, config.batch_size)  # torchrun: each decodes and scores its own
+        images = image_batches(model, mine, config.batch_size) if is_latent(model) else mine
+        stats = compute_statistics(images, split=False, **kwargs)
+    else:
+        stats = compute_statistics(images, num_images=config.num, **kwargs)
     if config.save_ref and is_main():  # torchrun: every rank has the statistics, rank 0 writes
         stats.save(config.save_ref)
         log.info("wrote FID statistics of %d images to %s", stats.num_images, config.save_ref)

@@ -181,6 +181,7 @@ def compute_statistics(
     num_images: int | None = None,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    split: bool = True,
 ) -> FIDStatistics:
     """FID statistics (float64 ``mu``, ``sigma``) of images, or of given features.
 
@@ -188,11 +189,13 @@ def compute_statistics(
         images: an :data:`ImageSource`; with ``features=True``, precomputed features ``(N, D)``.
         features: treat ``images`` as features (no Inception pass).
         model, batch_size, num_images, device, progress: as :func:`inception_features`.
+        split: under torchrun, whether every rank passes the same ``images`` and runs the
+            detector on its share of the batches (:func:`~gas_solver.metrics.inception.
+            feature_batches` with ``shard=True``); ``False``: each rank passes images of its own
+            (e.g. :func:`~gas_solver.distributed.own_batches` of samples) and runs them all.
 
-    Under torchrun every rank passes the same ``images``; each runs the detector on its share of
-    the batches (:func:`~gas_solver.metrics.inception.feature_batches` with ``shard=True``) and
-    the float64 sums Σf, Σ f fᵀ and the count are added over ranks, so every rank gets the
-    statistics of all images (equal to one process's up to the order of float64 additions).
+    Under torchrun the float64 sums Σf, Σ f fᵀ and the count are then added over ranks, so every
+    rank gets the statistics of all images (one process's up to the order of the additions).
     """
     acc = _MomentAccumulator()
     if features:
@@ -208,7 +211,7 @@ def compute_statistics(
             num_images=num_images,
             device=device,
             progress=progress,
-            shard=True,
+            shard=split,
         ):
             acc.add(f)
         acc.add_over_ranks()
