@@ -12,7 +12,10 @@ becomes a :class:`DiffusersUNetModel`. The schedule is the scheduler's ``alphas_
 its betas exactly as diffusers does, :class:`~gas_solver.schedules.DiscreteVPSchedule`,
 t_i = (i+1)/N); the UNet is queried at the continuous timestep ``N·t − 1`` (integer on the
 training grid); its ``prediction_type`` (``epsilon``, ``v_prediction`` or ``sample``) is converted
-by the contract. Nothing is downloaded: only local folders are accepted.
+by the contract. A ``FlowMatchEulerDiscreteScheduler`` makes it a flow-matching UNet
+(:class:`~gas_solver.schedules.FlowSchedule` with the scheduler's ``shift``, velocity
+``flow_prediction``, timestep ``N·σ``). Folders with a ``transformer/`` (Stable Diffusion 3) are
+:mod:`gas_solver.models.diffusers_flow`'s. Nothing is downloaded: only local folders are accepted.
 
 **Latent models.** With a ``vae/`` (or ``vqvae/``) folder, solvers work in latent space:
 ``sample_shape`` is the UNet's latent shape and :meth:`DiffusersUNetModel.decode` turns latents into
@@ -58,7 +61,13 @@ from torch import Tensor, nn
 from ..errors import ConfigError, MissingAssetError
 from ..schedules import DiscreteVPSchedule
 from .base import DiffusionModel
-from .diffusers_flow import DiffusersFlowModel, is_flow_pipeline_folder, load_diffusers_flow_model
+from .diffusers_flow import (
+    FLOW_SCHEDULERS,
+    DiffusersFlowModel,
+    flow_schedule_from_config,
+    is_flow_pipeline_folder,
+    load_diffusers_flow_model,
+)
 
 UNET_CLASSES = ("UNet2DModel", "UNet2DConditionModel")
 VAE_FOLDERS = ("vae", "vqvae")
@@ -101,11 +110,13 @@ class DiffusersUNetModel(DiffusionModel):
         config = unet.config
         size = config.sample_size
         size = (size, size) if isinstance(size, int) else tuple(size)
-        super().__init__(
-            DiscreteVPSchedule(scheduler.alphas_cumprod),
-            (config.in_channels, *size),
-            scheduler.config.prediction_type,
-        )
+        if type(scheduler).__name__ in FLOW_SCHEDULERS:  # a flow-matching UNet
+            schedule = flow_schedule_from_config(dict(scheduler.config), "scheduler")
+            prediction_type = "flow_prediction"
+        else:
+            schedule = DiscreteVPSchedule(scheduler.alphas_cumprod)
+            prediction_type = scheduler.config.prediction_type
+        super().__init__(schedule, (config.in_channels, *size), prediction_type)
         self.unet = unet.eval().requires_grad_(False)
         self.vae = None if vae is None else vae.eval().requires_grad_(False)
         self.text_encoder = (
@@ -405,9 +416,10 @@ def load_diffusers_model(
     # low_cpu_mem_usage=False: no accelerate needed
     unet = getattr(diffusers, unet_class).from_pretrained(unet_dir, low_cpu_mem_usage=False)
     scheduler_config = json.loads((scheduler_dir / "scheduler_config.json").read_text())
-    scheduler_config.pop("_class_name", None)
-    # the betas, hence alphas_cumprod, are built exactly as every DDPM-family scheduler does
-    scheduler = diffusers.DDPMScheduler.from_config(scheduler_config)
+    if scheduler_config.pop("_class_name", None) in FLOW_SCHEDULERS:  # a flow-matching UNet
+        scheduler = diffusers.FlowMatchEulerDiscreteScheduler.from_config(scheduler_config)
+    else:  # the betas, hence alphas_cumprod, are built exactly as every DDPM-family scheduler does
+        scheduler = diffusers.DDPMScheduler.from_config(scheduler_config)
 
     vae = None
     for name in VAE_FOLDERS:

@@ -12,6 +12,12 @@ A diffusers ``UNet2DModel`` on the DDPM linear-β schedule (Ho et al. 2020, β f
   EDM's preconditioning for that ``σ_d`` (``c_in = α``, ``c_skip = α²``, ``c_out = −σ``).
 * ``--prediction epsilon --noise-sampling uniform``: DDPM's simple loss
   ``E‖ε − ε_θ(x_i, i)‖²``, ``i`` uniform in 0…999.
+* ``--objective flow``: rectified flow (Liu et al. 2022; SD3, Esser et al. 2024):
+  ``x_s = (1 − s) x₀ + s ε``, the network predicts the velocity ``v = ε − x₀`` at the timestep
+  ``1000·s`` (diffusers' flow convention), loss ``‖v̂ − v‖²``. ``lognormal`` draws
+  ``logit(s) ~ N(P_mean, P_std²)``: SD3's logit-normal sampling, which is the same law as EDM's
+  log-normal one since ``σ̃ = σ/α = s/(1 − s)`` (SD3 used ``P_mean = 0``, ``P_std = 1``);
+  ``uniform`` draws ``s ~ U(0, 1)``. Saved with a ``FlowMatchEulerDiscreteScheduler`` (shift 1).
 
 Adam with a linear warm-up and an optional cosine decay, gradient clipping, and an EMA of the
 weights (the EMA weights are what is saved). The result is a folder in the diffusers pipeline
@@ -45,7 +51,7 @@ from ..runtime import (
     save_checkpoint_file,
     write_json,
 )
-from ..schedules import DiscreteVPSchedule
+from ..schedules import DiscreteVPSchedule, FlowSchedule, NoiseSchedule
 from .ema import EMA
 
 log = logging.getLogger(__name__)
@@ -53,7 +59,7 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass
 class DenoiserConfig:
-    """``gas-solver train-model``: a small ε-prediction UNet on a bundled data set."""
+    """``gas-solver train-model``: a small diffusion or flow-matching UNet on a bundled data set."""
 
     dataset: str = option("mnist", "bundled data set", choices=dataset_names())
     out: str = option("runs/mnist32", "output folder (model/ holds the diffusers pipeline folder)")
@@ -61,11 +67,15 @@ class DenoiserConfig:
     layers_per_block: int = option(1, "ResNet layers per UNet block")
     iterations: int = option(20000, "optimizer steps")
     batch_size: int = option(64, "images per step")
+    objective: str = option(
+        "diffusion", "DDPM-schedule diffusion, or rectified flow (velocity; FlowMatch scheduler)",
+        choices=("diffusion", "flow"),
+    )  # fmt: skip
     prediction: str = option(
-        "v_prediction", "what the UNet predicts", choices=("v_prediction", "epsilon")
+        "v_prediction", "diffusion: what the UNet predicts", choices=("v_prediction", "epsilon")
     )
     noise_sampling: str = option(
-        "lognormal", "training noise levels: EDM log-normal or DDPM uniform timesteps",
+        "lognormal", "training noise levels: EDM log-normal (flow: logit-normal) or uniform",
         choices=("lognormal", "uniform"),
     )  # fmt: skip
     p_mean: float = option(-1.2, "lognormal: mean of ln(sigma/alpha)")
@@ -124,13 +134,23 @@ def build_unet(config: DenoiserConfig, sample_size: int, channels: int):
     )  # fmt: skip
 
 
-def build_scheduler(prediction: str = "epsilon"):
-    from diffusers import DDPMScheduler
+def build_scheduler(prediction: str = "epsilon", objective: str = "diffusion"):
+    """The scheduler saved with the model: DDPM's linear β, or a flow-matching one (shift 1)."""
+    from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
 
+    if objective == "flow":
+        return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
     return DDPMScheduler(
         num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
         prediction_type=prediction,
     )  # fmt: skip
+
+
+def training_schedule(config: DenoiserConfig) -> NoiseSchedule:
+    """The continuous schedule of the saved scheduler (what the samplers will see)."""
+    if config.objective == "flow":
+        return FlowSchedule(shift=1.0)
+    return DiscreteVPSchedule(build_scheduler(config.prediction).alphas_cumprod)
 
 
 def learning_rate_factor(config: DenoiserConfig, step: int) -> float:
@@ -144,17 +164,19 @@ def learning_rate_factor(config: DenoiserConfig, step: int) -> float:
 
 
 def noisy_batch(
-    config: DenoiserConfig, schedule: DiscreteVPSchedule, x0: Tensor, generator: torch.Generator
+    config: DenoiserConfig, schedule: NoiseSchedule, x0: Tensor, generator: torch.Generator
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(x_t, timestep, target)`` for a batch of clean images ``x0: (B, C, H, W)``.
 
-    The timesteps are continuous DDPM timesteps in ``[0, N−1]`` (integers for ``uniform``); α and σ
-    come from the same continuous schedule the samplers use, so training and sampling agree
-    between the training grid's points.
+    The timesteps are the network's (``schedule.timestep``): continuous DDPM timesteps in
+    ``[0, N−1]`` (integers for ``uniform``), or ``N·s`` for flow; α and σ come from the same
+    continuous schedule the samplers use, so training and sampling agree.
     """
     batch = x0.shape[0]
     noise = torch.randn(x0.shape, generator=generator)
-    if config.noise_sampling == "uniform":
+    if config.noise_sampling == "uniform" and config.objective == "flow":
+        t = torch.rand(batch, generator=generator, dtype=torch.float64)
+    elif config.noise_sampling == "uniform":
         timestep = torch.randint(schedule.num_train_timesteps, (batch,), generator=generator)
         t = schedule.t_from_timestep(timestep.double())
     else:
@@ -162,7 +184,12 @@ def noisy_batch(
         t = schedule.t_from_edm_sigma(edm_sigma.double()).clamp(schedule.t_min, 1.0)
     alpha = schedule.alpha(t).float().view(-1, 1, 1, 1)
     sigma = schedule.sigma(t).float().view(-1, 1, 1, 1)
-    target = noise if config.prediction == "epsilon" else alpha * noise - sigma * x0
+    if config.objective == "flow":
+        target = noise - x0
+    elif config.prediction == "epsilon":
+        target = noise
+    else:
+        target = alpha * noise - sigma * x0
     return alpha * x0 + sigma * noise, schedule.timestep(t).float(), target
 
 
@@ -184,8 +211,8 @@ def _train(config: DenoiserConfig, out: Path, progress: bool) -> Path:
     torch.manual_seed(config.seed)
     images = load_dataset(config.dataset).images
     unet = build_unet(config, images.shape[-1], images.shape[1]).to(device)
-    scheduler = build_scheduler(config.prediction)
-    schedule = DiscreteVPSchedule(scheduler.alphas_cumprod)
+    scheduler = build_scheduler(config.prediction, config.objective)
+    schedule = training_schedule(config)
     optimizer = torch.optim.Adam(unet.parameters(), lr=config.lr)
     warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: learning_rate_factor(config, s))
     ema = EMA(unet.parameters(), config.ema_decay)
