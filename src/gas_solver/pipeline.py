@@ -16,7 +16,16 @@ from tqdm.auto import tqdm
 
 from .config import option, require
 from .data.teacher import CondFn, TeacherSet, generate_teacher_set
-from .distributed import gather_ordered, is_main, main_lock, owned, show_progress
+from .distributed import (
+    all_gather,
+    gather_ordered,
+    is_main,
+    main_lock,
+    owned,
+    rank,
+    show_progress,
+    world_size,
+)
 from .errors import ConfigError
 from .models.base import DiffusionModel
 from .models.loading import load_model
@@ -215,7 +224,9 @@ def makes_images(model: DiffusionModel) -> bool:
     return is_latent(model) or (len(shape) == 3 and shape[0] in (1, 3))
 
 
-def image_batches(model: DiffusionModel, samples: Tensor, batch_size: int = 64) -> Iterator[Tensor]:
+def image_batches(
+    model: DiffusionModel, samples: Tensor, batch_size: int = 64, shared: bool = False
+) -> Iterator[Tensor]:
     """Model outputs → images in [−1, 1], one batch at a time (float32, on the CPU).
 
     The one place that turns what a sampler returns into pictures: latent models are decoded
@@ -227,19 +238,27 @@ def image_batches(model: DiffusionModel, samples: Tensor, batch_size: int = 64) 
         model: the model that made ``samples``.
         samples: ``(N, *model.sample_shape)``, e.g. latents ``(N, 4, 64, 64)`` of SD.
         batch_size: samples per decoder call.
+        shared: under torchrun, every rank passes the same ``samples`` and iterates to the end;
+            the decoding is shared out, one batch per rank and round, and every rank gets every
+            batch in order (at most K decoded batches are held at a time).
 
     Yields:
         ``(b, C, H, W)`` images; for latent models the decoder's resolution and channels.
     """
     if batch_size < 1:
         raise ConfigError(f"batch_size: must be >= 1, got {batch_size}")
-    latent = is_latent(model)
-    for chunk in samples.split(batch_size):
-        if not latent:
-            yield chunk
-            continue
-        with torch.no_grad():
-            yield model.decode(chunk).float().cpu()
+    chunks = samples.split(batch_size)
+    if not is_latent(model):
+        yield from chunks
+        return
+    k, me = (world_size(), rank()) if shared else (1, 0)
+    for first in range(0, len(chunks), k):
+        images = None
+        if first + me < len(chunks):
+            with torch.no_grad():
+                images = model.decode(chunks[first + me]).float().cpu()
+        this_round = all_gather(images) if shared else [images]
+        yield from (part for part in this_round if part is not None)
 
 
 def to_images(model: DiffusionModel, samples: Tensor, batch_size: int = 64) -> Tensor:
@@ -263,8 +282,13 @@ def run_sample(config: SampleConfig, progress: bool = True) -> Path:
     model = load_model(config.model, device) if config.model else None
     model, sampler, description = load_sampler(config.solver, model, device)
     cond_fn = seed_cond_fn(model, config.prompts)
-    if not is_main():  # torchrun: the other ranks sample their batches for rank 0, which writes
-        generate(model, sampler, parse_seeds(config.seeds), config.batch_size, False, cond_fn)
+    if not is_main():  # torchrun: the other ranks sample (and decode) their share; rank 0 writes
+        samples = generate(
+            model, sampler, parse_seeds(config.seeds), config.batch_size, False, cond_fn
+        )
+        if makes_images(model):
+            for _ in image_batches(model, samples, config.batch_size, shared=True):
+                pass
         return Path(config.out)
     with folder_lock(config.out) as out:  # only once the model, solver and prompts are good
         return _sample_into(config, out, model, sampler, description, cond_fn, progress)
@@ -293,7 +317,7 @@ def _sample_into(
             from PIL import Image
 
             (out / "images").mkdir(exist_ok=True)
-        for images in image_batches(model, samples, config.batch_size):
+        for images in image_batches(model, samples, config.batch_size, shared=True):
             grid.append(images[: max(0, 64 - done)])
             if keep_decoded:
                 decoded.append(images.numpy())
