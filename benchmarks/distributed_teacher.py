@@ -3,7 +3,7 @@
 For each process count K the script runs
 
     OMP_NUM_THREADS=1 torchrun --standalone --nproc_per_node=K -m gas_solver.cli teacher \\
-        --model mnist32 --seeds SEEDS --batch-size B --shard-size S --device cpu --out OUT/kK
+        --model mnist32 --seeds SEEDS --batch-size B --shard-size S --device DEVICE --out OUT/kK
 
 (the paper's teacher, UniPC-3 with 20 calls on the logSNR grid, unless ``--solver`` says
 otherwise), times the whole command (start-up and model loading included) and the generation
@@ -15,8 +15,11 @@ every K. Shards are the unit of work: choose ``--seeds`` and
 Usage::
 
     python benchmarks/distributed_teacher.py [--procs 1 2] [--seeds 0-511] [--batch-size 16]
-                                             [--shard-size 64] [--out runs/bench-dist]
-                                             [--json out.json]
+                                             [--shard-size 64] [--device cpu|cuda]
+                                             [--out runs/bench-dist] [--json out.json]
+
+On GPUs (one per process) e.g. ``--procs 1 2 4 8 --device cuda --seeds 0-9999 --batch-size 250
+--shard-size 250``.
 
 Run it on a quiet machine: with other jobs on the cores the numbers measure them.
 """
@@ -44,7 +47,7 @@ def run_teacher(procs: int, args: argparse.Namespace, out: Path) -> dict:
         sys.executable, "-m", "torch.distributed.run", "--standalone",
         f"--nproc_per_node={procs}", "-m", "gas_solver.cli", "teacher", "--model", args.model,
         "--seeds", args.seeds, "--solver", args.solver, "--batch-size", str(args.batch_size),
-        "--shard-size", str(args.shard_size), "--device", "cpu", "--out", str(out),
+        "--shard-size", str(args.shard_size), "--device", args.device, "--out", str(out),
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     seconds = []
@@ -76,6 +79,7 @@ def main() -> None:
     parser.add_argument("--solver", default="unipc:nfe=20,order=3,variant=bh1,grid=logsnr")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--shard-size", type=int, default=64)
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda: one GPU per process")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-distributed-teacher"))
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
@@ -84,8 +88,8 @@ def main() -> None:
     base = rows[0]
     print(
         f"{args.model}, {count} samples, {args.solver}, batch {args.batch_size}, shards of "
-        f"{args.shard_size}; one thread per process; {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} cores\n"
+        f"{args.shard_size}, device {args.device}; one thread per process; "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores\n"
     )
     print("| processes | wall s | start-up s | generation s | samples/s (generation) | "
           "speed-up (generation) | shards = first row |")  # fmt: skip
