@@ -69,7 +69,8 @@ def init() -> bool:
         if local_rank >= torch.cuda.device_count():
             raise ConfigError(
                 f"torchrun: LOCAL_RANK {local_rank}, but this node has "
-                f"{torch.cuda.device_count()} GPU(s); use --nproc_per_node <= the GPU count"
+                f"{torch.cuda.device_count()} GPU(s); use --nproc_per_node <= the GPU count (CPU "
+                "processes on a GPU machine: hide the GPUs with CUDA_VISIBLE_DEVICES=)"
             )
         torch.cuda.set_device(local_rank)
         backend = "cpu:gloo,cuda:nccl"
