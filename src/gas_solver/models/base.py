@@ -13,6 +13,8 @@ where prediction types are converted. Every network call increments :attr:`Diffu
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -74,7 +76,15 @@ class DiffusionModel(nn.Module):
         sample_shape: shape of one sample (without batch), e.g. ``(3, 32, 32)``.
         prediction_type: one of ``PREDICTION_TYPES``.
         nfe: number of network evaluations since construction or :meth:`reset_nfe`.
+        source: the name or path the model was loaded from (``None`` if built in code); teacher
+            sets and checkpoints record it so later commands load the same model.
+
+    The rest of the contract has defaults that adapters override: :attr:`is_latent` and
+    :meth:`decode` (latent models), :meth:`default_cond` (the conditions of seeds),
+    :attr:`takes_prompts` and :meth:`prompt_cond_fn` (text models), :attr:`device`.
     """
+
+    source: str | None = None
 
     def __init__(
         self,
@@ -117,6 +127,38 @@ class DiffusionModel(nn.Module):
 
     def reset_nfe(self) -> None:
         self.nfe = 0
+
+    # -- defaults adapters override ---------------------------------------------------------------
+    @property
+    def is_latent(self) -> bool:
+        """Whether samples are latents that :meth:`decode` turns into images (LDM, SD)."""
+        return False
+
+    def decode(self, samples: Tensor) -> Tensor:
+        """Images in [−1, 1] of samples: the identity for pixel models."""
+        return samples
+
+    def default_cond(self, seeds: Tensor) -> Any:
+        """The condition of each seed (class models: ``seed mod classes``); ``None`` here."""
+        return None
+
+    @property
+    def takes_prompts(self) -> bool:
+        """Whether :meth:`prompt_cond_fn` can turn text prompts into conditions."""
+        return False
+
+    def prompt_cond_fn(self, prompts: list[str]) -> Callable[[Tensor], Any]:
+        """``cond_fn(seeds)``: the condition of ``prompts[seed mod len(prompts)]``."""
+        raise ConfigError(
+            f"prompts: the model {self.source or type(self).__name__} takes no text prompts; "
+            "leave --prompts out"
+        )
+
+    @property
+    def device(self) -> torch.device:
+        """Where the network's weights are (the CPU for weightless models)."""
+        tensor = next(itertools.chain(self.parameters(), self.buffers()), None)
+        return torch.device("cpu") if tensor is None else tensor.device
 
     def _predict(self, x: Tensor, t: Tensor | float, cond: Any, target: str) -> Tensor:
         if tuple(x.shape[1:]) != self.sample_shape:

@@ -240,7 +240,7 @@ class DiffusersUNetModel(DiffusionModel):
         cached = self._text_cache
         if cached is not None and cached[0] is input_ids:
             return cached[1]
-        states = self.text_encoder(input_ids.to(self._device()))[0]
+        states = self.text_encoder(input_ids.to(self.device))[0]
         self._text_cache = (input_ids, states)
         return states
 
@@ -254,7 +254,27 @@ class DiffusersUNetModel(DiffusionModel):
                 )
             self._null_text = self.encode_text(self.tokenize([""]))
             self._text_cache = None
-        return self._null_text.to(device or self._device())
+        return self._null_text.to(device or self.device)
+
+    @property
+    def takes_prompts(self) -> bool:
+        return self.uses_text and self.tokenizer is not None
+
+    def prompt_cond_fn(self, prompts: list[str]) -> Callable[[Tensor], dict[str, Tensor]]:
+        """``cond_fn(seeds)``: ``prompts[seed mod len(prompts)]`` as ``{"input_ids"}``.
+
+        Token ids are stored in teacher sets and replayed through the text encoder in training.
+        """
+        if not self.takes_prompts:
+            super().prompt_cond_fn(prompts)  # raises: no text encoder or tokenizer
+        if not prompts:
+            raise ConfigError("prompt_cond_fn needs at least one prompt")
+        ids = self.tokenize(prompts)
+
+        def cond_fn(seeds: Tensor) -> dict[str, Tensor]:
+            return {"input_ids": ids[torch.as_tensor(seeds).long() % len(prompts)]}
+
+        return cond_fn
 
     # -- conditions for seeds ---------------------------------------------------------------------
     def default_cond(self, seeds: Tensor) -> Tensor | None:
@@ -283,14 +303,14 @@ class DiffusersUNetModel(DiffusionModel):
         """Images in [−1, 1] of (scaled) latents; the identity for pixel models."""
         if self.vae is None:
             return latents
-        latents = latents.to(self._device(), next(self.vae.parameters()).dtype)
+        latents = latents.to(self.device, next(self.vae.parameters()).dtype)
         return self.vae.decode(latents / self.scaling_factor).sample.clamp(-1.0, 1.0)
 
     def encode(self, images: Tensor) -> Tensor:
         """Scaled latents of images in [−1, 1] (the VAE posterior's mean or VQ's pre-quantization)."""
         if self.vae is None:
             return images
-        encoded = self.vae.encode(images.to(self._device()))
+        encoded = self.vae.encode(images.to(self.device))
         latents = encoded.latent_dist.mean if hasattr(encoded, "latent_dist") else encoded.latents
         return latents * self.scaling_factor
 
@@ -313,9 +333,6 @@ class DiffusersUNetModel(DiffusionModel):
             identity.update(vae=type(self.vae).__name__, scaling_factor=self.scaling_factor)
         return identity
 
-    def _device(self) -> torch.device:
-        return next(self.unet.parameters()).device
-
 
 DiffusersModel = DiffusersUNetModel
 """Short name; the class keeps its first name so recorded model identities stay valid."""
@@ -333,25 +350,11 @@ def class_cond_fn(num_classes: int) -> Callable[[Tensor], Tensor]:
     return cond_fn
 
 
-def prompt_cond_fn(
-    model: DiffusersUNetModel | DiffusersFlowModel, prompts: Sequence[str]
-) -> Callable[[Tensor], dict]:
-    """``cond_fn(seeds)``: the prompt ``prompts[seed mod len(prompts)]`` as ``{"input_ids"}``.
-
-    Token ids are stored in teacher sets and replayed through the text encoder in training. Flow
-    (SD3-style) models take the pipeline's embeddings instead
-    (:meth:`~gas_solver.models.diffusers_flow.DiffusersFlowModel.prompt_cond_fn`).
-    """
-    if isinstance(model, DiffusersFlowModel):
-        return model.prompt_cond_fn(prompts)
-    if not prompts:
-        raise ConfigError("prompt_cond_fn needs at least one prompt")
-    ids = model.tokenize(prompts)
-
-    def cond_fn(seeds: Tensor) -> dict[str, Tensor]:
-        return {"input_ids": ids[torch.as_tensor(seeds).long() % len(prompts)]}
-
-    return cond_fn
+def prompt_cond_fn(model: DiffusionModel, prompts: Sequence[str]) -> Callable[[Tensor], Any]:
+    """``cond_fn(seeds)``: the condition of ``prompts[seed mod len(prompts)]``, as the model makes
+    it (:meth:`DiffusersUNetModel.prompt_cond_fn`: token ids;
+    :meth:`~gas_solver.models.diffusers_flow.DiffusersFlowModel.prompt_cond_fn`: embeddings)."""
+    return model.prompt_cond_fn(list(prompts))
 
 
 # -- loading --------------------------------------------------------------------------------------

@@ -155,8 +155,14 @@ class DiffusersFlowModel(DiffusionModel):
         )
         return states, pooled
 
-    def prompt_cond_fn(self, prompts: Sequence[str]) -> Callable[[Tensor], dict[str, Tensor]]:
+    @property
+    def takes_prompts(self) -> bool:
+        return self.pipeline is not None
+
+    def prompt_cond_fn(self, prompts: list[str]) -> Callable[[Tensor], dict[str, Tensor]]:
         """``cond_fn(seeds)``: the embeddings of ``prompts[seed mod len(prompts)]``."""
+        if not self.takes_prompts:
+            super().prompt_cond_fn(prompts)  # raises: no text encoders
         if not prompts:
             raise ConfigError("prompt_cond_fn needs at least one prompt")
         states, pooled = self.encode_prompts(prompts)
