@@ -8,6 +8,7 @@ from typing import Any
 
 from ..config import option, require
 from ..errors import ConfigError
+from ..models.diffusers import DiffusersUNetModel
 from ..runtime import run_metadata
 from .table import solver_table
 
@@ -72,7 +73,8 @@ def run_export(config: ExportConfig) -> str:
         )
     from .diffusers_scheduler import GeneralizedSolverScheduler
 
-    guidance = model.guidance_scale if getattr(model, "conditioning", "none") != "none" else None
+    conditional = isinstance(model, DiffusersUNetModel) and model.conditioning != "none"
+    guidance = model.guidance_scale if conditional else None
     scheduler = GeneralizedSolverScheduler.from_table(table, model.prediction_type, guidance)
     scheduler.save_pretrained(config.out)
     return (

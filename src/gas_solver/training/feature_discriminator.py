@@ -28,6 +28,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..errors import ConfigError
 from ..models.base import DiffusionModel
+from ..models.diffusers import DiffusersUNetModel
 
 POOL = 4
 FEATURE_PRESET = "model-features"
@@ -61,7 +62,7 @@ class FeatureDiscriminator(nn.Module):
 
     def __init__(self, model: DiffusionModel, hidden: int = 32, seed: int = 0) -> None:
         super().__init__()
-        unet = getattr(model, "unet", None)
+        unet = model.unet if isinstance(model, DiffusersUNetModel) else None
         if type(unet).__name__ != "UNet2DModel" or unet.class_embedding is not None:
             raise ConfigError(
                 "disc_preset: 'model-features' reads the encoder of an unconditional diffusers "
