@@ -177,6 +177,32 @@ def test_dpm_solver_pp_with_guidance_equals_diffusers_with_hand_written_cfg(
     assert model.nfe == 6 and sizes == [6] * 6  # cond and uncond batched together
 
 
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_guided_wrapper_equals_the_built_in_guidance(
+    class_dirs, class_unet, noise, prediction_type
+):
+    """Guided(unguided model, s, null class) == the adapter's own guidance (same 2B batch, bit
+    for bit), on a class UNet; and around a FunctionModel of the bare UNet, the hand-written loop."""
+    from gas_solver import FunctionModel, Guided
+
+    scale, labels = 2.5, torch.tensor([0, 3, 1])
+    grid = explicit_grid(
+        load_model(str(class_dirs[prediction_type])).schedule, TIMESTEPS, "timestep"
+    )
+    built_in = load_model(f"{class_dirs[prediction_type]}:guidance={scale}")
+    wrapped = Guided(load_model(str(class_dirs[prediction_type])), scale, torch.tensor([CLASSES]))
+    bare = FunctionModel(
+        lambda x, timestep, cond: class_unet(x, timestep, class_labels=cond).sample,
+        built_in.schedule, built_in.sample_shape, prediction_type,
+    )  # fmt: skip
+    with torch.no_grad():
+        expected = ddim(built_in, noise, grid, labels)
+        assert torch.equal(ddim(wrapped, noise, grid, labels), expected)
+        around_bare = ddim(Guided(bare, scale, torch.tensor([CLASSES])), noise, grid, labels)
+    assert relative_error(around_bare, expected) < TOLERANCE
+    assert wrapped.nfe == len(TIMESTEPS) - 1 and wrapped.identity()["guidance_scale"] == scale
+
+
 def test_conditions_are_checked(class_dirs, noise):
     model = load_model(str(class_dirs["epsilon"]))
     with pytest.raises(ConfigError, match="needs cond"):

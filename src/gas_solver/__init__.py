@@ -1,7 +1,7 @@
 """gas-solver: learned few-step ODE samplers (GS / GAS, arXiv 2510.17699) for frozen diffusion models."""
 
 from .errors import CheckpointMismatchError, ConfigError, GasSolverError, MissingAssetError
-from .models import DiffusionModel, FunctionModel, GaussianMixtureModel
+from .models import DiffusionModel, FunctionModel, GaussianMixtureModel, Guided
 from .models.loading import load_model
 from .sampling import sample
 from .schedules import (
@@ -25,6 +25,7 @@ __all__ = [
     "GasSolverError",
     "GaussianMixtureModel",
     "GeneralizedSolver",
+    "Guided",
     "LinearVPSchedule",
     "MissingAssetError",
     "NoiseSchedule",
