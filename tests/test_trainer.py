@@ -120,6 +120,28 @@ def test_resume_is_bit_exact(teacher_dir, tmp_path):
     assert losses[0] == losses[1] and len(losses[0]) == 4
 
 
+@pytest.mark.parametrize("learn", ["timesteps", "no-offsets", "no-corrections"])
+def test_learn_trains_only_its_parameters(teacher_dir, tmp_path, learn):
+    """--learn (ablations): the named parameters move, the others keep their initial values in
+    the solver and its EMA; the saved solver reloads with them."""
+    from gas_solver.solvers.generalized import GeneralizedSolver
+    from gas_solver.training.trainer import LEARNED
+
+    (tmp_path / "teacher").symlink_to(teacher_dir)
+    trainer = Trainer(
+        _config(tmp_path, out=str(tmp_path / learn), iterations=5, learn=learn),
+        _model(),
+        TeacherSet(teacher_dir),
+    )
+    initial = {n: p.detach().clone() for n, p in trainer.solver.named_parameters()}
+    trainer.run(progress=False)
+    saved = GeneralizedSolver.load(tmp_path / learn)
+    for name, param in trainer.solver.named_parameters():
+        moved = not torch.equal(param, initial[name])
+        assert moved == (name in LEARNED[learn]), name
+        assert torch.equal(getattr(saved, name).to(initial[name]), initial[name]) != moved, name
+
+
 def test_batches_cover_each_epoch_once(teacher_dir, tmp_path):
     (tmp_path / "teacher").symlink_to(teacher_dir)
     trainer = Trainer(

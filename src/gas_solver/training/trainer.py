@@ -98,6 +98,15 @@ MAX_GS_NFE = 100
 range is 4-10 calls."""
 
 
+LEARNED = {
+    "all": ("mu_logit", "t_couple", "a_hat", "c_hat"),
+    "timesteps": ("mu_logit",),  # the grid alone: DPM-Solver++(3M) on learned times (LD3-like)
+    "no-offsets": ("mu_logit", "a_hat", "c_hat"),  # ξ stays 0: the network sees the grid times
+    "no-corrections": ("mu_logit", "t_couple"),  # â, ĉ stay 0: DPM-Solver++(3M) coefficients
+}
+"""``--learn``: the :class:`GeneralizedSolver` parameters each choice trains."""
+
+
 @dataclasses.dataclass
 class TrainConfig:
     """Everything ``gas-solver train`` needs; defaults are the paper's EDM settings (§3.2–3.3)."""
@@ -111,6 +120,10 @@ class TrainConfig:
         "l1", "per-sample distillation distance", choices=sorted(DISTILLATION_LOSSES)
     )
     init_grid: str = option("uniform", "initial time grid", choices=list(GRID_KINDS))
+    learn: str = option(
+        "all", "which solver parameters train (ablations; timesteps = an LD3-style baseline)",
+        choices=list(LEARNED),
+    )  # fmt: skip
     t_eps: float | None = option(None, "last time of the student grid (default: the schedule's)")
     iterations: int = option(10000, "training iterations")
     batch_size: int = option(24, "teacher pairs per iteration")
@@ -241,6 +254,8 @@ class Trainer:
         self.solver = GeneralizedSolver(
             config.nfe, model.schedule, t_eps=config.t_eps, init_grid=config.init_grid
         ).to(self.device)
+        for name, param in self.solver.named_parameters():  # the others keep their initial value
+            param.requires_grad_(name in LEARNED[config.learn])
         self.optimizer = torch.optim.Adam(
             self.solver.parameters(), lr=config.lr, betas=(0.9, 0.999)
         )
