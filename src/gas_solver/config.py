@@ -68,15 +68,15 @@ def load_config(
     if unknown:
         raise ConfigError(f"unknown field(s) {', '.join(unknown)}; valid: {', '.join(names)}")
     values = {name: _coerce(name, data[name], hints[name]) for name in names if name in data}
-    for f in dataclasses.fields(cls):  # flags check their choices in argparse, YAML values here
-        choices = f.metadata.get("choices")
-        if choices and f.name in values and values[f.name] not in choices:
-            raise ConfigError(f"{f.name}: one of {list(choices)}, got {values[f.name]!r}")
     config = cls(**values)
     _check_common_fields(config)
     validate = getattr(config, "validate", None)
     if validate is not None:
-        validate()
+        validate()  # first: its messages are the more specific ones
+    for f in dataclasses.fields(cls):  # flags check their choices in argparse, YAML values here
+        choices = f.metadata.get("choices")
+        if choices and f.name in values and values[f.name] not in choices:
+            raise ConfigError(f"{f.name}: one of {list(choices)}, got {values[f.name]!r}")
     return config
 
 
