@@ -35,6 +35,7 @@ def commands() -> dict[str, tuple[str, type | None, Action]]:
     """name → (help, config class, action)."""
     from .demo import DemoConfig, run_demo
     from .evaluation import CompareConfig, FIDConfig, format_fid, run_compare, run_fid
+    from .evaluation.sweep import SweepConfig, run_sweep
     from .export.command import ExportConfig, run_export
     from .models.edm import ConvertEDMConfig, convert_edm
     from .pipeline import SampleConfig, TeacherConfig, make_teacher, run_sample
@@ -73,6 +74,11 @@ def commands() -> dict[str, tuple[str, type | None, Action]]:
         "fid": ("Fréchet Inception Distance of images against reference statistics", FIDConfig, lambda c: format_fid(run_fid(c))),
         "demo": ("the whole method on one model: teacher → GS and GAS → comparison → report", DemoConfig, lambda c: f"report: {run_demo(c)}"),
         "compare": ("run several solvers on the same seeds and tabulate FID and teacher fidelity", CompareConfig, compare),
+        "sweep": (
+            "quality against NFE: classic solvers on their best grids, learned solvers, the teacher (resumable)",
+            SweepConfig,
+            lambda c: f"{run_sweep(c).read_text()}sweep (table, JSON, plot, runs): {c.out}",
+        ),
         "export": (
             "export a trained solver: a diffusers scheduler folder or a k-diffusion sampler file",
             ExportConfig,

@@ -198,6 +198,32 @@ def save_curve(
             ha="center",
             fontsize=8,
         )
+    return _finish(fig, ax, path, xlabel, ylabel, title, log_y)
+
+
+def save_series(
+    series: dict[str, tuple[Sequence[float], Sequence[float]]],
+    path: str | Path,
+    xlabel: str,
+    ylabel: str,
+    title: str = "",
+    log_y: bool = False,
+) -> Path:
+    """Several measured curves on one axis (e.g. FID against NFE per method), with a legend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for label, (x, y) in series.items():
+        ax.plot(x, y, marker="o", label=label)
+    ax.legend(fontsize=7, loc="best")
+    return _finish(fig, ax, path, xlabel, ylabel, title, log_y)
+
+
+def _finish(fig, ax, path: str | Path, xlabel: str, ylabel: str, title: str, log_y: bool) -> Path:
+    """Labels, grid, an optional log y axis with plain numbers, then the PNG (atomically)."""
     if log_y:
         from matplotlib.ticker import ScalarFormatter
 

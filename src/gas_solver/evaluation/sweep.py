@@ -1,0 +1,281 @@
+"""``gas-solver sweep``: quality against the number of model calls, every method on one model.
+
+For each NFE of the sweep, on the same evaluation seeds and against the same teacher:
+
+1. each classic solver on every grid kind of ``--grids``, scored by L1 to the teacher on a few
+   separate seeds (``--grid-seeds``); the best grid is kept, and logSNR (the common default) too;
+2. the learned solvers, trained on one teacher set: ``timesteps`` (the GS grid alone on
+   DPM-Solver++(3M) coefficients, an LD3-style baseline: ``train --learn timesteps``), ``gs`` and
+   ``gas``;
+3. one :func:`~gas_solver.evaluation.compare.compare` of all of them: FID (N = the evaluation
+   seeds), L1 and PSNR to the teacher, seconds.
+
+Everything lands in ``OUT``: the teacher set, each NFE's trainings and comparison, and
+``sweep.json`` (the configuration, the grids chosen and every row), ``sweep.md`` (FID and L1 per
+method and NFE) and ``sweep.png`` (FID against NFE, one line per method, log scale). A rerun of
+the same command resumes: finished NFEs, grid choices and trainings are not recomputed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from ..config import load_config, option, require
+from ..data.teacher import TeacherSet
+from ..errors import ConfigError
+from ..models.loading import load_model
+from ..pipeline import TeacherConfig, make_teacher
+from ..runtime import folder_lock, resolve_device, run_metadata, write_json
+from ..schedules import GRID_KINDS
+from ..seeds import parse_seeds
+from ..solvers.registry import parse_solver_spec
+from ..training.trainer import TrainConfig, train
+from ..visualize import save_series
+from .compare import DEFAULT_TEACHER, compare, split_solvers
+
+log = logging.getLogger(__name__)
+
+LEARNED_METHODS = {"timesteps": ("gs", "timesteps"), "gs": ("gs", "all"), "gas": ("gas", "all")}
+"""Learned rows: name → (``train --loss``, ``train --learn``)."""
+RESUME_MAY_CHANGE = {"out", "device", "batch_size"}
+
+
+@dataclasses.dataclass
+class SweepConfig:
+    """``gas-solver sweep``: classic solvers on their best grid, learned solvers and the teacher,
+    at several NFEs (FID, L1/PSNR to the teacher, time); resumable."""
+
+    model: str = option("mnist32", "model name or path")
+    nfes: str = option("4,6,8,10", "numbers of model calls, comma-separated")
+    classic: str = option(
+        "ddim;dpmpp:order=3;unipc:order=3;ipndm",
+        "classic solvers without nfe or grid, separated by ';'",
+    )
+    grids: str = option(
+        "logsnr,uniform,quadratic,edm", "grid kinds tried for each classic solver and NFE"
+    )
+    learned: str = option("timesteps,gs,gas", "learned rows: timesteps (grid only), gs, gas")
+    teacher: str = option(DEFAULT_TEACHER, "teacher solver spec")
+    teacher_seeds: str = option("0-1099", "seeds of the teacher set (training pairs)")
+    train_size: int = option(1000, "training pairs (the first of the teacher set)")
+    val_size: int = option(100, "validation pairs (the last of the teacher set)")
+    iterations: int = option(400, "training iterations of each learned solver")
+    train_batch_size: int = option(16, "teacher pairs per training iteration")
+    train_seed: int = option(42, "seed of the trainings' data order")
+    init_grid: str = option("logsnr", "initial grid of the learned solvers")
+    adv_weight: float = option(0.3, "gas: adversarial weight")
+    disc_preset: str = option("model-features", "gas: discriminator (see `train --help`)")
+    disc_lr: float = option(1e-4, "gas: discriminator learning rate")
+    disc_warmup: int = option(100, "gas: iterations before the adversarial loss starts")
+    seeds: str = option("50000-51999", "evaluation seeds (FID over all of them)")
+    grid_seeds: str = option("60000-60127", "seeds that choose each classic solver's grid (L1)")
+    fid_ref: str | None = option("mnist", "FID reference (see `compare --help`); none: no FID")
+    fid_ref_num: int | None = option(None, "use only the first FID_REF_NUM reference images")
+    fid_method: str = option("eigh", "FID matrix square root: sqrtm or eigh")
+    batch_size: int = option(64, "samples per batch")
+    device: str = option("auto", "cpu, cuda, cuda:N or auto")
+    out: str = option("runs/sweep", "output folder (resumed when it holds a sweep.json)")
+
+    def validate(self) -> None:
+        require(len(self.nfe_list) >= 1, "nfes", "give at least one NFE")
+        require(all(1 <= n <= 100 for n in self.nfe_list), "nfes", "each must be in 1..100")
+        unknown_grids = sorted(set(self.grid_list) - set(GRID_KINDS))
+        require(
+            bool(self.grid_list) and not unknown_grids, "grids", f"grid kinds from {GRID_KINDS}"
+        )
+        for spec in split_solvers(self.classic):
+            parse_solver_spec(with_calls(spec, self.nfe_list[0], self.grid_list[0]))
+        unknown = sorted(set(self.learned_list) - set(LEARNED_METHODS))
+        require(not unknown, "learned", f"unknown {unknown}; choose from {list(LEARNED_METHODS)}")
+        evaluation, grid_seeds = set(parse_seeds(self.seeds)), set(parse_seeds(self.grid_seeds))
+        teacher = set(parse_seeds(self.teacher_seeds))
+        require(
+            not (evaluation | grid_seeds) & teacher,
+            "seeds",
+            "evaluation and grid seeds must not be teacher seeds",
+        )
+        require(
+            self.train_size + self.val_size <= len(teacher),
+            "train_size",
+            "more than the teacher seeds",
+        )
+
+    @property
+    def nfe_list(self) -> list[int]:
+        try:
+            return [int(n) for n in self.nfes.split(",") if n.strip()]
+        except ValueError:
+            raise ConfigError(f"nfes: comma-separated integers, got {self.nfes!r}") from None
+
+    @property
+    def grid_list(self) -> list[str]:
+        return [g.strip() for g in self.grids.split(",") if g.strip()]
+
+    @property
+    def learned_list(self) -> list[str]:
+        return [m.strip() for m in self.learned.split(",") if m.strip()]
+
+
+def with_calls(spec: str, nfe: int, grid: str) -> str:
+    """``"dpmpp:order=3"`` → ``"dpmpp:order=3,nfe=4,grid=logsnr"``."""
+    return f"{spec}{',' if ':' in spec else ':'}nfe={nfe},grid={grid}"
+
+
+def run_sweep(config: SweepConfig, progress: bool = True) -> Path:
+    """Run (or resume) the sweep; returns the path of ``sweep.md``."""
+    with folder_lock(config.out) as out:
+        return _sweep(config, out, progress)
+
+
+def _sweep(config: SweepConfig, out: Path, progress: bool) -> Path:
+    state_path = out / "sweep.json"
+    state = _resumed_state(state_path, config)
+    device = resolve_device(config.device)
+    model = load_model(config.model, device)
+    teacher = make_teacher(
+        load_config(TeacherConfig, overrides={
+            "model": config.model, "out": str(out / "teacher"), "solver": config.teacher,
+            "seeds": config.teacher_seeds, "device": config.device,
+        }),
+        progress,
+    )  # fmt: skip
+
+    def save() -> None:
+        write_json(state_path, {**state, "run": run_metadata()})
+
+    for nfe in config.nfe_list:
+        key = str(nfe)
+        if key in state["rows"]:
+            continue
+        if key not in state["grids"]:
+            state["grids"][key] = _best_grids(model, nfe, config, teacher, device, progress)
+            save()
+        grids = state["grids"][key]
+        entries = {}  # row name → solver (spec text or checkpoint folder)
+        for method in config.learned_list:
+            entries[method] = str(_trained(config, model, teacher, nfe, method, progress))
+        for spec in split_solvers(config.classic):
+            for grid in dict.fromkeys([grids[spec], "logsnr"]):
+                entries[f"{spec} ({grid})"] = with_calls(spec, nfe, grid)
+        rows = compare(
+            model, list(entries.values()), config.seeds, teacher=config.teacher,
+            teacher_set=teacher.path, fid_ref=config.fid_ref, fid_ref_num=config.fid_ref_num,
+            fid_method=config.fid_method,
+            out=out / f"nfe{nfe}" / "compare", batch_size=config.batch_size, device=device,
+            progress=progress,
+        )  # fmt: skip
+        names = ["teacher", *entries]
+        state["rows"][key] = [
+            {"name": name, **{k: row[k] for k in ("label", "kind", "nfe", "fid", "l1", "psnr", "seconds", "n_samples")}}
+            for name, row in zip(names, rows, strict=True)
+        ]  # fmt: skip
+        save()
+    report = out / "sweep.md"
+    report.write_text(format_sweep(state))
+    _plot(state, out / "sweep.png")
+    return report
+
+
+def _resumed_state(path: Path, config: SweepConfig) -> dict[str, Any]:
+    settings = dataclasses.asdict(config)
+    if not path.is_file():
+        return {"config": settings, "grids": {}, "rows": {}}
+    state = json.loads(path.read_text())
+    changed = [
+        f"{k}: stored {state['config'].get(k)!r}, given {v!r}"
+        for k, v in settings.items()
+        if k not in RESUME_MAY_CHANGE and state["config"].get(k) != v
+    ]
+    if changed:
+        raise ConfigError(
+            f"{path} holds a sweep with other settings ({'; '.join(changed)}); use the same "
+            "settings to resume it, or another --out"
+        )
+    return state
+
+
+def _best_grids(model, nfe: int, config: SweepConfig, teacher, device, progress) -> dict:
+    """Each classic solver's grid kind with the lowest L1 to the teacher on the grid seeds
+    (one comparison of every solver on every grid, no FID)."""
+    specs, grids = split_solvers(config.classic), config.grid_list
+    candidates = [with_calls(spec, nfe, grid) for spec in specs for grid in grids]
+    l1 = [row["l1"] for row in compare(
+        model, candidates, config.grid_seeds, teacher=config.teacher, teacher_set=teacher.path,
+        batch_size=config.batch_size, device=device, progress=progress,
+    )[1:]]  # fmt: skip
+    best = {}
+    for i, spec in enumerate(specs):
+        scores = l1[i * len(grids) : (i + 1) * len(grids)]
+        best[spec] = grids[scores.index(min(scores))]
+        log.info("sweep: %s at NFE %d: best grid %s", spec, nfe, best[spec])
+    return best
+
+
+def _trained(config, model, teacher: TeacherSet, nfe: int, method: str, progress: bool) -> Path:
+    """The learned solver of one row, trained unless a finished run is in its folder."""
+    folder = Path(config.out) / f"nfe{nfe}" / method
+    if (folder / "summary.json").is_file():
+        return folder
+    loss, learn = LEARNED_METHODS[method]
+    overrides = {
+        "teacher": str(teacher.path), "out": str(folder), "nfe": nfe, "loss": loss, "learn": learn,
+        "init_grid": config.init_grid, "iterations": config.iterations,
+        "batch_size": config.train_batch_size, "train_size": config.train_size,
+        "val_size": config.val_size, "val_every": 0, "checkpoint_every": config.iterations,
+        "seed": config.train_seed, "device": config.device,
+    }  # fmt: skip
+    if loss == "gas":
+        overrides.update(
+            adv_weight=config.adv_weight, disc_preset=config.disc_preset, disc_lr=config.disc_lr,
+            disc_beta1=0.0, disc_beta2=0.99, disc_warmup=config.disc_warmup,
+        )  # fmt: skip
+    train(load_config(TrainConfig, overrides=overrides), model, teacher, progress)
+    return folder
+
+
+def format_sweep(state: dict[str, Any]) -> str:
+    """Markdown: one row per method, one column per NFE with ``FID (L1)``."""
+    nfes = sorted(state["rows"], key=int)
+    names = list(dict.fromkeys(row["name"] for key in nfes for row in state["rows"][key]))
+    cells = {(row["name"], key): row for key in nfes for row in state["rows"][key]}
+    config = state["config"]
+    n = next((row["n_samples"] for key in nfes for row in state["rows"][key]), 0)
+    lines = [
+        f"FID (N = {n}, {config['fid_ref']}, {config['fid_method']}) and, in brackets, L1 to the "
+        f"teacher ({config['teacher']}); model {config['model']}.",
+        "",
+        "| method | " + " | ".join(f"NFE {k}" for k in nfes) + " |",
+        "|---|" + "---:|" * len(nfes),
+    ]
+    for name in names:
+        row = []
+        for key in nfes:
+            cell = cells.get((name, key))
+            fid = "–" if cell is None or cell["fid"] is None else f"{cell['fid']:.2f}"
+            row.append("" if cell is None else f"{fid} ({cell['l1']:.4f})")
+        lines.append(f"| {name} | " + " | ".join(row) + " |")
+    grids = state["grids"]
+    lines += ["", "Best grid per classic solver (by L1 on the grid seeds):", ""]
+    lines += [f"- NFE {k}: " + ", ".join(f"{s}: {g}" for s, g in grids[k].items()) for k in nfes]
+    return "\n".join(lines) + "\n"
+
+
+def _plot(state: dict[str, Any], path: Path) -> None:
+    nfes = sorted(state["rows"], key=int)
+    series: dict[str, tuple[list[int], list[float]]] = {}
+    for key in nfes:
+        for row in state["rows"][key]:
+            if row["fid"] is not None:
+                xs, ys = series.setdefault(row["name"], ([], []))
+                xs.append(int(key))
+                ys.append(row["fid"])
+    if series:
+        save_series(series, path, xlabel="model calls (NFE)", ylabel="FID", log_y=True,
+                    title=f"{state['config']['model']}: FID against NFE")  # fmt: skip
+
+
+__all__ = ["LEARNED_METHODS", "SweepConfig", "format_sweep", "run_sweep", "with_calls"]

@@ -1,0 +1,51 @@
+"""`gas-solver sweep` at toy size: every row measured, the files written, a rerun resumes."""
+
+import json
+
+import pytest
+
+from gas_solver.cli import main
+from gas_solver.errors import ConfigError
+from gas_solver.evaluation.sweep import SweepConfig, with_calls
+
+TOY = [  # 6 images per FID and reference (one Inception batch shape), as tests/test_evaluation.py
+    "--model", "gmm-digits", "--nfes", "2,3", "--classic", "ddim",
+    "--grids", "quadratic,uniform", "--learned", "timesteps,gs", "--teacher", "dpmpp:nfe=8,order=3",
+    "--teacher-seeds", "0-39", "--train-size", "32", "--val-size", "8", "--iterations", "3",
+    "--train-batch-size", "8", "--seeds", "50000-50005", "--grid-seeds", "60000-60007",
+    "--fid-ref", "digits", "--fid-ref-num", "6", "--batch-size", "6", "--device", "cpu",
+]  # fmt: skip
+
+
+def test_sweep_at_toy_size_writes_table_json_plot_and_resumes(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    assert main(["sweep", *TOY, "--out", str(out)]) == 0
+    state = json.loads((out / "sweep.json").read_text())
+    assert sorted(state["rows"]) == ["2", "3"]
+    for key, rows in state["rows"].items():
+        names = [row["name"] for row in rows]
+        assert names[:3] == ["teacher", "timesteps", "gs"]
+        assert all(row["fid"] is not None and row["n_samples"] == 6 for row in rows)
+        assert all(row["nfe"] == int(key) for row in rows[1:])
+        assert set(state["grids"][key]) == {"ddim"}  # its best grid, and logSNR beside it
+        assert names[3:] in (
+            ["ddim (quadratic)", "ddim (logsnr)"],
+            ["ddim (uniform)", "ddim (logsnr)"],
+        )
+    table = (out / "sweep.md").read_text()
+    assert "| timesteps |" in table and "NFE 3" in table
+    assert (out / "sweep.png").stat().st_size > 0
+    stamp = (out / "nfe2" / "gs" / "solver.safetensors").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(["sweep", *TOY, "--out", str(out)]) == 0  # resumes: nothing retrained
+    assert (out / "nfe2" / "gs" / "solver.safetensors").stat().st_mtime_ns == stamp
+    assert main(["sweep", *TOY, "--iterations", "4", "--out", str(out)]) == 2
+    assert "iterations: stored 3, given 4" in capsys.readouterr().err
+
+
+def test_sweep_refuses_overlapping_seeds_and_unknown_methods():
+    with pytest.raises(ConfigError, match="teacher seeds"):
+        SweepConfig(teacher_seeds="0-99", seeds="50-60").validate()
+    with pytest.raises(ConfigError, match="unknown"):
+        SweepConfig(learned="gs,ld3").validate()
+    assert with_calls("ddim", 4, "edm") == "ddim:nfe=4,grid=edm"
