@@ -131,20 +131,15 @@ def seed_cond_fn(model: DiffusionModel, prompts: str | None = None) -> CondFn | 
     for text models, else the model's ``default_cond`` (class models: label = seed mod classes,
     spec §3.4), else none (unconditional models)."""
     if prompts is not None:
-        from .models.diffusers import prompt_cond_fn
-
-        if getattr(model, "tokenizer", None) is None:
-            raise ConfigError(
-                f"prompts: the model {getattr(model, 'source', None) or type(model).__name__} "
-                "takes no text prompts (it has no tokenizer); leave --prompts out"
-            )
+        if not model.takes_prompts:
+            model.prompt_cond_fn([])  # raises: "takes no text prompts", naming the model
         try:
             text = Path(prompts).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as err:
             raise ConfigError(f"prompts: cannot read {prompts} as UTF-8 text ({err})") from None
         lines = [line.strip() for line in text.splitlines() if line.strip()]
-        return prompt_cond_fn(model, lines)
-    return getattr(model, "default_cond", None)
+        return model.prompt_cond_fn(lines)
+    return model.default_cond
 
 
 def make_teacher(config: TeacherConfig, progress: bool = True) -> TeacherSet:
@@ -212,16 +207,11 @@ def generate(
     return torch.cat(gather_ordered(chunks))
 
 
-def is_latent(model: DiffusionModel) -> bool:
-    """Whether the model samples latents that :meth:`decode` turns into images (LDM, SD)."""
-    return bool(getattr(model, "is_latent", False))
-
-
 def makes_images(model: DiffusionModel) -> bool:
     """Whether the model's samples are pictures: a latent model (its decoded samples), or a
     pixel model of samples ``(C, H, W)`` with C = 1 or 3."""
     shape = tuple(model.sample_shape)
-    return is_latent(model) or (len(shape) == 3 and shape[0] in (1, 3))
+    return model.is_latent or (len(shape) == 3 and shape[0] in (1, 3))
 
 
 def image_batches(
@@ -248,7 +238,7 @@ def image_batches(
     if batch_size < 1:
         raise ConfigError(f"batch_size: must be >= 1, got {batch_size}")
     chunks = samples.split(batch_size)
-    if not is_latent(model):
+    if not model.is_latent:
         yield from chunks
         return
     k, me = (world_size(), rank()) if shared else (1, 0)
@@ -264,7 +254,7 @@ def image_batches(
 def to_images(model: DiffusionModel, samples: Tensor, batch_size: int = 64) -> Tensor:
     """All of :func:`image_batches` in one tensor ``(N, C, H, W)``; ``samples`` itself for pixel
     models. Meant for a few pictures (grids); stream :func:`image_batches` for many."""
-    if not is_latent(model):
+    if not model.is_latent:
         return samples
     return torch.cat(list(image_batches(model, samples, batch_size)))
 
@@ -311,7 +301,7 @@ def _sample_into(
     remove_outputs(out, SAMPLE_OUTPUTS)  # nothing of an earlier run is left to be read as ours
     arrays = {"samples": samples.numpy(), "seeds": np.asarray(seeds, dtype=np.int64)}
     if makes_images(model):
-        keep_decoded = is_latent(model) and config.npz  # latents are stored, and their images
+        keep_decoded = model.is_latent and config.npz  # latents are stored, and their images
         grid, decoded, done = [], [], 0
         if config.png:
             from PIL import Image
@@ -354,7 +344,6 @@ __all__ = [
     "SampleConfig",
     "TeacherConfig",
     "image_batches",
-    "is_latent",
     "load_sampler",
     "make_teacher",
     "makes_images",

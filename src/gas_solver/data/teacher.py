@@ -400,7 +400,7 @@ def _open_or_start(
         "format_version": FORMAT_VERSION,
         "complete": False,
         **identity,
-        "model_source": getattr(model, "source", None),
+        "model_source": model.source,
         "num_samples": len(seeds),
         "sample_shape": list(model.sample_shape),
         "fields": None,

@@ -62,7 +62,6 @@ from ..pipeline import (
     Sampler,
     generate,
     image_batches,
-    is_latent,
     makes_images,
     seed_cond_fn,
     teacher_spec,
@@ -343,7 +342,7 @@ def compare(
     if teacher_set is not None:
         _check_teacher_solver(entries[0], teacher_set)
     is_image = makes_images(model)
-    latent = is_latent(model)
+    latent = model.is_latent
     fidelity_space = "latents" if latent else ("pixels" if is_image else "samples")
     cond_fn = seed_cond_fn(model, None if prompts is None else str(prompts))
     ref_stats = None
@@ -417,7 +416,7 @@ def compare(
         )
     if out is not None and is_main():  # torchrun: every rank has the rows, rank 0 writes
         context = {
-            "model": getattr(model, "source", None) or type(model).__name__,
+            "model": model.source or type(model).__name__,
             "model_identity": model.identity(),
             "seeds": format_seeds(seed_list),
             "n_samples": len(seed_list),

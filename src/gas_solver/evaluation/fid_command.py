@@ -27,7 +27,6 @@ from ..models.loading import load_model
 from ..pipeline import (
     generate,
     image_batches,
-    is_latent,
     load_sampler,
     makes_images,
     seed_cond_fn,
@@ -187,7 +186,7 @@ def run_fid(config: FIDConfig, progress: bool = True) -> dict[str, Any]:
         source: Any = {
             "solver": description,
             "seeds": format_seeds(seeds),
-            "decoded": is_latent(model),
+            "decoded": model.is_latent,
         }
     else:
         images = load_images(config.images, config.num)
@@ -202,7 +201,7 @@ def run_fid(config: FIDConfig, progress: bool = True) -> dict[str, Any]:
         cond_fn = seed_cond_fn(model, config.prompts)
         samples = generate(model, sampler, seeds, config.batch_size, progress, cond_fn)
         mine = own_batches(samples, config.batch_size)  # torchrun: each decodes and scores its own
-        images = image_batches(model, mine, config.batch_size) if is_latent(model) else mine
+        images = image_batches(model, mine, config.batch_size) if model.is_latent else mine
         stats = compute_statistics(images, split=False, **kwargs)
     else:
         stats = compute_statistics(images, num_images=config.num, **kwargs)

@@ -475,7 +475,7 @@ class Trainer:
         with self.ema_weights() as solver:
             metadata = {
                 "model": self.model.identity(),
-                "model_source": getattr(self.model, "source", None),
+                "model_source": self.model.source,
                 "teacher": {  # seeds: evaluation must avoid them (compare checks)
                     "path": str(self.teacher.path),
                     "solver": self.teacher.manifest.get("solver"),
