@@ -354,3 +354,37 @@ def test_cached_reference_root_gives_the_same_distance() -> None:
     assert first == pytest.approx(
         frechet_distance(a.mu, a.sigma, b.mu, b.sigma, method="eigh"), rel=1e-10
     )
+
+
+# --- the ONNX Runtime copy of the detector ----------------------------------------------------
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None,
+    reason="gas-solver[fast-fid] not installed",
+)
+def test_onnx_runtime_copy_gives_the_torchscript_features_and_fid(images, tmp_path, monkeypatch):
+    """The cached ONNX export reproduces the TorchScript detector: features to 1e-4 relative on
+    real and noised digits, the FID between them to 1e-4 relative; a copy failing the probe
+    check is deleted and TorchScript is used."""
+    from gas_solver.metrics import inception_onnx
+
+    monkeypatch.setenv("GAS_SOLVER_CACHE", str(tmp_path))
+    monkeypatch.setattr(detector, "_INCEPTION_CACHE", {})
+    reference = load_inception(backend="torch")
+    fast = load_inception(backend="onnxruntime")
+    assert reference.runner is None and isinstance(fast.runner, inception_onnx.OnnxInception)
+    assert inception_onnx.onnx_path(detector.INCEPTION_SHA1).is_file()
+    batch = torch.cat(images)
+    want = inception_features(batch, model=reference, batch_size=BATCH).double()
+    got = inception_features(batch, model=fast, batch_size=BATCH).double()
+    assert float((got - want).abs().max() / want.abs().max()) < 1e-4
+    fid_want = numpy_fid(want[:N].numpy(), want[N:].numpy())
+    assert numpy_fid(got[:N].numpy(), got[N:].numpy()) == pytest.approx(fid_want, rel=1e-4)
+
+    monkeypatch.setattr(detector, "_INCEPTION_CACHE", {})
+    monkeypatch.setattr(inception_onnx, "TOLERANCE", 0.0)  # no copy can pass: it is refused
+    with pytest.warns(UserWarning, match="differs from the TorchScript"):
+        refused = load_inception(backend="onnxruntime")
+    assert refused.runner is None
+    assert not inception_onnx.onnx_path(detector.INCEPTION_SHA1).exists()

