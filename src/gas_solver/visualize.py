@@ -97,6 +97,16 @@ def save_comparison_grid(
     return _save_figure(comparison_figure(rows, label_width), path)
 
 
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (imported when a picture is drawn)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def comparison_figure(rows: Mapping[str, Tensor], label_width: int = LABEL_WIDTH):
     """A matplotlib figure with one row of images ``(B, C, H, W)`` in [−1, 1] per named set.
 
@@ -104,11 +114,7 @@ def comparison_figure(rows: Mapping[str, Tensor], label_width: int = LABEL_WIDTH
     (:func:`wrap_label`), so checkpoint paths and long solver specs are shown whole; the figure
     grows with the number of label lines.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     names = list(rows)
     grids = [image_grid(rows[name], nrow=rows[name].shape[0]) for name in names]
     labels = ["\n".join(wrap_label(name, label_width)) for name in names]
@@ -133,11 +139,7 @@ def plot_time_grids(
     grids: Mapping[str, Sequence[float]], path: str | Path, title: str = ""
 ) -> Path:
     """Each solver's time grid as a row of markers on a log-t axis."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 0.6 + 0.45 * len(grids)))
     for row, (name, times) in enumerate(grids.items()):
         ax.plot(list(times), [row] * len(times), "o-", markersize=5, label=name)
@@ -155,11 +157,7 @@ def plot_time_grids(
 
 def save_scatter(points: Mapping[str, Tensor], path: str | Path, title: str = "") -> Path:
     """2-D samples of several solvers in one scatter plot (for 2-D analytic models)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 5))
     for name, xy in points.items():
         xy = xy.detach().double().cpu().reshape(xy.shape[0], -1)[:, :2]
@@ -182,11 +180,7 @@ def save_curve(
     log_y: bool = False,
 ) -> Path:
     """One measured curve (e.g. FID vs training step), points marked and labelled."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.6))
     ax.plot(x, y, marker="o")
     for xi, yi in zip(x, y, strict=True):
@@ -210,11 +204,7 @@ def save_series(
     log_y: bool = False,
 ) -> Path:
     """Several measured curves on one axis (e.g. FID against NFE per method), with a legend."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for label, (x, y) in series.items():
         ax.plot(x, y, marker="o", label=label)
