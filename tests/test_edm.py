@@ -23,14 +23,9 @@ import torch
 from gas_solver.cli import main
 from gas_solver.errors import CheckpointMismatchError, ConfigError, MissingAssetError
 from gas_solver.models import GaussianMixtureModel, edm_networks
-from gas_solver.models.edm import (
-    EDMModel,
-    is_edm_source,
-    load_edm_pickle,
-    vp_betas,
-    vp_schedule_for,
-)
+from gas_solver.models.edm import EDMModel, is_edm_source, vp_betas, vp_schedule_for
 from gas_solver.models.edm_networks import DhariwalUNet, EDMPrecond, SongUNet, VPPrecond
+from gas_solver.models.edm_pickle import load_edm_pickle
 from gas_solver.models.loading import load_model
 
 # DDPM++ as in EDM's VP checkpoints (augment_dim=9 as with --augment), scaled down to 8x8

@@ -286,7 +286,7 @@ def test_readme_diffusers_snippet_runs(tmp_path, monkeypatch):
 
 
 def test_readme_k_diffusion_snippet_runs(tmp_path, monkeypatch):
-    from gas_solver.models.edm import save_edm_folder
+    from gas_solver.models.edm_folder import save_edm_folder
 
     net = VPPrecond(img_resolution=32, img_channels=3, model_type="SongUNet", model_channels=16,
                     channel_mult=[1, 1], num_blocks=1, attn_resolutions=[], dropout=0.0)  # fmt: skip

@@ -37,7 +37,7 @@ def commands() -> dict[str, tuple[str, type | None, Action]]:
     from .evaluation import CompareConfig, FIDConfig, format_fid, run_compare, run_fid
     from .evaluation.sweep import SweepConfig, run_sweep
     from .export.command import ExportConfig, run_export
-    from .models.edm import ConvertEDMConfig, convert_edm
+    from .models.edm_folder import ConvertEDMConfig, convert_edm
     from .pipeline import SampleConfig, TeacherConfig, make_teacher, run_sample
     from .training.denoiser import DenoiserConfig, train_denoiser
     from .training.trainer import TrainConfig, train_from_config

@@ -7,21 +7,11 @@ Model sources accepted by :func:`~gas_solver.models.loading.load_model`:
   https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/ (downloaded by the user, never by us); the
   network is its ``ema`` entry.
 * ``path/to/folder`` holding ``edm.json`` and ``model.safetensors``: the same network in a safe form,
-  written by ``gas-solver convert-edm --pkl FILE --out FOLDER`` (:func:`convert_edm`).
+  written by ``gas-solver convert-edm --pkl FILE --out FOLDER``
+  (:func:`~gas_solver.models.edm_folder.convert_edm`).
 
 Both give the same :meth:`EDMModel.identity` (the weights hash is over the tensors, not the file),
 so a solver trained on one loads with the other.
-
-**Reading a pickle safely.** EDM pickles a network with ``torch_utils.persistence``: each network
-object becomes the call ``_reconstruct_persistent_obj(meta)``, where ``meta`` holds the Python
-source of EDM's ``training/networks.py``, the class name and the object's ``__dict__``; a plain
-``pickle.load`` would ``exec`` that source. The restricted unpickler of :mod:`gas_solver.safe_pickle`
-resolves only plain data, tensors and :data:`EDM_GLOBALS`: the persistence hook becomes a function
-that keeps ``class_name`` and ``state`` in a :class:`Captured` record and drops the source unread;
-torch containers (``ModuleDict``, …) become records too. Any other global (``os.system``,
-``builtins.eval``, …) stops the load with a :class:`ConfigError` naming it. The network is then built from this package's classes (:mod:`.edm_networks`) with the constructor
-arguments EDM recorded in the state (``_init_args``, ``_init_kwargs``), and the captured tensors
-are loaded into it with ``strict=True``.
 
 **The VP wrapper** (spec §1; Karras et al. 2022, eq. 4 with s = α). The denoiser ``D(x̃; σ̃)`` works
 in EDM's variables ``x̃ = x/α``, ``σ̃ = σ/α``. On the linear VP schedule
@@ -30,40 +20,30 @@ in EDM's variables ``x̃ = x/α``, ``σ̃ = σ/α``. On the linear VP schedule
     x̂₀(x, t) = D(x / α(t); σ̃(t)),   σ̃(t) = √(exp(½ β_d t² + β_min t) − 1) = σ(t)/α(t),
 
 declared as prediction type ``sample``; the contract turns it into ``ε̂ = (x − α x̂₀)/σ``.
+
+The pickle reader is :mod:`.edm_pickle`, the safe folder format and ``convert-edm``
+:mod:`.edm_folder`; the networks are :mod:`.edm_networks`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
-import inspect
-import json
 import logging
 import math
-import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..config import option, require
-from ..errors import CheckpointMismatchError, ConfigError, MissingAssetError
-from ..runtime import atomic_write, write_json
-from ..safe_pickle import Captured, capture_persistent, captured_state_dict, read_pickle
+from ..errors import ConfigError
 from ..schedules import LinearVPSchedule, NoiseSchedule
-from ..version import __version__
 from .base import DiffusionModel
-from .edm_networks import PRECONDS, Precond
+from .edm_folder import EDM_JSON, EDM_WEIGHTS, load_edm_folder
+from .edm_pickle import load_edm_pickle
 
 log = logging.getLogger(__name__)
 
-EDM_JSON = "edm.json"
-EDM_WEIGHTS = "model.safetensors"
-FOLDER_FORMAT = "gas-solver-edm"
-FOLDER_VERSION = 1
-RELEASE_URL = "https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/"
 DEFAULT_VP = (0.1, 19.9)  # (β_min, β_d) of EDM's VP checkpoints and of the GAS paper's schedule
 
 
@@ -193,104 +173,6 @@ def vp_schedule_for(net: nn.Module, t_eps: float = 1e-3) -> LinearVPSchedule:
     return LinearVPSchedule(float(beta_min), float(beta_min) + float(beta_d), t_eps=t_eps)
 
 
-# -- reading the pickle ---------------------------------------------------------------------------
-EDM_GLOBALS: dict[tuple[str, str], Any] = {
-    ("torch_utils.persistence", "_reconstruct_persistent_obj"): capture_persistent,
-}
-"""What EDM pickles need beyond :data:`~gas_solver.safe_pickle.PLAIN_GLOBALS`: the persistence
-hook, whose embedded source is dropped unread."""
-
-
-def read_edm_pickle(path: str | Path) -> Any:
-    """The contents of an EDM pickle, with networks as :class:`Captured` records."""
-    return read_pickle(
-        path,
-        extra=EDM_GLOBALS,
-        kind="EDM network pickle",
-        missing="EDM checkpoints are the network pickles of the NVlabs EDM release (e.g. "
-        f"edm-cifar10-32x32-uncond-vp.pkl) at {RELEASE_URL}; download one yourself and pass its "
-        "path (nothing is downloaded here)",
-    )
-
-
-# -- rebuilding the network -------------------------------------------------------------------------
-def _plain(value: Any, where: str) -> Any:
-    """JSON-able copy of recorded constructor arguments (numpy scalars → numbers, tuples → lists)."""
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, tuple | list):
-        return [_plain(v, where) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _plain(v, where) for k, v in value.items()}
-    raise ConfigError(f"{where}: a constructor argument of type {type(value).__name__}")
-
-
-def _network_record(data: Any, source: str) -> Captured:
-    if isinstance(data, dict):
-        if "ema" not in data:
-            raise ConfigError(
-                f"{source}: no 'ema' entry (keys: {', '.join(map(str, data))}); "
-                "EDM network pickles keep the network under 'ema'"
-            )
-        data = data["ema"]
-    if not (isinstance(data, Captured) and data.persistent):
-        raise ConfigError(f"{source}: the network is not an EDM persistent object")
-    return data
-
-
-def precond_kwargs(record: Captured, source: str) -> tuple[str, dict[str, Any]]:
-    """``(class name, constructor kwargs)`` of a captured EDM preconditioning object.
-
-    The kwargs are those EDM recorded (``_init_args``/``_init_kwargs``, bound to the signature),
-    with the preconditioning parameters taken from the object's state where present.
-    """
-    name = record.class_name.rsplit(".", 1)[-1]
-    if name not in PRECONDS:
-        raise ConfigError(
-            f"{source}: the network is a {name}; supported: {', '.join(PRECONDS)} "
-            "(every one an x0-predictor D(x; sigma))"
-        )
-    cls = PRECONDS[name]
-    state = record.state
-    args, kwargs = state.get("_init_args"), state.get("_init_kwargs")
-    if kwargs is None:
-        raise ConfigError(
-            f"{source}: the {name} object records no constructor arguments (_init_kwargs)"
-        )
-    args, kwargs = _plain(list(args or ()), source), _plain(dict(kwargs), source)
-    try:
-        bound = inspect.signature(cls).bind(*args, **kwargs).arguments
-    except TypeError as err:
-        raise ConfigError(f"{source}: {name} arguments {sorted(kwargs)} do not fit: {err}") from err
-    merged = {
-        **{k: v for k, v in bound.items() if k != "model_kwargs"},
-        **bound.get("model_kwargs", {}),
-    }
-    for param in cls.param_names:
-        if param in state:
-            merged[param] = _plain(state[param], source)
-    return name, merged
-
-
-def build_precond(name: str, kwargs: dict[str, Any], tensors: dict[str, Tensor], source: str):
-    """Our :class:`Precond` ``name(**kwargs)`` holding ``tensors`` (loaded with ``strict=True``)."""
-    try:
-        with torch.device("meta"):  # no random init, no second copy of the weights
-            net = PRECONDS[name](**kwargs)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"{source}: cannot build {name}({sorted(kwargs)}): {err}") from err
-    tensors = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
-    try:
-        net.load_state_dict(tensors, strict=True, assign=True)
-    except RuntimeError as err:
-        raise CheckpointMismatchError(
-            f"{source}: the weights do not fit {name}/{kwargs.get('model_type')}: {err}"
-        ) from err
-    return net.eval().requires_grad_(False)
-
-
 def fingerprint(net: nn.Module) -> str:
     """SHA-256 (16 hex digits) of the state dict: names, dtypes, shapes and bytes, in order."""
     digest = hashlib.sha256()
@@ -299,73 +181,6 @@ def fingerprint(net: nn.Module) -> str:
         digest.update(f"{name}:{tensor.dtype}:{list(tensor.shape)};".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy())  # no copy
     return digest.hexdigest()[:16]
-
-
-def load_edm_pickle(path: str | Path) -> Precond:
-    """The ``ema`` network of an EDM pickle as our :class:`Precond`, nothing from the file run."""
-    source = str(path)
-    record = _network_record(read_edm_pickle(path), source)
-    name, kwargs = precond_kwargs(record, source)
-    return build_precond(name, kwargs, captured_state_dict(record), source)
-
-
-# -- the safe folder --------------------------------------------------------------------------------
-def save_edm_folder(net: Precond, folder: str | Path, converted_from: str = "") -> Path:
-    """Write ``model.safetensors`` (the state dict) then ``edm.json`` (how to rebuild it)."""
-    from safetensors.torch import save_file
-
-    folder = Path(folder)
-    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in net.state_dict().items()}
-    atomic_write(folder / EDM_WEIGHTS, lambda tmp: save_file(tensors, str(tmp), {"format": "pt"}))
-    write_json(
-        folder / EDM_JSON,
-        {
-            "format": FOLDER_FORMAT,
-            "version": FOLDER_VERSION,
-            "precond": type(net).__name__,
-            "network": net.model_type,
-            "init_kwargs": net.init_kwargs,
-            "precond_params": {name: getattr(net, name) for name in net.param_names},
-            "converted_from": converted_from,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "gas_solver_version": __version__,
-        },
-    )
-    return folder
-
-
-def load_edm_folder(folder: str | Path) -> Precond:
-    """Rebuild the network of an ``edm.json`` + ``model.safetensors`` folder."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    folder = Path(folder)
-    meta_path, weights_path = folder / EDM_JSON, folder / EDM_WEIGHTS
-    for needed in (meta_path, weights_path):
-        if not needed.is_file():
-            raise MissingAssetError(
-                f"{needed} not found: an EDM model folder holds {EDM_JSON} and {EDM_WEIGHTS}, "
-                "as written by `gas-solver convert-edm --pkl FILE.pkl --out FOLDER` from an EDM "
-                f"network pickle ({RELEASE_URL})"
-            )
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"{meta_path}: not valid JSON ({err})") from err
-    if meta.get("format") != FOLDER_FORMAT or meta.get("version") != FOLDER_VERSION:
-        raise ConfigError(
-            f"{meta_path}: format {meta.get('format')!r} version {meta.get('version')!r}; "
-            f"expected {FOLDER_FORMAT!r} version {FOLDER_VERSION}"
-        )
-    name = meta.get("precond")
-    if name not in PRECONDS:
-        raise ConfigError(f"{meta_path}: precond must be one of {list(PRECONDS)}, got {name!r}")
-    kwargs = {**meta.get("init_kwargs", {}), **meta.get("precond_params", {})}
-    try:
-        tensors = load_file(weights_path)
-    except (SafetensorError, OSError) as err:
-        raise ConfigError(f"{weights_path}: not a readable safetensors file ({err})") from err
-    return build_precond(name, kwargs, tensors, str(folder))
 
 
 # -- entry points -----------------------------------------------------------------------------------
@@ -388,30 +203,3 @@ def load_edm_model(source: str | Path) -> EDMModel:
     shape = (net.img_channels, net.img_resolution, net.img_resolution)
     log.info("EDM model %s: %s, %s", path, network, "x".join(map(str, shape)))
     return EDMModel(net, shape, net.label_dim, fingerprint=fingerprint(net), network=network)
-
-
-@dataclasses.dataclass
-class ConvertEDMConfig:
-    """``gas-solver convert-edm``: an EDM network pickle → ``edm.json`` + ``model.safetensors``."""
-
-    pkl: str = option(
-        "", f"an EDM network pickle, e.g. edm-cifar10-32x32-uncond-vp.pkl ({RELEASE_URL})"
-    )
-    out: str = option("", "output folder (edm.json + model.safetensors); load it with --model OUT")
-
-    def validate(self) -> None:
-        require(bool(self.pkl), "pkl", "the EDM .pkl file to convert is required")
-        require(bool(self.out), "out", "an output folder is required")
-        require(not Path(self.out).is_file(), "out", f"{self.out} is a file, not a folder")
-
-
-def convert_edm(config: ConvertEDMConfig) -> str:
-    """Convert ``config.pkl`` into the safe folder ``config.out``; returns a one-line summary."""
-    net = load_edm_pickle(config.pkl)
-    folder = save_edm_folder(net, config.out, converted_from=Path(config.pkl).name)
-    count = sum(p.numel() for p in net.parameters())
-    return (
-        f"{folder} ({type(net).__name__}/{net.model_type}, {count / 1e6:.2f}M parameters, "
-        f"{net.img_channels}x{net.img_resolution}x{net.img_resolution}); "
-        f"load it with --model {folder}"
-    )
