@@ -248,6 +248,11 @@ class FlowSchedule(NoiseSchedule):
     def log_alpha(self, t: Tensor) -> Tensor:
         return torch.log1p(-self.flow_sigma(t))
 
+    def alpha(self, t: Tensor) -> Tensor:
+        """``1 − s(t)``: finite (extrapolated linearly in s) a little beyond t = 1, where the GS's
+        query times ``t_k + ξ_k`` may go."""
+        return 1.0 - self.flow_sigma(t)
+
     def sigma(self, t: Tensor) -> Tensor:
         return self.flow_sigma(t)
 

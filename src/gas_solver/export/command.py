@@ -58,6 +58,12 @@ def run_export(config: ExportConfig) -> str:
         "exported": run_metadata(),
     }
     table = solver_table(solver, model, provenance)
+    if table.schedule.get("kind") == "flow":  # neither target has a flow-sigma convention yet
+        raise ConfigError(
+            "format: exporting a solver of a flow-matching model is not supported yet (the "
+            "diffusers scheduler is for DDPM schedules, the k-diffusion file for Karras denoisers "
+            "D(x/alpha; sigma/alpha)); sample it with `gas-solver sample --solver RUN`"
+        )
     if config.format == "k-diffusion":
         from .k_diffusion import KDiffusionSolver
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ConfigError
-from ..schedules import DiscreteVPSchedule
+from ..schedules import DiscreteVPSchedule, FlowSchedule
 from .analytic import GaussianMixtureModel
 from .base import DiffusionModel
 from .diffusers import is_diffusers_source, load_diffusers_model
@@ -31,6 +31,10 @@ def _ring_discrete() -> DiffusionModel:
     return GaussianMixtureModel.ring(
         schedule=DiscreteVPSchedule.from_beta_range(1e-4, 0.02, 1000, "linear")
     )
+
+
+def _ring_flow() -> DiffusionModel:
+    return GaussianMixtureModel.ring(schedule=FlowSchedule(shift=3.0))
 
 
 def _digits_mixture() -> DiffusionModel:
@@ -60,6 +64,10 @@ BUILTIN_MODELS: dict[str, tuple[Callable[[], DiffusionModel], str]] = {
     "gmm-ring-discrete": (
         _ring_discrete,
         "the same mixture under a discrete DDPM schedule (LDM/SD style)",
+    ),
+    "gmm-ring-flow": (
+        _ring_flow,
+        "the same mixture under a rectified-flow schedule (SD3 style, shift 3)",
     ),
     "gmm-digits": (
         _digits_mixture,
