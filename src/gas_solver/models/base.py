@@ -7,8 +7,8 @@ only this contract, in continuous time ``t`` (see :mod:`gas_solver.schedules`):
 * ``data_prediction(x, t, cond)`` → x̂₀(x, t) = (x − σ(t) ε̂) / α(t),
 
 whatever the network natively predicts (ε, x₀, v or a flow velocity). :func:`convert_prediction`
-is the single place
-where prediction types are converted. Every network call increments :attr:`DiffusionModel.nfe`.
+is the single place where prediction types are converted. Every network call increments
+:attr:`DiffusionModel.nfe`.
 """
 
 from __future__ import annotations
