@@ -107,7 +107,7 @@ def test_guidance_needs_negatives_without_text_encoders(sd3_folder, tmp_path):
     for part in ("transformer", "scheduler"):
         shutil.copytree(sd3_folder / part, bare / part)
     model = load_model(f"{bare}:guidance=2")
-    assert not model.is_latent and model.tokenizer is None
+    assert not model.is_latent and not model.takes_prompts
     states, pooled = torch.randn(1, 7, 16), torch.randn(1, 8)
     x = torch.randn(1, 4, 8, 8)
     with pytest.raises(ConfigError, match="no text encoders"):

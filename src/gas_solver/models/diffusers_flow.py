@@ -135,11 +135,6 @@ class DiffusersFlowModel(DiffusionModel):
         return states.expand(batch, -1, -1), pooled.expand(batch, -1)
 
     # -- text -------------------------------------------------------------------------------------
-    @property
-    def tokenizer(self) -> Any:
-        """The pipeline's first tokenizer (``None`` without text encoders: no prompts)."""
-        return None if self.pipeline is None else self.pipeline.tokenizer
-
     @torch.no_grad()
     def encode_prompts(self, prompts: Sequence[str]) -> tuple[Tensor, Tensor]:
         """``(encoder_hidden_states (P, L, D), pooled_projections (P, P'))`` of prompts, by the
