@@ -38,7 +38,7 @@ def test_demo_writes_report_table_and_pictures(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "gas_solver.cli", "demo", "--model", str(model), "--out", "demo",
          "--train-size", "12", "--val-size", "4", "--iterations", "3", "--batch-size", "4",
-         "--eval-seeds", "50000-50003", "--fid-ref", "ref.npz", "--disc-warmup", "2"],
+         "--eval-seeds", "50000-50003", "--fid-ref", "ref.npz", "--disc-warmup", "2", "--gas-iterations", "2"],
         cwd=tmp_path, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -46,6 +46,8 @@ def test_demo_writes_report_table_and_pictures(tmp_path):
     for solver in ("teacher", "GS-4", "GAS-4", "ddim", "dpmpp", "unipc", "ipndm"):
         assert solver in report
     assert "gas-solver demo --model" in report
+    gas = json.loads((tmp_path / "demo" / "gas4" / "solver.json").read_text())["training"]
+    assert gas["iteration"] == 2 and gas["config"]["init_solver"].endswith("gs4/solver.safetensors")
     rows = json.loads((tmp_path / "demo" / "demo.json").read_text())["rows"]
     assert all(row["n_samples"] == 4 and row["fid"] is not None for row in rows)
     assert (tmp_path / "demo" / "compare" / "comparison.png").is_file()

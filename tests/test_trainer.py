@@ -142,6 +142,40 @@ def test_learn_trains_only_its_parameters(teacher_dir, tmp_path, learn):
         assert torch.equal(getattr(saved, name).to(initial[name]), initial[name]) != moved, name
 
 
+def test_init_solver_continues_from_a_trained_solver(teacher_dir, tmp_path):
+    """--init-solver: the new run starts (solver and EMA) from the saved EMA parameters, so its
+    error to the teacher starts where the first run ended; another NFE or t_eps is refused."""
+    (tmp_path / "teacher").symlink_to(teacher_dir)
+    model, teacher = _model(), TeacherSet(teacher_dir)
+    first = Trainer(_config(tmp_path, out=str(tmp_path / "a"), iterations=60), model, teacher)
+    path = first.run(progress=False)
+    saved = GeneralizedSolver.load(path, model=model)
+
+    second = Trainer(
+        _config(tmp_path, out=str(tmp_path / "b"), init_solver=str(path)), model, teacher
+    )
+    for name, param in second.solver.named_parameters():
+        assert torch.equal(param, getattr(saved, name)), name
+    for param, shadow in zip(second.solver.parameters(), second.ema.shadow, strict=True):
+        assert torch.equal(param, shadow)
+    fresh = Trainer(_config(tmp_path, out=str(tmp_path / "c")), model, teacher)
+    val = second.val_idx
+    started = _error_to_teacher(lambda z: second.solver(model, z), teacher, val)
+    ended = _error_to_teacher(lambda z: saved(model, z), teacher, val)
+    assert started == ended < _error_to_teacher(lambda z: fresh.solver(model, z), teacher, val)
+
+    with pytest.raises(CheckpointMismatchError, match="nfe=4"):
+        Trainer(
+            _config(tmp_path, out=str(tmp_path / "d"), nfe=5, init_solver=str(path)), model, teacher
+        )
+    with pytest.raises(ConfigError, match="t_eps"):
+        Trainer(
+            _config(tmp_path, out=str(tmp_path / "e"), t_eps=0.01, init_solver=str(path)),
+            model,
+            teacher,
+        )
+
+
 def test_batches_cover_each_epoch_once(teacher_dir, tmp_path):
     (tmp_path / "teacher").symlink_to(teacher_dir)
     trainer = Trainer(

@@ -1,7 +1,8 @@
 """``gas-solver demo``: the whole method on one model, from nothing to a report.
 
 1. a teacher set (the paper's teacher: UniPC-3, 20 model calls, logSNR grid) on seeds 0…;
-2. a GS and a GAS trained on it at ``nfe`` model calls (``--no-gas``: the GS only);
+2. a GS trained on it at ``nfe`` model calls, then a GAS that starts from that GS and adds the
+   adversarial term for ``gas_iterations`` more (``--no-gas``: the GS only);
 3. :func:`~gas_solver.evaluation.compare` of the learned solver(s) against DDIM,
    DPM-Solver++(3M), UniPC-3 and iPNDM at the same NFE (each on its best grid for the default
    model, :data:`CLASSIC`), and the teacher, on evaluation seeds
@@ -50,14 +51,15 @@ class DemoConfig:
     teacher: str = option(DEFAULT_TEACHER, "teacher solver spec")
     train_size: int = option(400, "teacher pairs to train on (seeds 0…)")
     val_size: int = option(100, "teacher pairs to validate on (the seeds after them)")
-    iterations: int = option(200, "training iterations")
+    iterations: int = option(200, "GS training iterations")
     batch_size: int = option(16, "teacher pairs per iteration")
     distillation: str = option(
         "l1", "per-sample distillation distance", choices=sorted(DISTILLATION_LOSSES)
     )
     init_grid: str = option("logsnr", "initial time grid of the learned solver")
     classic: str = option(CLASSIC, "classic solvers to compare with, ';'-separated (NFE added)")
-    gas: bool = option(True, "also train a GAS (adversarial) and add its row")
+    gas: bool = option(True, "also train a GAS (adversarial, starting from the GS) and add its row")
+    gas_iterations: int = option(100, "GAS: iterations after the GS it starts from")
     disc_preset: str = option(
         FEATURE_PRESET,
         "GAS discriminator: heads on the model's own UNet encoder (model-features, ~2x a GS "
@@ -69,7 +71,9 @@ class DemoConfig:
     disc_lr: float = option(
         1e-4, "GAS: discriminator learning rate (Adam betas (0, 0.99), as R3GAN)"
     )
-    disc_warmup: int = option(100, "GAS: discriminator-only steps before the solver trains")
+    disc_warmup: int = option(
+        50, "GAS: discriminator-only steps (teacher vs the GS's samples) before the solver trains"
+    )
     eval_seeds: str = option("50000-50199", "evaluation seeds (N of every FID)")
     fid_ref: str | None = option("mnist", "FID reference: a bundled data set, an .npz, or none")
     fid_method: str = option("eigh", "FID matrix square root: eigh (fast) or sqrtm (EDM)")
@@ -83,6 +87,7 @@ class DemoConfig:
             "train and val sizes must be >= 1",
         )
         require(self.iterations >= 1, "iterations", "must be >= 1")
+        require(self.gas_iterations >= 1, "gas_iterations", "must be >= 1")
 
 
 def run_demo(config: DemoConfig, progress: bool = True) -> Path:
@@ -100,14 +105,16 @@ def run_demo(config: DemoConfig, progress: bool = True) -> Path:
     teacher = make_teacher(teacher_config, progress)
     seconds["teacher set"] = time.perf_counter() - start
 
-    learned = []
+    learned: list[str] = []
     for method in ("gs", "gas") if config.gas else ("gs",):
         start = time.perf_counter()
+        iterations = config.iterations if method == "gs" else config.gas_iterations
         train_config = load_config(TrainConfig, overrides={
             "teacher": str(teacher.path), "out": str(out / f"{method}{config.nfe}"), "nfe": config.nfe,
             "loss": method, "distillation": config.distillation, "init_grid": config.init_grid,
-            "iterations": config.iterations, "batch_size": config.batch_size, "train_size": config.train_size,
-            "val_size": config.val_size, "val_every": 0, "checkpoint_every": config.iterations,
+            "init_solver": learned[0] if learned else None,
+            "iterations": iterations, "batch_size": config.batch_size, "train_size": config.train_size,
+            "val_size": config.val_size, "val_every": 0, "checkpoint_every": iterations,
             "disc_preset": config.disc_preset, "adv_weight": config.adv_weight,
             "disc_lr": config.disc_lr, "disc_beta1": 0.0, "disc_beta2": 0.99,
             "disc_warmup": config.disc_warmup, "device": config.device,
@@ -177,9 +184,14 @@ def format_report(
     lines = [
         f"# gas-solver demo: {config.model} at {config.nfe} model calls",
         "",
-        f"A GS{' and a GAS' if config.gas else ''} trained for {config.iterations} iterations on "
-        f"{config.train_size} teacher pairs, against classic solvers at the same number of model calls "
-        "and the teacher, on the same evaluation noise.",
+        f"A GS trained for {config.iterations} iterations on {config.train_size} teacher pairs"
+        + (
+            f", and a GAS trained from it for {config.gas_iterations} more with the adversarial term"
+            if config.gas
+            else ""
+        )
+        + ", against classic solvers at the same number of model calls and the teacher, on the "
+        "same evaluation noise.",
         "",
         table.rstrip(),
         "",

@@ -120,6 +120,11 @@ class TrainConfig:
         "l1", "per-sample distillation distance", choices=sorted(DISTILLATION_LOSSES)
     )
     init_grid: str = option("uniform", "initial time grid", choices=list(GRID_KINDS))
+    init_solver: str | None = option(
+        None,
+        "start from this trained solver's parameters (a solver.safetensors or its run folder, same "
+        "model and NFE) instead of DPM-Solver++(3M) on INIT_GRID, e.g. a GAS fine-tuning a GS",
+    )
     learn: str = option(
         "all", "which solver parameters train (ablations; timesteps = an LD3-style baseline)",
         choices=list(LEARNED),
@@ -254,6 +259,8 @@ class Trainer:
         self.solver = GeneralizedSolver(
             config.nfe, model.schedule, t_eps=config.t_eps, init_grid=config.init_grid
         ).to(self.device)
+        if config.init_solver:
+            self._start_from(config.init_solver)
         for name, param in self.solver.named_parameters():  # the others keep their initial value
             param.requires_grad_(name in LEARNED[config.learn])
         self.optimizer = torch.optim.Adam(
@@ -263,6 +270,18 @@ class Trainer:
         self.iteration = 0
         self.last_validation: dict[str, float] = {}
         self._writer = None
+
+    def _start_from(self, path: str) -> None:
+        """``--init-solver``: copy a trained solver's parameters (its EMA weights) into ours."""
+        start = GeneralizedSolver.load(path, self.model, nfe=self.config.nfe)
+        if start.t_eps != self.solver.t_eps:
+            raise ConfigError(
+                f"init_solver: {path} ends its grid at t_eps={start.t_eps}, this run at "
+                f"{self.solver.t_eps}; pass --t-eps {start.t_eps}"
+            )
+        with torch.no_grad():
+            for name, param in self.solver.named_parameters():
+                param.copy_(getattr(start, name).to(param))
 
     def _discriminator(self, model: DiffusionModel) -> nn.Module:
         """GAS: an R3GAN discriminator (preset or file), or heads on the model's own features."""
