@@ -15,8 +15,9 @@ import argparse
 import json
 from pathlib import Path
 
-from gas_solver.evaluation import DEFAULT_TEACHER, FIDConfig, run_fid
+from gas_solver.commands.fid import FIDConfig, run_fid
 from gas_solver.runtime import write_json
+from gas_solver.solvers.registry import DEFAULT_TEACHER
 from gas_solver.visualize import save_curve
 
 

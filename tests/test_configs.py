@@ -12,15 +12,17 @@ import pytest
 import torch
 import yaml
 
+from gas_solver.commands.compare import CompareConfig
+from gas_solver.commands.fid import FIDConfig
+from gas_solver.commands.sample import SampleConfig
+from gas_solver.commands.teacher import TeacherConfig
+from gas_solver.commands.train import TrainConfig
 from gas_solver.config import load_config
 from gas_solver.errors import ConfigError
-from gas_solver.evaluation import CompareConfig, FIDConfig
-from gas_solver.pipeline import SampleConfig, TeacherConfig
 from gas_solver.schedules import DiscreteVPSchedule
 from gas_solver.seeds import parse_seeds
 from gas_solver.solvers.registry import parse_solver_spec
 from gas_solver.training.discriminator import preset_arch
-from gas_solver.training.trainer import TrainConfig
 
 ROOT = Path(__file__).parents[1]
 CONFIGS = ROOT / "configs"

@@ -1,5 +1,6 @@
 """`gas-solver demo` end to end at toy sizes on a real (tiny) diffusers model, from the CLI."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -10,8 +11,9 @@ import torch
 
 pytest.importorskip("diffusers")
 
+from gas_solver.commands.demo import gap_closed  # noqa: E402
 from gas_solver.config import load_config  # noqa: E402
-from gas_solver.demo import gap_closed  # noqa: E402
+from gas_solver.evaluation import Row  # noqa: E402
 from gas_solver.metrics.fid import FIDStatistics  # noqa: E402
 from gas_solver.training.denoiser import DenoiserConfig, train_denoiser  # noqa: E402
 
@@ -53,12 +55,20 @@ def test_demo_writes_report_table_and_pictures(tmp_path):
     assert (tmp_path / "demo" / "compare" / "comparison.png").is_file()
 
 
+def _row(kind: str, label: str, fid: float) -> Row:
+    return Row(
+        label=label, kind=kind, solver=kind, nfe=4, spec=None, checkpoint=None, n_samples=4,
+        fid=fid, l1=0.0, l1_std=0.0, rmse=0.0, rmse_std=0.0, psnr=0.0, psnr_std=0.0,
+        fidelity_space="pixels", seconds=0.0, grid=[], picture=None, description={},
+    )  # fmt: skip
+
+
 def test_gap_closed_share():
     rows = [
-        {"kind": "teacher", "label": "teacher", "fid": 10.0},
-        {"kind": "gs", "label": "GS-4", "fid": 14.0},
-        {"kind": "classic", "label": "ddim", "fid": 50.0},
-        {"kind": "classic", "label": "unipc", "fid": 30.0},
+        _row("teacher", "teacher", 10.0),
+        _row("gs", "GS-4", 14.0),
+        _row("classic", "ddim", 50.0),
+        _row("classic", "unipc", 30.0),
     ]
     assert gap_closed(rows) == {"GS-4": pytest.approx(0.8)}
-    assert gap_closed([{**r, "fid": None} for r in rows]) is None
+    assert gap_closed([dataclasses.replace(r, fid=None) for r in rows]) is None

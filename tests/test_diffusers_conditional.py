@@ -30,7 +30,7 @@ from gas_solver.schedules import explicit_grid  # noqa: E402
 from gas_solver.seeds import seeded_noise  # noqa: E402
 from gas_solver.solvers import ddim, dpm_solver_pp  # noqa: E402
 from gas_solver.solvers.registry import parse_solver_spec  # noqa: E402
-from gas_solver.training.trainer import TrainConfig, Trainer  # noqa: E402
+from gas_solver.training.trainer import Trainer, TrainSettings  # noqa: E402
 from tiny_text import clip_text_parts  # noqa: E402
 
 CLASSES = 4  # + the null class 4
@@ -336,7 +336,7 @@ def test_teacher_set_with_labels_trains_a_gs(tmp_path, class_dirs):
     torch.testing.assert_close(teacher.cond, torch.arange(12) % CLASSES)
     torch.testing.assert_close(teacher.cond, class_cond_fn(CLASSES)(torch.arange(12)))
     config = load_config(
-        TrainConfig,
+        TrainSettings,
         overrides=dict(
             teacher=str(tmp_path / "teacher"), out=str(tmp_path / "run"), nfe=2, train_size=8,
             val_size=4, batch_size=4, iterations=2, val_every=0, checkpoint_every=2,
@@ -362,10 +362,11 @@ def test_teacher_set_with_labels_trains_a_gs(tmp_path, class_dirs):
 
 
 # -- the teacher and sample commands ----------------------------------------------------------------
-def test_make_teacher_stores_labels_and_run_sample_decodes_latents(tmp_path, class_unet):
+def test_run_teacher_stores_labels_and_run_sample_decodes_latents(tmp_path, class_unet):
     from PIL import Image
 
-    from gas_solver.pipeline import SampleConfig, TeacherConfig, make_teacher, run_sample
+    from gas_solver.commands.sample import SampleConfig, run_sample
+    from gas_solver.commands.teacher import TeacherConfig, run_teacher
 
     vae = diffusers.AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=2, block_out_channels=(8, 8),
@@ -380,7 +381,7 @@ def test_make_teacher_stores_labels_and_run_sample_decodes_latents(tmp_path, cla
             batch_size=4, device="cpu",
         ),
     )  # fmt: skip
-    teacher = make_teacher(config, progress=False)
+    teacher = run_teacher(config, progress=False)
     torch.testing.assert_close(teacher.cond, torch.arange(3, 9) % CLASSES)
     assert teacher.model_source == source and teacher.sample_shape == (2, 8, 8)
     config = load_config(
@@ -396,8 +397,8 @@ def test_make_teacher_stores_labels_and_run_sample_decodes_latents(tmp_path, cla
     assert Image.open(out / "images" / "050001.png").size == (16, 16)
 
 
-def test_make_teacher_with_a_prompt_file(tmp_path, text_dir):
-    from gas_solver.pipeline import TeacherConfig, make_teacher
+def test_run_teacher_with_a_prompt_file(tmp_path, text_dir):
+    from gas_solver.commands.teacher import TeacherConfig, run_teacher
 
     (tmp_path / "prompts.txt").write_text("a cat\n\na dog\n")
     config = load_config(
@@ -407,7 +408,7 @@ def test_make_teacher_with_a_prompt_file(tmp_path, text_dir):
             solver="ddim:nfe=2", device="cpu", prompts=str(tmp_path / "prompts.txt"),
         ),
     )  # fmt: skip
-    teacher = make_teacher(config, progress=False)
+    teacher = run_teacher(config, progress=False)
     ids = teacher.cond["input_ids"]
     assert ids.shape == (3, 10) and torch.equal(ids[0], ids[2]) and not torch.equal(ids[0], ids[1])
 
@@ -447,7 +448,7 @@ def test_gas_trains_on_latents_and_draws_decoded_validation_pictures(
         trainer_module, "save_comparison_grid", lambda rows, path: pictures.append((rows, path))
     )
     config = load_config(
-        TrainConfig,
+        TrainSettings,
         overrides=dict(
             teacher=str(tmp_path / "teacher"), out=str(tmp_path / "run"), loss="gas", nfe=2,
             train_size=8, val_size=4, batch_size=4, iterations=3, val_every=0,
@@ -489,10 +490,10 @@ def test_compare_a_text_model_with_a_prompt_file(tmp_path, text_dir):
     rows = compare(
         model, "ddim:nfe=2", "50000-50002", teacher="ddim:nfe=3",
         prompts=tmp_path / "prompts.txt", progress=False,
-    )  # fmt: skip
+    ).rows  # fmt: skip
     noise = seeded_noise(range(50000, 50003), model.sample_shape)
     cond = prompt_cond_fn(model, ["a cat", "a dog"])(torch.arange(50000, 50003))
     with torch.no_grad():
         target = parse_solver_spec("ddim:nfe=3")(model, noise, cond)
         output = parse_solver_spec("ddim:nfe=2")(model, noise, cond)
-    assert rows[1]["l1"] == pytest.approx((output - target).abs().mean().item(), rel=1e-5)
+    assert rows[1].l1 == pytest.approx((output - target).abs().mean().item(), rel=1e-5)

@@ -23,27 +23,25 @@ import pytest
 import torch
 
 from gas_solver.cli import main
+from gas_solver.commands.compare import CompareConfig
+from gas_solver.commands.fid import FIDConfig, load_images, run_fid
+from gas_solver.commands.sample import SampleConfig, run_sample
 from gas_solver.config import load_config
 from gas_solver.data.teacher import generate_teacher_set
 from gas_solver.errors import ConfigError, MissingAssetError
 from gas_solver.evaluation import (
-    CompareConfig,
-    FIDConfig,
     check_seed_overlap,
     compare,
-    load_images,
     resolve_solvers,
-    run_fid,
     split_solvers,
     teacher_seed_sets,
 )
 from gas_solver.models.loading import load_model
-from gas_solver.pipeline import SampleConfig, run_sample, teacher_spec
 from gas_solver.seeds import seeded_noise
 from gas_solver.solvers.generalized import GeneralizedSolver, load_metadata
-from gas_solver.solvers.registry import parse_solver_spec
+from gas_solver.solvers.registry import parse_solver_spec, teacher_spec
 from gas_solver.solvers.resolve import resolve_solver
-from gas_solver.training.trainer import TrainConfig, Trainer
+from gas_solver.training.trainer import Trainer, TrainSettings
 
 N = 6  # images per FID (and reference images): one Inception batch shape throughout
 SEEDS = "50000-50005"
@@ -66,7 +64,7 @@ def gs_checkpoint(tmp_path_factory):
         model, root / "teacher", "0-63", spec, spec.to_dict(), progress=False
     )
     config = load_config(
-        TrainConfig,
+        TrainSettings,
         overrides=dict(
             teacher=str(root / "teacher"), out=str(root / "run"), nfe=3, train_size=48,
             val_size=16, batch_size=16, iterations=4, val_every=0, checkpoint_every=4,
@@ -103,16 +101,16 @@ def fid_cache(tmp_path_factory):
 def test_compare_gs_and_classic_on_the_mixture(gs_checkpoint, tmp_path):
     out = tmp_path / "cmp"
     solvers = f"{gs_checkpoint}; unipc:nfe=3 ;dpmpp:order=2"
-    rows = compare("gmm-ring", solvers, SEEDS, nfe=3, out=out, batch_size=4, progress=False)
+    rows = compare("gmm-ring", solvers, SEEDS, nfe=3, out=out, batch_size=4, progress=False).rows
 
-    labels = [row["label"] for row in rows]
+    labels = [row.label for row in rows]
     assert labels == ["teacher", f"GS-3 {gs_checkpoint}", "unipc:nfe=3", "dpmpp:nfe=3,order=2"]
-    assert [row["kind"] for row in rows] == ["teacher", "gs", "classic", "classic"]
-    assert [row["nfe"] for row in rows] == [20, 3, 3, 3]  # counted model calls per sample
-    assert all(row["n_samples"] == N and row["fid"] is None for row in rows)
-    assert rows[0]["l1"] == 0 and rows[0]["rmse"] == 0 and rows[0]["psnr"] == math.inf
-    assert all(row["l1"] > 0 and row["seconds"] > 0 for row in rows[1:])
-    assert rows[1]["checkpoint"] == str(gs_checkpoint) and rows[2]["spec"].startswith("unipc:")
+    assert [row.kind for row in rows] == ["teacher", "gs", "classic", "classic"]
+    assert [row.nfe for row in rows] == [20, 3, 3, 3]  # counted model calls per sample
+    assert all(row.n_samples == N and row.fid is None for row in rows)
+    assert rows[0].l1 == 0 and rows[0].rmse == 0 and rows[0].psnr == math.inf
+    assert all(row.l1 > 0 and row.seconds > 0 for row in rows[1:])
+    assert rows[1].checkpoint == str(gs_checkpoint) and rows[2].spec.startswith("unipc:")
 
     # the same seeds for everyone: L1 recomputed from the seeds by hand
     model = load_model("gmm-ring")
@@ -122,8 +120,8 @@ def test_compare_gs_and_classic_on_the_mixture(gs_checkpoint, tmp_path):
         gs = GeneralizedSolver.load(gs_checkpoint, model=model)
         for row, sampler in ((rows[1], gs), (rows[2], parse_solver_spec("unipc:nfe=3"))):
             l1 = (sampler(model, noise) - target).abs().mean().item()
-            assert row["l1"] == pytest.approx(l1, rel=1e-5)
-        assert rows[1]["grid"] == pytest.approx(gs.timesteps().tolist())
+            assert row.l1 == pytest.approx(l1, rel=1e-5)
+        assert rows[1].grid == pytest.approx(gs.timesteps().tolist())
 
     saved = json.loads((out / "compare.json").read_text())  # strict JSON: +inf PSNR → null
     assert [r["label"] for r in saved["rows"]] == labels
@@ -154,17 +152,17 @@ def test_compare_images_with_fid(digits_model, fid_cache, tmp_path, monkeypatch)
     rows = compare(
         str(digits_model), ["ddim:nfe=2"], SEEDS, fid_ref="digits", fid_ref_num=N,
         fid_method="eigh", out=out, batch_size=N, device="cpu", progress=False,
-    )  # fmt: skip
-    assert [row["label"] for row in rows] == ["teacher", "ddim:nfe=2"]
+    ).rows  # fmt: skip
+    assert [row.label for row in rows] == ["teacher", "ddim:nfe=2"]
     for row in rows:
-        assert math.isfinite(row["fid"]) and row["fid"] > 0 and row["n_samples"] == N
+        assert math.isfinite(row.fid) and row.fid > 0 and row.n_samples == N
     for name in ("grid_teacher.png", "grid_ddim_nfe=2.png", "comparison.png", "time_grids.png"):
         assert (out / name).is_file(), name
     assert (fid_cache / "fid-stats").is_dir()
     table = (out / "compare.md").read_text()
     assert f"({N}) |" in table and f"digits (N={N}, eigh)" in table
     saved = json.loads((out / "compare.json").read_text())
-    assert saved["fid_reference_num_images"] == N and saved["rows"][1]["fid"] == rows[1]["fid"]
+    assert saved["fid_reference_num_images"] == N and saved["rows"][1]["fid"] == rows[1].fid
 
     with pytest.raises(ConfigError, match="image model"):  # FID asked of a 2-D model
         compare("gmm-ring", "ddim:nfe=2", SEEDS, fid_ref="digits", progress=False)
@@ -258,7 +256,7 @@ def test_compare_refuses_evaluation_seeds_of_the_teacher_set(gs_checkpoint, tmp_
         rows = compare(
             "gmm-ring", "ddim:nfe=2", "0-3", teacher="ddim:nfe=4", teacher_set=teacher_dir,
             allow_seed_overlap=True, progress=False,
-        )  # fmt: skip
+        ).rows  # fmt: skip
     assert len(rows) == 2
     warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert any("4 of the 4 evaluation seeds" in m and "optimistic" in m for m in warned)

@@ -14,7 +14,7 @@ from gas_solver.models.loading import load_model  # noqa: E402
 from gas_solver.solvers.registry import parse_solver_spec  # noqa: E402
 from gas_solver.training.adversarial import Adversary  # noqa: E402
 from gas_solver.training.feature_discriminator import FeatureDiscriminator  # noqa: E402
-from gas_solver.training.trainer import TrainConfig, Trainer  # noqa: E402
+from gas_solver.training.trainer import Trainer, TrainSettings  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -52,14 +52,14 @@ def test_gas_trains_with_it(model_dir, tmp_path):
     teacher = generate_teacher_set(
         model, tmp_path / "teacher", "0-11", spec, spec.to_dict(), progress=False
     )
-    config = load_config(TrainConfig, overrides=dict(
+    config = load_config(TrainSettings, overrides=dict(
         teacher=str(tmp_path / "teacher"), out=str(tmp_path / "run"), loss="gas", nfe=2, train_size=8,
         val_size=4, batch_size=4, iterations=3, val_every=0, checkpoint_every=3, log_every=1,
         device="cpu", disc_preset="model-features", disc_lr=1e-3, disc_warmup=2,
     ))  # fmt: skip
     Trainer(config, model, teacher).run(progress=False)
     resumed = Trainer(
-        load_config(TrainConfig, overrides={**config.__dict__, "iterations": 4, "resume": True}),
+        load_config(TrainSettings, overrides={**config.__dict__, "iterations": 4, "resume": True}),
         model,
         teacher,
     )

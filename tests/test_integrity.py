@@ -13,26 +13,26 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from gas_solver.commands.teacher import TeacherConfig, run_teacher
+from gas_solver.commands.train import TrainConfig, run_train
 from gas_solver.config import load_config
 from gas_solver.data.teacher import TeacherSet, shard_name
 from gas_solver.errors import CheckpointMismatchError, GasSolverError, MissingAssetError
-from gas_solver.pipeline import TeacherConfig, make_teacher
 from gas_solver.solvers.generalized import GeneralizedSolver
-from gas_solver.training.trainer import TrainConfig, train_from_config
 
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
     out = tmp_path_factory.mktemp("ring") / "teacher"
     config = {"model": "gmm-ring", "seeds": "0-59", "out": str(out), "shard_size": 20}
-    make_teacher(load_config(TeacherConfig, overrides=config), progress=False)
+    run_teacher(load_config(TeacherConfig, overrides=config), progress=False)
     return out
 
 
 @pytest.fixture(scope="module")
 def solver_file(teacher, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    return train_from_config(_train_config(teacher, out), progress=False)
+    return run_train(_train_config(teacher, out), progress=False)
 
 
 def _train_config(teacher, out, **overrides):
@@ -73,7 +73,7 @@ def test_train_refuses_a_shard_with_a_flipped_bit(teacher, tmp_path):
     copy = _copy(teacher, tmp_path)
     _flip(copy / shard_name(1), -5)  # tensor data: the file still parses, same size
     with pytest.raises(GasSolverError, match=rf"{shard_name(1)} does not match its sha256 in"):
-        train_from_config(_train_config(copy, tmp_path / "run"), progress=False)
+        run_train(_train_config(copy, tmp_path / "run"), progress=False)
     assert not (tmp_path / "run" / "solver.safetensors").exists()
 
 

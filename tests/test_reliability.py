@@ -14,13 +14,15 @@ import sys
 import pytest
 import torch
 
+from gas_solver.commands.sample import SampleConfig, run_sample
+from gas_solver.commands.teacher import TeacherConfig, run_teacher
+from gas_solver.commands.train import TrainConfig, run_train
 from gas_solver.config import load_config
 from gas_solver.data.teacher import generate_teacher_set
 from gas_solver.errors import CheckpointMismatchError, ConfigError, GasSolverError
 from gas_solver.models import GaussianMixtureModel
-from gas_solver.pipeline import SampleConfig, TeacherConfig, make_teacher, run_sample
 from gas_solver.runtime import atomic_write, folder_lock, write_json
-from gas_solver.training.trainer import TrainConfig, train, train_from_config
+from gas_solver.training.trainer import train
 
 
 def _gas(*args, cwd):
@@ -33,7 +35,7 @@ def _gas(*args, cwd):
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
     out = tmp_path_factory.mktemp("ring") / "teacher"
-    make_teacher(
+    run_teacher(
         load_config(
             TeacherConfig, overrides={"model": "gmm-ring", "seeds": "0-59", "out": str(out)}
         ),
@@ -49,19 +51,13 @@ def _train_config(teacher, out, **overrides):
 
 
 def test_resume_refuses_changed_settings_and_names_them(teacher, tmp_path):
-    train_from_config(_train_config(teacher, tmp_path / "run"), progress=False)
+    run_train(_train_config(teacher, tmp_path / "run"), progress=False)
     with pytest.raises(CheckpointMismatchError, match=r"lr: stored 0.001, given 0.002"):
-        train_from_config(
-            _train_config(teacher, tmp_path / "run", lr=2e-3, resume=True), progress=False
-        )
+        run_train(_train_config(teacher, tmp_path / "run", lr=2e-3, resume=True), progress=False)
     with pytest.raises(CheckpointMismatchError, match=r"t_eps: stored None, given 0.01"):
-        train_from_config(
-            _train_config(teacher, tmp_path / "run", t_eps=0.01, resume=True), progress=False
-        )
+        run_train(_train_config(teacher, tmp_path / "run", t_eps=0.01, resume=True), progress=False)
     # more iterations is what resuming is for
-    train_from_config(
-        _train_config(teacher, tmp_path / "run", iterations=6, resume=True), progress=False
-    )
+    run_train(_train_config(teacher, tmp_path / "run", iterations=6, resume=True), progress=False)
 
 
 def test_a_second_writer_is_refused_with_the_holders_pid(teacher, tmp_path):
@@ -111,10 +107,10 @@ def test_a_fresh_run_leaves_nothing_of_an_earlier_one(teacher, tmp_path):
     assert not any(p.name.endswith(".tmp") for p in out.rglob("*"))
 
     run = tmp_path / "run"
-    train_from_config(_train_config(teacher, run), progress=False)
+    run_train(_train_config(teacher, run), progress=False)
     (run / "summary.json").write_text("{stale}")
     (run / "solver.json").write_text("{stale}")
-    train_from_config(_train_config(teacher, run, iterations=2), progress=False)
+    run_train(_train_config(teacher, run, iterations=2), progress=False)
     assert json.loads((run / "summary.json").read_text())["final_validation"] is not None
 
 
@@ -160,21 +156,21 @@ def test_nan_validation_is_null_in_every_file_and_stops_with_an_error(tmp_path):
 
 def test_a_non_finite_loss_names_only_a_checkpoint_that_exists(teacher, tmp_path):
     with pytest.raises(GasSolverError, match="no checkpoint was written yet") as caught:
-        train_from_config(_train_config(teacher, tmp_path / "run", lr=1e30), progress=False)
+        run_train(_train_config(teacher, tmp_path / "run", lr=1e30), progress=False)
     assert "checkpoint.pt" not in str(caught.value)
 
 
 def test_resume_drops_a_torn_metrics_line_and_refuses_a_corrupt_one(teacher, tmp_path):
     run = tmp_path / "run"
-    train_from_config(_train_config(teacher, run), progress=False)
+    run_train(_train_config(teacher, run), progress=False)
     with open(run / "metrics.jsonl", "a") as f:
         f.write('{"iteration": 5, "lo')  # what a kill during a write leaves
-    train_from_config(_train_config(teacher, run, iterations=6, resume=True), progress=False)
+    run_train(_train_config(teacher, run, iterations=6, resume=True), progress=False)
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert [_strict_json(line)["iteration"] for line in lines][-1] == 6
     (run / "metrics.jsonl").write_text("not json\n" + "\n".join(lines) + "\n")
     with pytest.raises(GasSolverError, match=r"metrics.jsonl line 1 is not a metrics record"):
-        train_from_config(_train_config(teacher, run, iterations=8, resume=True), progress=False)
+        run_train(_train_config(teacher, run, iterations=8, resume=True), progress=False)
 
 
 @pytest.mark.parametrize(

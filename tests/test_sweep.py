@@ -5,8 +5,8 @@ import json
 import pytest
 
 from gas_solver.cli import main
+from gas_solver.commands.sweep import SweepConfig, with_calls
 from gas_solver.errors import ConfigError
-from gas_solver.evaluation.sweep import SweepConfig, with_calls
 
 TOY = [  # 6 images per FID and reference (one Inception batch shape), as tests/test_evaluation.py
     "--model", "gmm-digits", "--nfes", "2,3", "--classic", "ddim",

@@ -11,7 +11,7 @@ from gas_solver.config import load_config
 from gas_solver.data.teacher import TeacherSet, generate_teacher_set
 from gas_solver.errors import CheckpointMismatchError, ConfigError, GasSolverError
 from gas_solver.models import GaussianMixtureModel
-from gas_solver.pipeline import load_sampler
+from gas_solver.sampling import load_sampler
 from gas_solver.schedules import time_grid
 from gas_solver.seeds import seeded_noise
 from gas_solver.solvers.dpm_solver import ddim, dpm_solver_pp
@@ -19,7 +19,7 @@ from gas_solver.solvers.generalized import GeneralizedSolver
 from gas_solver.solvers.ipndm import ipndm
 from gas_solver.solvers.unipc import unipc
 from gas_solver.training.ema import EMA
-from gas_solver.training.trainer import TrainConfig, Trainer
+from gas_solver.training.trainer import Trainer, TrainSettings
 
 
 def _model() -> GaussianMixtureModel:
@@ -36,13 +36,13 @@ def _teacher(model, path, seeds="0-399") -> TeacherSet:
     )
 
 
-def _config(tmp_path, **kw) -> TrainConfig:
+def _config(tmp_path, **kw) -> TrainSettings:
     base = dict(
         teacher=str(tmp_path / "teacher"), out=str(tmp_path / "run"), nfe=4, train_size=300,
         val_size=100, batch_size=24, iterations=300, init_grid="logsnr", val_every=0, checkpoint_every=100,
         log_every=10, device="cpu",
     )  # fmt: skip
-    return load_config(TrainConfig, overrides={**base, **kw})
+    return load_config(TrainSettings, overrides={**base, **kw})
 
 
 @pytest.fixture(scope="module")
@@ -217,7 +217,7 @@ def test_ema_warmup_matches_formula():
 )
 def test_bad_config_names_the_field(tmp_path, field, value, message):
     with pytest.raises(ConfigError, match=message):
-        load_config(TrainConfig, overrides={"teacher": "t", field: value})
+        load_config(TrainSettings, overrides={"teacher": "t", field: value})
 
 
 def test_seeded_noise_used_by_teacher_is_the_trainers_input(teacher_dir):
@@ -243,13 +243,13 @@ def image_teacher_dir(tmp_path_factory):
     return path
 
 
-def _gas_config(tmp_path, teacher_dir, **kw) -> TrainConfig:
+def _gas_config(tmp_path, teacher_dir, **kw) -> TrainSettings:
     base = dict(
         teacher=str(teacher_dir), out=str(tmp_path / "gas"), loss="gas", nfe=3, train_size=100,
         val_size=20, batch_size=8, iterations=6, val_every=0, checkpoint_every=3, log_every=1,
         device="cpu", disc_preset="tiny", disc_lr=1e-3,
     )  # fmt: skip
-    return load_config(TrainConfig, overrides={**base, **kw})
+    return load_config(TrainSettings, overrides={**base, **kw})
 
 
 def _records(path) -> list[dict]:

@@ -1,4 +1,4 @@
-"""The ``gas-solver`` command line.
+"""The ``gas-solver`` command line: argument parsing and dispatch to :mod:`gas_solver.commands`.
 
 Each command is a validated config dataclass (its fields are the flags and the YAML keys, see
 :mod:`gas_solver.config`) and an action that takes the config and returns the line to print.
@@ -10,7 +10,6 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any, NoReturn
 
 from . import distributed
@@ -33,38 +32,39 @@ def _list_models(_: Any) -> str:
 
 def commands() -> dict[str, tuple[str, type | None, Action]]:
     """name → (help, config class, action)."""
-    from .demo import DemoConfig, run_demo
-    from .evaluation import CompareConfig, FIDConfig, format_fid, run_compare, run_fid
-    from .evaluation.sweep import SweepConfig, run_sweep
-    from .export.command import ExportConfig, run_export
-    from .models.edm_folder import ConvertEDMConfig, convert_edm
-    from .pipeline import SampleConfig, TeacherConfig, make_teacher, run_sample
-    from .training.denoiser import DenoiserConfig, train_denoiser
-    from .training.trainer import TrainConfig, train_from_config
+    from .commands.compare import CompareConfig, run_compare
+    from .commands.convert_edm import ConvertEDMConfig, run_convert_edm
+    from .commands.demo import DemoConfig, run_demo
+    from .commands.export import ExportConfig, run_export
+    from .commands.fid import FIDConfig, format_fid, run_fid
+    from .commands.sample import SampleConfig, run_sample
+    from .commands.sweep import SweepConfig, run_sweep
+    from .commands.teacher import TeacherConfig, run_teacher
+    from .commands.train import TrainConfig, run_train
+    from .commands.train_model import TrainModelConfig, run_train_model
 
     def teacher(config: TeacherConfig) -> str:
-        made = make_teacher(config)
+        made = run_teacher(config)
         return f"teacher set: {made.path} ({len(made)} samples)"
 
     def compare(config: CompareConfig) -> str:
-        run_compare(config)
+        comparison = run_compare(config)
         if not distributed.is_main():  # torchrun: rank 0 wrote the table and prints it
             return ""
-        table = (Path(config.out) / "compare.md").read_text()
-        return f"{table}comparison (table, JSON, pictures): {config.out}"
+        return f"{comparison.table()}comparison (table, JSON, pictures): {config.out}"
 
     return {
         "models": ("list the built-in models", None, _list_models),
         "train-model": (
             "train a small diffusion model (the bundled default) on a bundled data set",
-            DenoiserConfig,
-            lambda c: f"model: {train_denoiser(c)}",
+            TrainModelConfig,
+            lambda c: f"model: {run_train_model(c)}",
         ),
         "teacher": ("generate a teacher set (noise → many-step solver target) in shards", TeacherConfig, teacher),
         "train": (
             "train a Generalized Solver on a teacher set: GS (--loss gs) or GAS (--loss gas)",
             TrainConfig,
-            lambda c: f"trained solver: {train_from_config(c)}",
+            lambda c: f"trained solver: {run_train(c)}",
         ),
         "sample": (
             "sample with a trained solver or a classic one, to PNGs / .npz and a grid",
@@ -87,7 +87,7 @@ def commands() -> dict[str, tuple[str, type | None, Action]]:
         "convert-edm": (
             "convert an NVIDIA EDM network pickle into a safe folder (edm.json + model.safetensors) without running its code",
             ConvertEDMConfig,
-            lambda c: f"converted: {convert_edm(c)}",
+            lambda c: f"converted: {run_convert_edm(c)}",
         ),
     }  # fmt: skip
 

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from .errors import (
@@ -180,6 +181,16 @@ def write_json(path: str | Path, data: Any) -> Path:
     text = json.dumps(json_safe(data), indent=2, sort_keys=False, default=str, allow_nan=False)
     text += "\n"
     return atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def save_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> Path:
+    """Atomic ``np.savez`` (through a file object, so no ``.npz`` suffix is appended)."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+    return atomic_write(path, write)
 
 
 CHECKPOINT_MAGIC = b"gas-solver checkpoint v1\n"

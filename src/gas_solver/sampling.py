@@ -1,18 +1,33 @@
-"""``sample``: one entry point from noise to samples, for classic and learned solvers."""
+"""From noise to samples: :func:`sample` integrates one batch of noise with any solver;
+:func:`generate` samples a list of seeds (each from its own noise, batched, shared out under
+torchrun) with a solver resolved by :func:`load_sampler` and the seeds' conditions
+(:func:`seed_cond_fn`)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
+from .distributed import gather_ordered, owned, show_progress
 from .errors import ConfigError
 from .models.base import DiffusionModel
+from .models.loading import load_model
 from .schedules import explicit_grid
+from .seeds import seeded_noise
 from .solvers._common import Callback
 from .solvers.registry import SolverSpec, check_noise
+from .solvers.resolve import TrainedSolver, resolve_solver
+
+Sampler = Callable[[DiffusionModel, Tensor, Any], Tensor]
+"""``sampler(model, noise, cond) -> samples``, noise ``(B, *model.sample_shape)`` on the model's
+device: a :class:`~gas_solver.solvers.SolverSpec`, a ``GeneralizedSolver``, or any such callable."""
+CondFn = Callable[[Tensor], "Tensor | dict[str, Tensor] | None"]
+"""``cond_fn(seeds) -> cond``: seeds ``(B,)`` int64 on the CPU; a function of the seeds alone."""
 
 SPEC_OPTIONS = ("variant", "lower_order_final", "rho", "grid_unit")
 
@@ -90,4 +105,72 @@ def sample(
     return spec.run(model, noise, times.to(noise.device), cond, callback=callback)
 
 
-__all__ = ["sample"]
+def seed_cond_fn(model: DiffusionModel, prompts: str | None = None) -> CondFn | None:
+    """The conditions of seeds: prompts from a file (one a line, seed s gets prompt s mod count)
+    for text models, else the model's ``default_cond`` (class models: label = seed mod classes,
+    spec §3.4), else none (unconditional models)."""
+    if prompts is not None:
+        if not model.takes_prompts:
+            model.prompt_cond_fn([])  # raises: "takes no text prompts", naming the model
+        try:
+            text = Path(prompts).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise ConfigError(f"prompts: cannot read {prompts} as UTF-8 text ({err})") from None
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        return model.prompt_cond_fn(lines)
+    return model.default_cond
+
+
+def load_sampler(
+    solver: str, model: DiffusionModel | None = None, device: str | torch.device = "cpu"
+) -> tuple[DiffusionModel, Sampler, dict[str, Any]]:
+    """Resolve a solver string to ``(model, sampler, description)``.
+
+    ``solver`` is a GS checkpoint path or a classic spec (``unipc:nfe=4``). A checkpoint knows its
+    model (``model_source`` in its metadata), so ``model`` may then be omitted. The description's
+    ``solver`` is ``gs`` or ``gas`` for a checkpoint (how it was trained), else the spec's name.
+    """
+    resolved = resolve_solver(solver)
+    if model is None:
+        source = resolved.model_source if isinstance(resolved, TrainedSolver) else None
+        if not source:
+            raise ConfigError(f"model: required to run {solver!r}; pass --model")
+        model = load_model(source, device)
+    return model, resolved.build(model, device), resolved.describe()
+
+
+@torch.no_grad()
+def generate(
+    model: DiffusionModel,
+    sampler: Sampler,
+    seeds: list[int],
+    batch_size: int,
+    progress: bool = True,
+    cond_fn: CondFn | None = None,
+) -> Tensor:
+    """Samples for ``seeds`` (each from its own seeded noise), on the model's device, in order.
+
+    ``cond_fn(seeds)`` gives the conditions; by default the model's (:func:`seed_cond_fn`).
+    Under torchrun each rank samples the batches ``i`` with ``i mod K = rank`` and every rank gets
+    all samples back (:func:`~gas_solver.distributed.gather_ordered`): the batches are those of
+    one process, so the samples are the same bit for bit.
+    """
+    device = model.device
+    cond_fn = cond_fn or seed_cond_fn(model)
+    chunks = {}
+    batches = owned(list(enumerate(range(0, len(seeds), batch_size))))
+    for number, start in tqdm(
+        batches, desc="sample", unit="batch", disable=not show_progress(progress)
+    ):
+        batch = seeds[start : start + batch_size]
+        noise = seeded_noise(batch, model.sample_shape, device=device)
+        cond = None if cond_fn is None else cond_fn(torch.tensor(batch, dtype=torch.int64))
+        if isinstance(cond, Tensor):
+            cond = cond.to(device)
+        elif isinstance(cond, dict):
+            cond = {key: value.to(device) for key, value in cond.items()}
+        chunks[number] = sampler(model, noise, cond).float().cpu()
+    return torch.cat(gather_ordered(chunks))
+
+
+__all__ = ["CondFn", "Sampler", "generate", "load_sampler", "sample", "seed_cond_fn"]

@@ -1,7 +1,7 @@
 """Pictures: image grids of samples, and plots of solver time grids.
 
 Everything here takes images in [−1, 1] with 1 or 3 channels; latent models' samples are decoded
-first (:func:`gas_solver.pipeline.to_images`). Row and tick labels (solver specs, checkpoint paths)
+first (:func:`gas_solver.images.to_images`). Row and tick labels (solver specs, checkpoint paths)
 are wrapped (:func:`wrap_label`) so long ones are never cut off.
 """
 
@@ -68,7 +68,7 @@ def image_grid(images: Tensor, nrow: int | None = None, pad: int = 1) -> Image.I
     if images.ndim != 4 or images.shape[1] not in (1, 3):
         raise ConfigError(
             f"image grid: images must be (B, C, H, W) with C = 1 or 3, got "
-            f"{tuple(images.shape)} (decode latent samples first: gas_solver.pipeline.to_images)"
+            f"{tuple(images.shape)} (decode latent samples first: gas_solver.images.to_images)"
         )
     pixels = to_uint8(images)
     count, height, width, channels = pixels.shape

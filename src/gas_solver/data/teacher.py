@@ -52,7 +52,7 @@ import logging
 import math
 import os
 import shlex
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +66,7 @@ from ..distributed import all_gather, barrier, broadcast, is_main, rank, show_pr
 from ..errors import CheckpointMismatchError, ConfigError, GasSolverError, MissingAssetError
 from ..models.base import DiffusionModel
 from ..runtime import LOCK_FILE, atomic_write, resolve_device, run_metadata
+from ..sampling import CondFn, Sampler
 from ..seeds import format_seeds, parse_seeds, seeded_noise
 
 logger = logging.getLogger(__name__)
@@ -74,11 +75,6 @@ FORMAT = "gas-solver-teacher-set"
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 IDENTITY_KEYS = ("model", "solver", "seeds", "shard_size", "dtype")
-
-RunSolver = Callable[[DiffusionModel, Tensor, Any], Tensor]
-"""``run_solver(model, noise, cond) -> target``: noise ``(B, *sample_shape)`` on the device."""
-CondFn = Callable[[Tensor], "Tensor | dict[str, Tensor] | None"]
-"""``cond_fn(seeds) -> cond``: seeds ``(B,)`` int64 on the CPU; a function of the seeds alone."""
 
 
 def shard_name(index: int) -> str:
@@ -95,7 +91,7 @@ def generate_teacher_set(
     model: DiffusionModel,
     out_dir: str | os.PathLike,
     seeds: str | Iterable[int],
-    run_solver: RunSolver,
+    run_solver: Sampler,
     solver_spec: dict[str, Any],
     *,
     batch_size: int = 64,
@@ -256,7 +252,7 @@ def _write_shard(
 def _make_shard(
     model: DiffusionModel,
     seeds: list[int],
-    run_solver: RunSolver,
+    run_solver: Sampler,
     cond_fn: CondFn | None,
     batch_size: int,
     device: torch.device,

@@ -1,38 +1,23 @@
-"""What the ``fid`` and ``compare`` commands do, as library functions with validated configs.
+"""Evaluation as data: several solvers scored against a teacher on the same seeds.
 
-* :mod:`.fid_command`: the FID of one set of images (a folder, an ``.npz``, a data set or a
-  solver's samples) against reference statistics;
 * :mod:`.compare`: one model, several solvers and a many-step teacher on the same evaluation
-  seeds: FID, fidelity to the teacher, seconds, pictures;
+  seeds: rows → scores (FID, fidelity to the teacher, seconds) → report;
+* :mod:`.report`: the report as data (:class:`Row`, :class:`Comparison`), its table and files;
 * :mod:`.seed_checks`: evaluation seeds never overlap the teacher sets' seeds.
 """
 
-from .compare import (
-    COMPARE_SEEDS,
-    DEFAULT_TEACHER,
-    CompareConfig,
-    compare,
-    format_table,
-    resolve_solvers,
-    run_compare,
-    split_solvers,
-)
-from .fid_command import FIDConfig, format_fid, load_images, run_fid
+from .compare import COMPARE_SEEDS, compare, resolve_solvers, split_solvers
+from .report import Comparison, Row, format_table
 from .seed_checks import check_seed_overlap, teacher_seed_sets
 
 __all__ = [
     "COMPARE_SEEDS",
-    "DEFAULT_TEACHER",
-    "CompareConfig",
-    "FIDConfig",
+    "Comparison",
+    "Row",
     "check_seed_overlap",
-    "resolve_solvers",
     "compare",
-    "format_fid",
     "format_table",
-    "load_images",
-    "run_compare",
-    "run_fid",
+    "resolve_solvers",
     "split_solvers",
     "teacher_seed_sets",
 ]

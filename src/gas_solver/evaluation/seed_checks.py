@@ -23,7 +23,8 @@ log = logging.getLogger(__name__)
 
 
 def teacher_seed_sets(
-    solvers: Sequence[SolverSpec | TrainedSolver], teacher_set: str | Path | None = None
+    solvers: Sequence[SolverSpec | TrainedSolver],
+    teacher_set: str | Path | TeacherSet | None = None,
 ) -> list[tuple[str, list[int]]]:
     """The teacher-set seeds that evaluation seeds must avoid, each with what it comes from.
 
@@ -31,7 +32,8 @@ def teacher_seed_sets(
         solvers: the compared solvers; for each GS/GAS checkpoint among them, the teacher set
             its metadata records: the seed list stored with it (``teacher.seeds``), or for
             checkpoints without one the manifest at the recorded path, if it still exists.
-        teacher_set: a teacher set folder (or its ``manifest.json``) given by the user.
+        teacher_set: a teacher set given by the user: its folder (or ``manifest.json``), or the
+            open set.
 
     Returns:
         ``[(description, seeds), ...]``, one per distinct teacher set.
@@ -41,7 +43,7 @@ def teacher_seed_sets(
     """
     found: dict[str, tuple[str, list[int]]] = {}
     if teacher_set is not None:
-        made = TeacherSet(teacher_set)
+        made = teacher_set if isinstance(teacher_set, TeacherSet) else TeacherSet(teacher_set)
         found[_path_key(made.path)] = (
             f"teacher set {made.path}",
             parse_seeds(made.manifest["seeds"]),

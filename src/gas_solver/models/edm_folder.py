@@ -1,21 +1,19 @@
 """The safe folder form of an EDM network: ``edm.json`` (how to rebuild it) + ``model.safetensors``
-(its state dict), written by ``gas-solver convert-edm`` from a network pickle and loaded without
+(its state dict), written from a network pickle (``gas-solver convert-edm``) and loaded without
 any pickle at all.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from pathlib import Path
 
-from ..config import option, require
 from ..errors import ConfigError, MissingAssetError
 from ..runtime import atomic_write, write_json
 from ..version import __version__
 from .edm_networks import PRECONDS, Precond
-from .edm_pickle import RELEASE_URL, build_precond, load_edm_pickle
+from .edm_pickle import RELEASE_URL, build_precond
 
 EDM_JSON = "edm.json"
 EDM_WEIGHTS = "model.safetensors"
@@ -80,30 +78,3 @@ def load_edm_folder(folder: str | Path) -> Precond:
     except (SafetensorError, OSError) as err:
         raise ConfigError(f"{weights_path}: not a readable safetensors file ({err})") from err
     return build_precond(name, kwargs, tensors, str(folder))
-
-
-@dataclasses.dataclass
-class ConvertEDMConfig:
-    """``gas-solver convert-edm``: an EDM network pickle → ``edm.json`` + ``model.safetensors``."""
-
-    pkl: str = option(
-        "", f"an EDM network pickle, e.g. edm-cifar10-32x32-uncond-vp.pkl ({RELEASE_URL})"
-    )
-    out: str = option("", "output folder (edm.json + model.safetensors); load it with --model OUT")
-
-    def validate(self) -> None:
-        require(bool(self.pkl), "pkl", "the EDM .pkl file to convert is required")
-        require(bool(self.out), "out", "an output folder is required")
-        require(not Path(self.out).is_file(), "out", f"{self.out} is a file, not a folder")
-
-
-def convert_edm(config: ConvertEDMConfig) -> str:
-    """Convert ``config.pkl`` into the safe folder ``config.out``; returns a one-line summary."""
-    net = load_edm_pickle(config.pkl)
-    folder = save_edm_folder(net, config.out, converted_from=Path(config.pkl).name)
-    count = sum(p.numel() for p in net.parameters())
-    return (
-        f"{folder} ({type(net).__name__}/{net.model_type}, {count / 1e6:.2f}M parameters, "
-        f"{net.img_channels}x{net.img_resolution}x{net.img_resolution}); "
-        f"load it with --model {folder}"
-    )

@@ -31,7 +31,14 @@ from torch import Tensor
 
 from ..errors import ConfigError
 from ..models.base import DiffusionModel
-from ..schedules import GRID_KINDS, GRID_UNITS, NoiseSchedule, explicit_grid, time_grid
+from ..schedules import (
+    GRID_KINDS,
+    GRID_UNITS,
+    LinearVPSchedule,
+    NoiseSchedule,
+    explicit_grid,
+    time_grid,
+)
 from ._common import Callback
 from .dpm_solver import ddim, dpm_solver_pp
 from .heun import heun
@@ -322,6 +329,24 @@ def parse_solver_spec(text: str, **defaults: Any) -> SolverSpec:
     return SolverSpec(name=name, **{**defaults, **values})
 
 
+DEFAULT_TEACHER = "unipc:nfe=20,order=3,variant=bh1,grid=logsnr"
+"""The paper's teacher solver: UniPC-3 (variant bh1), 20 model calls, logSNR grid."""
+PIXEL_TEACHER_T_EPS = 1e-4
+"""Teacher t_eps for continuous-time pixel (EDM) models, as in the paper (spec §1, Table 17)."""
+
+
+def teacher_spec(text: str, model: DiffusionModel) -> SolverSpec:
+    """Parse a teacher spec; continuous pixel models default to the paper's t_eps = 1e-4."""
+    spec = parse_solver_spec(text)
+    if (
+        spec.t_eps is None
+        and isinstance(spec.grid, str)
+        and isinstance(model.schedule, LinearVPSchedule)
+    ):
+        spec = dataclasses.replace(spec, t_eps=PIXEL_TEACHER_T_EPS)
+    return spec
+
+
 def check_noise(model: DiffusionModel, noise: Tensor) -> None:
     """Raise :class:`ConfigError` unless ``noise`` is a float tensor ``(B, *sample_shape)``."""
     if not isinstance(noise, Tensor) or not noise.is_floating_point():
@@ -373,11 +398,14 @@ def _is_number(value: Any) -> bool:
 
 
 __all__ = [
+    "DEFAULT_TEACHER",
     "GRID_UNITS",
     "MAX_NFE",
+    "PIXEL_TEACHER_T_EPS",
     "SOLVERS",
     "ClassicSolver",
     "SolverSpec",
     "check_noise",
     "parse_solver_spec",
+    "teacher_spec",
 ]

@@ -59,7 +59,8 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass
 class DenoiserConfig:
-    """``gas-solver train-model``: a small diffusion or flow-matching UNet on a bundled data set."""
+    """The settings of :func:`train_denoiser` (the flags of ``gas-solver train-model``): a small
+    diffusion or flow-matching UNet on a bundled data set."""
 
     dataset: str = option("mnist", "bundled data set", choices=dataset_names())
     out: str = option("runs/mnist32", "output folder (model/ holds the diffusers pipeline folder)")

@@ -61,9 +61,8 @@ from ..distributed import (
     show_progress,
 )
 from ..errors import CheckpointMismatchError, ConfigError, GasSolverError
+from ..images import makes_images, to_images
 from ..models.base import DiffusionModel
-from ..models.loading import load_model
-from ..pipeline import makes_images, to_images
 from ..runtime import (
     append_line,
     atomic_write,
@@ -80,7 +79,7 @@ from ..schedules import GRID_KINDS
 from ..solvers.generalized import SOLVER_FILE, GeneralizedSolver
 from ..visualize import save_comparison_grid, save_scatter
 from .adversarial import Adversary, NonFiniteLossError
-from .discriminator import PRESET_CHOICES, build_discriminator, image_shape
+from .discriminator import PRESET_CHOICES, build_discriminator
 from .ema import EMA
 from .feature_discriminator import FEATURE_PRESET, FeatureDiscriminator
 from .losses import DISTILLATION_LOSSES, get_loss
@@ -108,8 +107,14 @@ LEARNED = {
 
 
 @dataclasses.dataclass
-class TrainConfig:
-    """Everything ``gas-solver train`` needs; defaults are the paper's EDM settings (§3.2–3.3)."""
+class TrainSettings:
+    """Everything a GS/GAS training run needs (the flags of ``gas-solver train``); defaults are
+    the paper's EDM settings (§3.2–3.3).
+
+    ``teacher`` and ``model`` name the teacher set and the model the trainer is given; like every
+    other setting they are recorded (``config.yaml``, the checkpoint, the solver's metadata), so a
+    resumed run on other ones is refused.
+    """
 
     teacher: str = option("", "teacher set folder (made by `gas-solver teacher`)")
     out: str = option("runs/train", "output folder: solver, checkpoints, logs, pictures")
@@ -238,7 +243,7 @@ class Trainer:
     """Owns the solver, its optimizer and EMA (GAS: the :class:`Adversary`), and the loop; see
     :func:`train`."""
 
-    def __init__(self, config: TrainConfig, model: DiffusionModel, teacher: TeacherSet) -> None:
+    def __init__(self, config: TrainSettings, model: DiffusionModel, teacher: TeacherSet) -> None:
         self.config = config
         self.out = Path(config.out)
         self.device = resolve_device(config.device)
@@ -627,18 +632,7 @@ class Trainer:
 
 
 def train(
-    config: TrainConfig, model: DiffusionModel, teacher: TeacherSet, progress: bool = True
+    config: TrainSettings, model: DiffusionModel, teacher: TeacherSet, progress: bool = True
 ) -> Path:
     """Train a GS or GAS on ``teacher`` for ``model``; returns the path of the saved EMA solver."""
     return Trainer(config, model, teacher).run(progress=progress)
-
-
-def train_from_config(config: TrainConfig, progress: bool = True) -> Path:
-    """``gas-solver train``: open the teacher set, load its model (or ``config.model``), train."""
-    teacher = TeacherSet(config.teacher)
-    if config.loss == "gas":  # fail before loading the model
-        image_shape(teacher.sample_shape)
-    source = config.model or teacher.model_source
-    if not source:
-        raise ConfigError("model: the teacher set does not name its model; pass --model")
-    return train(config, load_model(source, resolve_device(config.device)), teacher, progress)

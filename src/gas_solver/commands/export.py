@@ -8,9 +8,12 @@ from typing import Any
 
 from ..config import option, require
 from ..errors import ConfigError
+from ..export.k_diffusion import KDiffusionSolver
+from ..export.table import solver_table
 from ..models.diffusers import DiffusersUNetModel
+from ..models.loading import load_model
 from ..runtime import run_metadata
-from .table import solver_table
+from ..sampling import load_sampler
 
 FORMATS = ("diffusers", "k-diffusion")
 
@@ -42,9 +45,6 @@ class ExportConfig:
 
 def run_export(config: ExportConfig) -> str:
     """Write the export; returns the line to print."""
-    from ..models.loading import load_model
-    from ..pipeline import load_sampler
-
     model = load_model(config.model, "cpu") if config.model else None
     model, solver, description = load_sampler(config.solver, model=model)
     meta = solver.metadata
@@ -65,8 +65,6 @@ def run_export(config: ExportConfig) -> str:
             "D(x/alpha; sigma/alpha)); sample it with `gas-solver sample --solver RUN`"
         )
     if config.format == "k-diffusion":
-        from .k_diffusion import KDiffusionSolver
-
         path = KDiffusionSolver.from_table(table).save(config.out)
         return (
             f"{path}: {description['solver'].upper()}-{solver.nfe}; in Python: "
@@ -77,7 +75,7 @@ def run_export(config: ExportConfig) -> str:
             "format: a diffusers scheduler needs a diffusers model (discrete DDPM schedule); this "
             f"solver's model has a {table.schedule.get('kind')} schedule: use --format k-diffusion"
         )
-    from .diffusers_scheduler import GeneralizedSolverScheduler
+    from ..export.diffusers_scheduler import GeneralizedSolverScheduler
 
     conditional = isinstance(model, DiffusersUNetModel) and model.conditioning != "none"
     guidance = model.guidance_scale if conditional else None

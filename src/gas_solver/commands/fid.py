@@ -1,10 +1,9 @@
-"""The ``gas-solver fid`` command as a library function with a validated config.
+"""``gas-solver fid``: the FID of one set of images against reference statistics, with
+:mod:`gas_solver.metrics.fid` (EDM's detector and preprocessing).
 
-``fid`` (:class:`FIDConfig`, :func:`run_fid`): the FID of one set of images against reference
-statistics, with :mod:`gas_solver.metrics.fid` (EDM's detector and preprocessing). The images come
-from a folder, an ``.npz`` (``gas-solver sample``'s ``samples.npz``, or ``images``/``arr_0``), a
-bundled data set, or straight from a solver (``--solver`` with ``--model``/``--seeds``).
-``--save-ref`` writes the statistics of those images as an EDM-style ``.npz`` (``mu``, ``sigma``)
+The images come from a folder, an ``.npz`` (``gas-solver sample``'s ``samples.npz``, or
+``images``/``arr_0``), a bundled data set, or straight from a solver (``--solver`` with
+``--model``/``--seeds``). ``--save-ref`` writes the statistics of those images as an EDM-style ``.npz`` (``mu``, ``sigma``)
 that later runs take as ``--ref``.
 """
 
@@ -22,16 +21,11 @@ from torch import Tensor
 from ..config import option, require
 from ..distributed import is_main, on_main, own_batches
 from ..errors import ConfigError, MissingAssetError
+from ..images import image_batches, makes_images
 from ..metrics.fid import FID_METHODS
 from ..models.loading import load_model
-from ..pipeline import (
-    generate,
-    image_batches,
-    load_sampler,
-    makes_images,
-    seed_cond_fn,
-)
 from ..runtime import json_safe, reading, resolve_device, run_metadata, write_json
+from ..sampling import generate, load_sampler, seed_cond_fn
 from ..seeds import EVAL_SEEDS, format_seeds, parse_seeds
 from ..solvers.resolve import TrainedSolver, resolve_solver
 

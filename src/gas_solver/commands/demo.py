@@ -19,18 +19,21 @@ from __future__ import annotations
 import dataclasses
 import shlex
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from .config import load_config, option, require
-from .evaluation import DEFAULT_TEACHER, compare, split_solvers
-from .models.loading import load_model
-from .pipeline import TeacherConfig, make_teacher
-from .runtime import resolve_device, run_metadata, write_json
-from .training.discriminator import PRESET_CHOICES
-from .training.feature_discriminator import FEATURE_PRESET
-from .training.losses import DISTILLATION_LOSSES
-from .training.trainer import TrainConfig, train
+from ..config import load_config, option, require
+from ..evaluation.compare import compare, split_solvers
+from ..evaluation.report import Row, format_table
+from ..models.loading import load_model
+from ..runtime import resolve_device, run_metadata, write_json
+from ..solvers.registry import DEFAULT_TEACHER
+from ..training.discriminator import PRESET_CHOICES
+from ..training.feature_discriminator import FEATURE_PRESET
+from ..training.losses import DISTILLATION_LOSSES
+from ..training.trainer import train
+from .teacher import TeacherConfig, make_teacher_set
+from .train import TrainConfig
 
 CLASSIC = (
     "ddim:grid=quadratic;dpmpp:order=3,grid=quadratic;unipc:order=3,grid=quadratic;"
@@ -102,7 +105,7 @@ def run_demo(config: DemoConfig, progress: bool = True) -> Path:
         "model": config.model, "out": str(out / "teacher"), "solver": config.teacher,
         "seeds": f"0-{config.train_size + config.val_size - 1}", "device": config.device,
     })  # fmt: skip
-    teacher = make_teacher(teacher_config, progress)
+    teacher = make_teacher_set(teacher_config, model, device, progress)
     seconds["teacher set"] = time.perf_counter() - start
 
     learned: list[str] = []
@@ -124,14 +127,15 @@ def run_demo(config: DemoConfig, progress: bool = True) -> Path:
 
     start = time.perf_counter()
     solvers = [*learned, *split_solvers(config.classic)]
-    rows = compare(
+    comparison = compare(
         model, solvers, config.eval_seeds, nfe=config.nfe, teacher=config.teacher, fid_ref=config.fid_ref,
-        fid_method=config.fid_method, teacher_set=teacher.path, out=out / "compare", device=device,
+        fid_method=config.fid_method, teacher_set=teacher, out=out / "compare", device=device,
         progress=progress,
     )  # fmt: skip
     seconds["comparison"] = time.perf_counter() - start
+    rows = comparison.rows
     summary = {
-        "rows": rows,
+        "rows": [row.to_dict() for row in rows],
         "gap_closed": gap_closed(rows),
         "seconds": seconds,
         "config": dataclasses.asdict(config),
@@ -139,7 +143,8 @@ def run_demo(config: DemoConfig, progress: bool = True) -> Path:
     }
     write_json(out / "demo.json", summary)
     report = out / "report.md"
-    report.write_text(format_report(config, rows, summary["gap_closed"], seconds))
+    table = format_table(rows, comparison.context)
+    report.write_text(format_report(config, rows, table, summary["gap_closed"], seconds))
     return report
 
 
@@ -156,31 +161,32 @@ def reproduce_command(config: DemoConfig) -> str:
     return "gas-solver demo " + " ".join(flags)
 
 
-def gap_closed(rows: list[dict[str, Any]]) -> dict[str, float] | None:
+def gap_closed(rows: Sequence[Row]) -> dict[str, float] | None:
     """Per learned solver: (FID_best classic − FID) / (FID_best classic − FID_teacher)."""
-    fids = {row["kind"]: [] for row in rows}
+    fids = {row.kind: [] for row in rows}
     for row in rows:
-        fids[row["kind"]].append(row)
-    if any(row["fid"] is None for row in rows) or "classic" not in fids:
+        fids[row.kind].append(row)
+    if any(row.fid is None for row in rows) or "classic" not in fids:
         return None
-    best = min(row["fid"] for row in fids["classic"])
-    teacher = fids["teacher"][0]["fid"]
+    best = min(row.fid for row in fids["classic"])
+    teacher = fids["teacher"][0].fid
     if best <= teacher:
         return None
     return {
-        row["label"]: (best - row["fid"]) / (best - teacher)
-        for row in rows
-        if row["kind"] in ("gs", "gas")
+        row.label: (best - row.fid) / (best - teacher) for row in rows if row.kind in ("gs", "gas")
     }
 
 
 def format_report(
     config: DemoConfig,
-    rows: list[dict[str, Any]],
+    rows: Sequence[Row],
+    table: str,
     gaps: dict[str, float] | None,
     seconds: dict[str, float],
 ) -> str:
-    table = (Path(config.out) / "compare" / "compare.md").read_text().split("\n", 2)[2]
+    """``report.md``: ``table`` (:func:`~gas_solver.evaluation.format_table` of ``rows``), the share
+    of the FID gap closed, the pictures, the time of each stage and the command that repeats it."""
+    table = table.split("\n", 2)[2]  # the table and its context, without the title
     lines = [
         f"# gas-solver demo: {config.model} at {config.nfe} model calls",
         "",
@@ -197,9 +203,9 @@ def format_report(
         "",
     ]
     if gaps:
-        best = min((r for r in rows if r["kind"] == "classic"), key=lambda r: r["fid"])
+        best = min((r for r in rows if r.kind == "classic"), key=lambda r: r.fid)
         lines.append(
-            f"Share of the FID gap between the best classic solver (`{best['label']}`) and the teacher closed:"
+            f"Share of the FID gap between the best classic solver (`{best.label}`) and the teacher closed:"
         )
         lines += [f"- `{label}`: {share:.2f}" for label, share in gaps.items()]
         lines += ["", "(the paper reaches 0.85–0.94 at 4 model calls on its models)", ""]

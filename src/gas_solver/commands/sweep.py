@@ -7,7 +7,7 @@ For each NFE of the sweep, on the same evaluation seeds and against the same tea
 2. the learned solvers, trained on one teacher set: ``timesteps`` (the GS grid alone on
    DPM-Solver++(3M) coefficients, an LD3-style baseline: ``train --learn timesteps``), ``gs`` and
    ``gas``;
-3. one :func:`~gas_solver.evaluation.compare.compare` of all of them: FID (N = the evaluation
+3. one :func:`~gas_solver.evaluation.compare` of all of them: FID (N = the evaluation
    seeds), L1 and PSNR to the teacher, seconds.
 
 Everything lands in ``OUT``: the teacher set, each NFE's trainings and comparison, and
@@ -27,15 +27,16 @@ from typing import Any
 from ..config import load_config, option, require
 from ..data.teacher import TeacherSet
 from ..errors import ConfigError
+from ..evaluation.compare import compare, split_solvers
 from ..models.loading import load_model
-from ..pipeline import TeacherConfig, make_teacher
 from ..runtime import folder_lock, resolve_device, run_metadata, write_json
 from ..schedules import GRID_KINDS
 from ..seeds import parse_seeds
-from ..solvers.registry import parse_solver_spec
-from ..training.trainer import TrainConfig, train
+from ..solvers.registry import DEFAULT_TEACHER, parse_solver_spec
+from ..training.trainer import train
 from ..visualize import save_series
-from .compare import DEFAULT_TEACHER, compare, split_solvers
+from .teacher import TeacherConfig, make_teacher_set
+from .train import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -136,12 +137,12 @@ def _sweep(config: SweepConfig, out: Path, progress: bool) -> Path:
     state = _resumed_state(state_path, config)
     device = resolve_device(config.device)
     model = load_model(config.model, device)
-    teacher = make_teacher(
+    teacher = make_teacher_set(
         load_config(TeacherConfig, overrides={
             "model": config.model, "out": str(out / "teacher"), "solver": config.teacher,
             "seeds": config.teacher_seeds, "device": config.device,
         }),
-        progress,
+        model, device, progress,
     )  # fmt: skip
 
     def save() -> None:
@@ -163,14 +164,14 @@ def _sweep(config: SweepConfig, out: Path, progress: bool) -> Path:
                 entries[f"{spec} ({grid})"] = with_calls(spec, nfe, grid)
         rows = compare(
             model, list(entries.values()), config.seeds, teacher=config.teacher,
-            teacher_set=teacher.path, fid_ref=config.fid_ref, fid_ref_num=config.fid_ref_num,
+            teacher_set=teacher, fid_ref=config.fid_ref, fid_ref_num=config.fid_ref_num,
             fid_method=config.fid_method,
             out=out / f"nfe{nfe}" / "compare", batch_size=config.batch_size, device=device,
             progress=progress,
-        )  # fmt: skip
+        ).rows  # fmt: skip
         names = ["teacher", *entries]
         state["rows"][key] = [
-            {"name": name, **{k: row[k] for k in ("label", "kind", "nfe", "fid", "l1", "psnr", "seconds", "n_samples")}}
+            {"name": name, **{k: getattr(row, k) for k in ("label", "kind", "nfe", "fid", "l1", "psnr", "seconds", "n_samples")}}
             for name, row in zip(names, rows, strict=True)
         ]  # fmt: skip
         save()
@@ -203,10 +204,10 @@ def _best_grids(model, nfe: int, config: SweepConfig, teacher, device, progress)
     (one comparison of every solver on every grid, no FID)."""
     specs, grids = split_solvers(config.classic), config.grid_list
     candidates = [with_calls(spec, nfe, grid) for spec in specs for grid in grids]
-    l1 = [row["l1"] for row in compare(
-        model, candidates, config.grid_seeds, teacher=config.teacher, teacher_set=teacher.path,
+    l1 = [row.l1 for row in compare(
+        model, candidates, config.grid_seeds, teacher=config.teacher, teacher_set=teacher,
         batch_size=config.batch_size, device=device, progress=progress,
-    )[1:]]  # fmt: skip
+    ).rows[1:]]  # fmt: skip
     best = {}
     for i, spec in enumerate(specs):
         scores = l1[i * len(grids) : (i + 1) * len(grids)]

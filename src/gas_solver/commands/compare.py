@@ -1,0 +1,106 @@
+"""``gas-solver compare``: several solvers on the same seeds against a many-step teacher; the
+table, JSON and pictures in ``--out`` (:func:`gas_solver.evaluation.compare`)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from ..config import option, require
+from ..errors import ConfigError
+from ..evaluation.compare import COMPARE_SEEDS, compare, resolve_solvers
+from ..evaluation.report import Comparison
+from ..metrics.fid import FID_METHODS
+from ..models.loading import load_model
+from ..runtime import resolve_device
+from ..seeds import parse_seeds
+from ..solvers.registry import DEFAULT_TEACHER, parse_solver_spec
+from ..solvers.resolve import TrainedSolver
+
+
+@dataclasses.dataclass
+class CompareConfig:
+    """``gas-solver compare``: several solvers on the same seeds, against a many-step teacher."""
+
+    solvers: str = option(
+        "",
+        "solvers separated by ';' (classic specs contain commas): GS/GAS checkpoints and/or "
+        "classic specs, e.g. 'unipc:nfe=4;dpmpp:nfe=4,order=2;runs/train/solver.safetensors'",
+    )
+    model: str | None = option(None, "model name or path; none: the model of the first checkpoint")
+    nfe: int | None = option(None, "NFE of classic specs that give none")
+    teacher: str = option(
+        DEFAULT_TEACHER, "teacher solver spec: the reference of L1/RMSE/PSNR, and a row itself"
+    )
+    seeds: str = option(COMPARE_SEEDS, "evaluation seeds (256 by default: quick on a CPU)")
+    prompts: str | None = option(
+        None, "text models: a file of prompts, one a line; seed s gets prompt s mod count"
+    )
+    teacher_set: str | None = option(
+        None,
+        "the teacher set the solvers were trained on: the evaluation seeds must not overlap its "
+        "seeds (checkpoints' recorded teacher sets are checked too)",
+    )
+    allow_seed_overlap: bool = option(
+        False, "only warn when evaluation seeds overlap teacher-set seeds (default: refuse)"
+    )
+    fid_ref: str | None = option(
+        None,
+        "FID reference (image models only; latent models: of decoded images): a bundled data "
+        "set (mnist, digits), an EDM/ADM .npz, or a folder of images; none: no FID",
+    )
+    fid_ref_num: int | None = option(
+        None, "use only the first FID_REF_NUM reference images; none: all"
+    )
+    fid_method: str = option(
+        "sqrtm", "FID matrix square root: sqrtm (as EDM) or eigh", choices=list(FID_METHODS)
+    )
+    batch_size: int = option(64, "samples per batch (and images per Inception call)")
+    device: str = option("auto", "cpu, cuda, cuda:N or auto")
+    out: str = option("runs/compare", "output folder")
+
+    def validate(self) -> None:
+        require(self.nfe is None or self.nfe >= 1, "nfe", f"must be >= 1, got {self.nfe}")
+        solvers = resolve_solvers(self.solvers, self.nfe)
+        parse_solver_spec(self.teacher)
+        require(
+            bool(self.model) or any(isinstance(s, TrainedSolver) for s in solvers),
+            "model",
+            "required unless a solver checkpoint names its model",
+        )
+        seeds = parse_seeds(self.seeds)
+        require(not self.fid_ref or len(seeds) >= 2, "seeds", "FID needs at least 2 seeds")
+        if self.teacher_set:
+            path = Path(self.teacher_set)
+            require(
+                (path / "manifest.json").is_file() or path.name == "manifest.json",
+                "teacher_set",
+                f"{self.teacher_set} is not a teacher set (no manifest.json); make one with "
+                "`gas-solver teacher`",
+            )
+        require(
+            self.fid_ref_num is None or self.fid_ref_num >= 2, "fid_ref_num", "needs >= 2 images"
+        )
+        require(self.fid_method in FID_METHODS, "fid_method", f"must be one of {FID_METHODS}")
+        require(self.batch_size >= 1, "batch_size", "must be >= 1")
+        if self.prompts is not None:
+            require(Path(self.prompts).is_file(), "prompts", f"{self.prompts} is not a file")
+
+
+def run_compare(config: CompareConfig, progress: bool = True) -> Comparison:
+    """Load the model (or the first checkpoint's), run :func:`compare`, write ``config.out``."""
+    device = resolve_device(config.device)
+    solvers = resolve_solvers(config.solvers, config.nfe)
+    source = config.model
+    if not source:
+        first = next(s for s in solvers if isinstance(s, TrainedSolver))
+        source = first.model_source
+        if not source:
+            raise ConfigError(f"model: {first.path} does not name its model; pass --model")
+    return compare(
+        load_model(source, device), solvers, config.seeds, nfe=config.nfe, teacher=config.teacher,
+        teacher_set=config.teacher_set, allow_seed_overlap=config.allow_seed_overlap,
+        prompts=config.prompts,
+        fid_ref=config.fid_ref, fid_ref_num=config.fid_ref_num, fid_method=config.fid_method,
+        out=config.out, batch_size=config.batch_size, device=device, progress=progress,
+    )  # fmt: skip

@@ -1,0 +1,30 @@
+"""``gas-solver train``: open a teacher set, load its model, train a GS or GAS on it."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from ..data.teacher import TeacherSet
+from ..errors import ConfigError
+from ..models.loading import load_model
+from ..runtime import resolve_device
+from ..training.discriminator import image_shape
+from ..training.trainer import TrainSettings, train
+
+
+@dataclasses.dataclass
+class TrainConfig(TrainSettings):
+    """``gas-solver train``: the trainer's settings
+    (:class:`~gas_solver.training.trainer.TrainSettings`) as flags and YAML keys."""
+
+
+def run_train(config: TrainConfig, progress: bool = True) -> Path:
+    """Open the teacher set, load its model (or ``config.model``), train; returns the solver."""
+    teacher = TeacherSet(config.teacher)
+    if config.loss == "gas":  # fail before loading the model
+        image_shape(teacher.sample_shape)
+    source = config.model or teacher.model_source
+    if not source:
+        raise ConfigError("model: the teacher set does not name its model; pass --model")
+    return train(config, load_model(source, resolve_device(config.device)), teacher, progress)

@@ -1,0 +1,197 @@
+"""The report of a comparison, as data and as files: :class:`Row` (one solver and its scores),
+:class:`Comparison` (the rows and how they were made), the markdown table (:func:`format_table`)
+and what :func:`~gas_solver.evaluation.compare` writes to its ``out`` folder (:func:`write_report`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+
+from ..runtime import json_safe, run_metadata, write_json
+from ..visualize import plot_time_grids, save_comparison_grid, save_image_grid, save_scatter
+
+log = logging.getLogger(__name__)
+
+GRID_IMAGES = 64  # images per solver grid, 8 per row
+COMPARISON_IMAGES = 8  # seeds per row of comparison.png
+SCATTER_POINTS = 2000  # points per solver in the scatter plots
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One solver of a comparison with its scores (the fields are the keys of ``compare.json``).
+
+    Attributes:
+        label: the solver's name in the table; ``kind``: teacher, classic, gs or gas;
+            ``solver``: the solver's name (``gs``/``gas`` for a checkpoint).
+        nfe: model calls per sample, counted.
+        spec: a classic solver's spec (text syntax), else ``None``; ``checkpoint``: a GS/GAS file.
+        n_samples: the number of seeds (the N of the FID).
+        fid: ``None`` without reference or for non-image models.
+        l1, rmse, psnr: means over samples, to the teacher; ``*_std`` their standard deviations;
+            ``fidelity_space``: where they were computed (``latents``, ``pixels`` or
+            ``samples``).
+        seconds: wall-clock sampling time.
+        grid: the time grid; ``picture``: the grid or scatter file written, or ``None``.
+        description: how the solver was made (its spec, or the checkpoint's training).
+    """
+
+    label: str
+    kind: str
+    solver: str | None
+    nfe: int | float
+    spec: str | None
+    checkpoint: str | None
+    n_samples: int
+    fid: float | None
+    l1: float
+    l1_std: float
+    rmse: float
+    rmse_std: float
+    psnr: float
+    psnr_std: float
+    fidelity_space: str
+    seconds: float
+    grid: list[float]
+    picture: str | None
+    description: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The row as ``compare.json`` and ``demo.json`` hold it."""
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+    """What :func:`compare` returns: the rows, the teacher's first, and how they were made
+    (``context``: model, seeds, teacher, teacher set, FID reference, ...)."""
+
+    rows: list[Row]
+    context: dict[str, Any]
+
+    def table(self) -> str:
+        """The markdown table of ``compare.md`` (:func:`format_table`)."""
+        return format_table(self.rows, self.context)
+
+
+def write_report(
+    out: Path,
+    rows: list[Row],
+    kept: dict[str, Tensor],
+    is_image: bool,
+    context: dict[str, Any],
+) -> list[Row]:
+    """Write a comparison to ``out``: each solver's picture (image models: ``grid_<label>.png``
+    and ``comparison.png``, from ``kept``, each label's first images; others: scatter plots),
+    ``time_grids.png``, ``compare.md`` and ``compare.json``; returns the rows with the pictures
+    they got."""
+    out.mkdir(parents=True, exist_ok=True)
+    stems = _file_stems([row.label for row in rows])
+    teacher = kept[rows[0].label]
+    pictured = []
+    if is_image:
+        for row, stem in zip(rows, stems, strict=True):
+            name = f"grid_{stem}.png"
+            save_image_grid(kept[row.label][:GRID_IMAGES], out / name, nrow=8)
+            pictured.append(dataclasses.replace(row, picture=name))
+        save_comparison_grid(
+            {label: images[:COMPARISON_IMAGES] for label, images in kept.items()},
+            out / "comparison.png",
+        )
+    else:
+        for row, stem in zip(rows, stems, strict=True):
+            if row.kind == "teacher":
+                pictured.append(row)
+                continue
+            name = f"scatter_{stem}.png"
+            save_scatter(
+                {"teacher": teacher, row.label: kept[row.label]},
+                out / name,
+                title=f"{row.label} vs teacher (same noise)",
+            )
+            pictured.append(dataclasses.replace(row, picture=name))
+        save_scatter(kept, out / "scatter.png", title=f"{context['model']}, {len(rows)} solvers")
+    plot_time_grids({row.label: row.grid for row in pictured}, out / "time_grids.png")
+    (out / "compare.md").write_text(format_table(pictured, context))
+    rows_json = [row.to_dict() for row in pictured]
+    write_json(
+        out / "compare.json", json_safe({**context, "rows": rows_json, "run": run_metadata()})
+    )
+    log.info("wrote the comparison of %d solvers to %s", len(pictured), out)
+    return pictured
+
+
+def _file_stems(labels: Sequence[str]) -> list[str]:
+    """Labels → distinct file-name-safe stems (``[A-Za-z0-9._=-]``, at most 80 characters)."""
+    stems: list[str] = []
+    for label in labels:
+        stem = re.sub(r"[^A-Za-z0-9._=-]+", "_", label).strip("._")[:80] or "solver"
+        base, k = stem, 2
+        while stem in stems:
+            stem, k = f"{base}-{k}", k + 1
+        stems.append(stem)
+    return stems
+
+
+def format_table(rows: Sequence[Row], context: dict[str, Any] | None = None) -> str:
+    """The rows of :func:`compare` as a markdown table (with the run's context above it)."""
+    lines = ["# Solver comparison", ""]
+    if context:
+        ref = context.get("fid_reference")
+        ref_text = (
+            f"{ref} (N={context.get('fid_reference_num_images')}, {context.get('fid_method')})"
+            if ref
+            else "none"
+        )
+        lines += [
+            f"- model: `{context.get('model')}`",
+            f"- seeds: {context.get('seeds')} (N={context.get('n_samples')}, the same noise for "
+            "every solver)",
+            f"- teacher: `{context.get('teacher')}` (reference of L1, RMSE, PSNR)",
+            f"- FID reference: {ref_text}",
+            *_space_notes(context),
+            "- seconds: wall-clock sampling time, model calls included, FID excluded",
+            "",
+        ]
+    space = (context or {}).get("fidelity_space") or next(
+        (row.fidelity_space for row in rows), None
+    )
+    if space == "latents":  # FID of the decoded images, fidelity of the latents
+        columns = "FID (N, decoded) | L1 to teacher (latents) | RMSE (latents) | PSNR (latents, dB)"
+    else:
+        columns = "FID (N) | L1 to teacher | RMSE | PSNR (dB)"
+    lines += [f"| solver | NFE | {columns} | seconds |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        fid_text = "–" if row.fid is None else f"{row.fid:.2f} ({row.n_samples})"
+        label = row.label.replace("|", "\\|")
+        label = label if row.kind == "teacher" else f"`{label}`"
+        lines.append(
+            f"| {label} | {row.nfe} | {fid_text} | {row.l1:.4f} | {row.rmse:.4f} | "
+            f"{_number(row.psnr, '.2f')} | {row.seconds:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _space_notes(context: dict[str, Any]) -> list[str]:
+    """Lines of the table's preamble that say in which space a latent model was measured."""
+    if context.get("fidelity_space") != "latents":
+        return []
+    return [
+        "- latent model: FID and pictures on the decoded images; L1, RMSE, PSNR on the latents "
+        "(the space the paper trains and logs in; PSNR with the [−1, 1] range 2, a relative "
+        "number)",
+    ]
+
+
+def _number(value: float, fmt: str) -> str:
+    if math.isinf(value):
+        return "∞" if value > 0 else "−∞"
+    return "–" if math.isnan(value) else format(value, fmt)
