@@ -54,7 +54,7 @@ def _mnist32() -> DiffusionModel:
 BUILTIN_MODELS: dict[str, tuple[Callable[[], DiffusionModel], str]] = {
     "mnist32": (
         _mnist32,
-        "the bundled DDPM-schedule UNet (1.04M params, v-prediction) trained on 5000 real MNIST "
+        "the bundled DDPM-schedule UNet (1.51M params, v-prediction) trained on 5000 real MNIST "
         "digits, 32x32, see its card",
     ),
     "gmm-ring": (
