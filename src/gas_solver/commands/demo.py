@@ -54,7 +54,7 @@ class DemoConfig:
     teacher: str = option(DEFAULT_TEACHER, "teacher solver spec")
     train_size: int = option(400, "teacher pairs to train on (seeds 0…)")
     val_size: int = option(100, "teacher pairs to validate on (the seeds after them)")
-    iterations: int = option(200, "GS training iterations")
+    iterations: int = option(160, "GS training iterations")
     batch_size: int = option(16, "teacher pairs per iteration")
     distillation: str = option(
         "l1", "per-sample distillation distance", choices=sorted(DISTILLATION_LOSSES)
@@ -62,7 +62,7 @@ class DemoConfig:
     init_grid: str = option("logsnr", "initial time grid of the learned solver")
     classic: str = option(CLASSIC, "classic solvers to compare with, ';'-separated (NFE added)")
     gas: bool = option(True, "also train a GAS (adversarial, starting from the GS) and add its row")
-    gas_iterations: int = option(100, "GAS: iterations after the GS it starts from")
+    gas_iterations: int = option(90, "GAS: iterations after the GS it starts from")
     disc_preset: str = option(
         FEATURE_PRESET,
         "GAS discriminator: heads on the model's own UNet encoder (model-features, ~2x a GS "
@@ -75,7 +75,7 @@ class DemoConfig:
         1e-4, "GAS: discriminator learning rate (Adam betas (0, 0.99), as R3GAN)"
     )
     disc_warmup: int = option(
-        50, "GAS: discriminator-only steps (teacher vs the GS's samples) before the solver trains"
+        40, "GAS: discriminator-only steps (teacher vs the GS's samples) before the solver trains"
     )
     eval_seeds: str = option("50000-50199", "evaluation seeds (N of every FID)")
     fid_ref: str | None = option("mnist", "FID reference: a bundled data set, an .npz, or none")
