@@ -49,3 +49,25 @@ def test_sweep_refuses_overlapping_seeds_and_unknown_methods():
     with pytest.raises(ConfigError, match="unknown"):
         SweepConfig(learned="gs,ld3").validate()
     assert with_calls("ddim", 4, "edm") == "ddim:nfe=4,grid=edm"
+
+
+def test_sweep_gas_row_fine_tunes_the_gs_of_its_nfe(tmp_path):
+    """The GAS row starts from the GS of the same NFE (trained first when it is not a row)."""
+    toy = [*TOY[: TOY.index("--learned")], *TOY[TOY.index("--learned") + 2 :]]
+    toy[toy.index("--nfes") + 1] = "2"
+    out = tmp_path / "sweep"
+    args = [
+        "--learned",
+        "gas",
+        "--disc-preset",
+        "tiny",
+        "--gas-iterations",
+        "2",
+        "--disc-warmup",
+        "1",
+    ]
+    assert main(["sweep", *toy, *args, "--out", str(out)]) == 0
+    gas = json.loads((out / "nfe2" / "gas" / "solver.json").read_text())["training"]
+    assert gas["iteration"] == 2 and gas["config"]["init_solver"] == str(out / "nfe2" / "gs")
+    names = [row["name"] for row in json.loads((out / "sweep.json").read_text())["rows"]["2"]]
+    assert names[:2] == ["teacher", "gas"]

@@ -6,7 +6,7 @@ For each NFE of the sweep, on the same evaluation seeds and against the same tea
    separate seeds (``--grid-seeds``); the best grid is kept, and logSNR (the common default) too;
 2. the learned solvers, trained on one teacher set: ``timesteps`` (the GS grid alone on
    DPM-Solver++(3M) coefficients, an LD3-style baseline: ``train --learn timesteps``), ``gs`` and
-   ``gas``;
+   ``gas`` (which fine-tunes that NFE's GS, as the demo does);
 3. one :func:`~gas_solver.evaluation.compare` of all of them: FID (N = the evaluation
    seeds), L1 and PSNR to the teacher, seconds.
 
@@ -72,6 +72,9 @@ class SweepConfig:
     disc_preset: str = option("model-features", "gas: discriminator (see `train --help`)")
     disc_lr: float = option(1e-4, "gas: discriminator learning rate")
     disc_warmup: int = option(100, "gas: iterations before the adversarial loss starts")
+    gas_iterations: int = option(
+        200, "gas: iterations after the GS row of the same NFE it starts from"
+    )
     seeds: str = option("50000-51999", "evaluation seeds (FID over all of them)")
     grid_seeds: str = option("60000-60127", "seeds that choose each classic solver's grid (L1)")
     fid_ref: str | None = option("mnist", "FID reference (see `compare --help`); none: no FID")
@@ -229,10 +232,12 @@ def _trained(config, model, teacher: TeacherSet, nfe: int, method: str, progress
         "val_size": config.val_size, "val_every": 0, "checkpoint_every": config.iterations,
         "seed": config.train_seed, "device": config.device,
     }  # fmt: skip
-    if loss == "gas":
+    if loss == "gas":  # fine-tunes the GS of this NFE (trained first if it is not a row)
         overrides.update(
             adv_weight=config.adv_weight, disc_preset=config.disc_preset, disc_lr=config.disc_lr,
             disc_beta1=0.0, disc_beta2=0.99, disc_warmup=config.disc_warmup,
+            iterations=config.gas_iterations, checkpoint_every=config.gas_iterations,
+            init_solver=str(_trained(config, model, teacher, nfe, "gs", progress)),
         )  # fmt: skip
     train(load_config(TrainConfig, overrides=overrides), model, teacher, progress)
     return folder
