@@ -15,6 +15,7 @@ from gas_solver import (
     time_grid,
 )
 from gas_solver.errors import ConfigError
+from gas_solver.models.loading import load_model
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -175,7 +176,6 @@ def test_gs_trains_and_samples_on_an_exact_flow_model_end_to_end(tmp_path):
     """teacher → train → sample through the CLI on the exact mixture under a shift-3 flow
     schedule; the trained 3-call GS beats its own initialisation; export says it cannot."""
     from gas_solver.cli import main
-    from gas_solver.models.loading import load_model
     from gas_solver.solvers.generalized import GeneralizedSolver
 
     def run(*args):
@@ -213,3 +213,16 @@ def test_gs_trains_and_samples_on_an_exact_flow_model_end_to_end(tmp_path):
         )
         == 2
     )
+
+
+def test_bundled_mnist32_flow_loads_as_a_flow_model():
+    from gas_solver.models.diffusers import DiffusersUNetModel
+
+    model = load_model("mnist32-flow")
+    assert isinstance(model, DiffusersUNetModel) and isinstance(model.schedule, FlowSchedule)
+    assert model.sample_shape == (1, 32, 32) and model.prediction_type == "flow_prediction"
+    assert model.schedule.shift == 1.0
+    assert sum(p.numel() for p in model.unet.parameters()) == 1035633  # the card's count
+    with torch.no_grad():
+        out = sample(model, torch.randn(2, 1, 32, 32), solver="unipc", nfe=4)
+    assert out.shape == (2, 1, 32, 32) and torch.isfinite(out).all()

@@ -51,11 +51,20 @@ def _mnist32() -> DiffusionModel:
     return load_diffusers_model(ASSETS / "mnist32")
 
 
+def _mnist32_flow() -> DiffusionModel:
+    return load_diffusers_model(ASSETS / "mnist32-flow")
+
+
 BUILTIN_MODELS: dict[str, tuple[Callable[[], DiffusionModel], str]] = {
     "mnist32": (
         _mnist32,
         "the bundled DDPM-schedule UNet (1.51M params, v-prediction) trained on 5000 real MNIST "
         "digits, 32x32, see its card",
+    ),
+    "mnist32-flow": (
+        _mnist32_flow,
+        "the bundled rectified-flow UNet (1.04M params, velocity, FlowMatch scheduler) trained on "
+        "the same digits, 32x32, see its card",
     ),
     "gmm-ring": (
         GaussianMixtureModel.ring,
