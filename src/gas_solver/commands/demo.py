@@ -53,9 +53,9 @@ class DemoConfig:
     out: str = option("runs/demo", "output folder (teacher/, gs<NFE>/, compare/, report.md)")
     nfe: int = option(4, "model calls of the learned and the classic solvers")
     teacher: str = option(DEFAULT_TEACHER, "teacher solver spec")
-    train_size: int = option(400, "teacher pairs to train on (seeds 0…)")
-    val_size: int = option(100, "teacher pairs to validate on (the seeds after them)")
-    iterations: int = option(160, "GS training iterations")
+    train_size: int = option(360, "teacher pairs to train on (seeds 0…)")
+    val_size: int = option(40, "teacher pairs to validate on (the seeds after them)")
+    iterations: int = option(140, "GS training iterations")
     batch_size: int = option(16, "teacher pairs per iteration")
     distillation: str = option(
         "l1", "per-sample distillation distance", choices=sorted(DISTILLATION_LOSSES)
@@ -63,7 +63,7 @@ class DemoConfig:
     init_grid: str = option("logsnr", "initial time grid of the learned solver")
     classic: str = option(CLASSIC, "classic solvers to compare with, ';'-separated (NFE added)")
     gas: bool = option(True, "also train a GAS (adversarial, starting from the GS) and add its row")
-    gas_iterations: int = option(90, "GAS: iterations after the GS it starts from")
+    gas_iterations: int = option(80, "GAS: iterations after the GS it starts from")
     disc_preset: str = option(
         FEATURE_PRESET,
         "GAS discriminator: heads on the model's own UNet encoder (model-features, ~2x a GS "
