@@ -5,7 +5,8 @@ teacher's own distribution, with the distance to the teacher, from runs already 
         --fid runs/final/fid --compare runs/final/compare/compare.json \
         --teacher-ref runs/final/fid/teacher-ref.npz --out docs/results/mnist32-nfe4-n2000.json
 
-``rows.json`` lists the rows: ``[{"name", "label", "kind", "solver", "train_seconds"?}]``; for each,
+``rows.json`` lists the rows: ``[{"name", "label", "kind", "solver", "compare_label"?, "nfe"?,
+"train_seconds"?}]`` (a row without ``compare_label`` has no L1/PSNR and gives its ``nfe``); for each,
 ``FID/<name>.json`` and ``FID/<name>.npz`` come from ``gas-solver fid --solver SOLVER --ref mnist
 --save-ref FID/<name>.npz --out FID/<name>.json`` (N = 2000, seeds 50000–51999), and the L1 and
 PSNR to the teacher from ``gas-solver compare --fid-ref none``. The second FID, against the
@@ -35,10 +36,13 @@ def main() -> None:
     teacher_ref = reference_statistics(args.teacher_ref)
     rows = []
     for entry in spec:
-        fidelity = compared[entry["compare_label"]]
+        # a row left out of the comparison (no "compare_label") has no L1/PSNR: "not run"
+        fidelity = compared.get(
+            entry.get("compare_label"), {"l1": None, "psnr": None, "n_samples": None}
+        )
         row = {
             **{k: entry[k] for k in ("label", "kind", "solver")},
-            "nfe": fidelity["nfe"], "fid": None, "fid_vs_teacher": None, "n_samples": None,
+            "nfe": entry.get("nfe", fidelity.get("nfe")), "fid": None, "fid_vs_teacher": None, "n_samples": None,
             "l1": fidelity["l1"], "psnr": fidelity["psnr"], "n_samples_l1": fidelity["n_samples"],
             **({"train_seconds": entry["train_seconds"]} if "train_seconds" in entry else {}),
         }  # fmt: skip
@@ -66,10 +70,11 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         gap = f"{r['gap_closed']:.2f}" if "gap_closed" in r else ""
-        psnr = "∞" if r["psnr"] is None else f"{r['psnr']:.2f}"
+        psnr = "∞" if r["kind"] == "teacher" else "–" if r["psnr"] is None else f"{r['psnr']:.2f}"
+        l1 = "–" if r["l1"] is None else f"{r['l1']:.4f}"
         fid = "not run" if r["fid"] is None else f"{r['fid']:.2f}"
         vs = "" if r["fid"] is None else f"{max(r['fid_vs_teacher'], 0.0):.2f}"  # round-off
-        print(f"| {r['label']} | {r['nfe']} | {fid} | {vs} | {r['l1']:.4f} | {psnr} | {gap} |")
+        print(f"| {r['label']} | {r['nfe']} | {fid} | {vs} | {l1} | {psnr} | {gap} |")
 
 
 if __name__ == "__main__":
