@@ -105,6 +105,15 @@ def sample(
     return spec.run(model, noise, times.to(noise.device), cond, callback=callback)
 
 
+def cond_to(cond: Any, device: torch.device) -> Any:
+    """A condition (none, a tensor, or a dict of tensors, as :data:`CondFn` gives) on ``device``."""
+    if isinstance(cond, Tensor):
+        return cond.to(device)
+    if isinstance(cond, dict):
+        return {key: value.to(device) for key, value in cond.items()}
+    return cond
+
+
 def seed_cond_fn(model: DiffusionModel, prompts: str | None = None) -> CondFn | None:
     """The conditions of seeds: prompts from a file (one a line, seed s gets prompt s mod count)
     for text models, else the model's ``default_cond`` (class models: label = seed mod classes,
@@ -165,12 +174,8 @@ def generate(
         batch = seeds[start : start + batch_size]
         noise = seeded_noise(batch, model.sample_shape, device=device)
         cond = None if cond_fn is None else cond_fn(torch.tensor(batch, dtype=torch.int64))
-        if isinstance(cond, Tensor):
-            cond = cond.to(device)
-        elif isinstance(cond, dict):
-            cond = {key: value.to(device) for key, value in cond.items()}
-        chunks[number] = sampler(model, noise, cond).float().cpu()
+        chunks[number] = sampler(model, noise, cond_to(cond, device)).float().cpu()
     return torch.cat(gather_ordered(chunks))
 
 
-__all__ = ["CondFn", "Sampler", "generate", "load_sampler", "sample", "seed_cond_fn"]
+__all__ = ["CondFn", "Sampler", "cond_to", "generate", "load_sampler", "sample", "seed_cond_fn"]

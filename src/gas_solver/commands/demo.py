@@ -164,13 +164,11 @@ def reproduce_command(config: DemoConfig) -> str:
 
 def gap_closed(rows: Sequence[Row]) -> dict[str, float] | None:
     """Per learned solver: (FID_best classic − FID) / (FID_best classic − FID_teacher)."""
-    fids = {row.kind: [] for row in rows}
-    for row in rows:
-        fids[row.kind].append(row)
-    if any(row.fid is None for row in rows) or "classic" not in fids:
+    classic = [row.fid for row in rows if row.kind == "classic"]
+    if any(row.fid is None for row in rows) or not classic:
         return None
-    best = min(row.fid for row in fids["classic"])
-    teacher = fids["teacher"][0].fid
+    best = min(classic)
+    teacher = next(row.fid for row in rows if row.kind == "teacher")
     if best <= teacher:
         return None
     return {

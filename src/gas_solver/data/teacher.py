@@ -66,7 +66,7 @@ from ..distributed import all_gather, barrier, broadcast, is_main, rank, show_pr
 from ..errors import CheckpointMismatchError, ConfigError, GasSolverError, MissingAssetError
 from ..models.base import DiffusionModel
 from ..runtime import LOCK_FILE, atomic_write, resolve_device, run_metadata
-from ..sampling import CondFn, Sampler
+from ..sampling import CondFn, Sampler, cond_to
 from ..seeds import format_seeds, parse_seeds, seeded_noise
 
 logger = logging.getLogger(__name__)
@@ -267,7 +267,7 @@ def _make_shard(
         noise = seeded_noise(batch, model.sample_shape, dtype=dtype)
         cond = cond_fn(seed_tensor.clone()) if cond_fn is not None else None
         stored_cond = _flatten_cond(cond, len(batch))
-        target = run_solver(model, noise.to(device, copy=True), _to_device(cond, device))
+        target = run_solver(model, noise.to(device, copy=True), cond_to(cond, device))
         expected = (len(batch), *model.sample_shape)
         if not isinstance(target, Tensor) or tuple(target.shape) != expected:
             got = tuple(target.shape) if isinstance(target, Tensor) else type(target).__name__
@@ -310,14 +310,6 @@ def _flatten_cond(cond: Any, batch: int) -> dict[str, Tensor]:
             )
         out[key] = value.detach().to("cpu", copy=True).contiguous()  # run_solver may edit cond
     return out
-
-
-def _to_device(cond: Any, device: torch.device) -> Any:
-    if isinstance(cond, Tensor):
-        return cond.to(device)
-    if isinstance(cond, dict):
-        return {key: value.to(device) for key, value in cond.items()}
-    return cond
 
 
 def _check_fields(manifest: dict[str, Any], fields: dict[str, dict], out: Path) -> None:
