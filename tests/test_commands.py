@@ -48,7 +48,7 @@ def test_no_library_module_imports_the_commands():
 
 def test_the_check_resolves_relative_imports():
     names = _imported_modules(PACKAGE / "training" / "trainer.py")
-    assert "gas_solver.data.teacher" in names  # `from ..data.teacher import TeacherSet`
+    assert "gas_solver.data.teacher_set" in names  # `from ..data.teacher_set import TeacherSet`
     assert "gas_solver.training.ema" in names  # `from .ema import EMA`
     assert "gas_solver.images.to_images" in names  # `from ..images import ..., to_images`
     assert any(_is_commands(name) for name in _imported_modules(PACKAGE / "cli.py"))

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import load_config, option, require
-from ..data.teacher import TeacherSet
+from ..data.teacher_set import TeacherSet
 from ..errors import ConfigError
 from ..evaluation.compare import compare, split_solvers
 from ..models.loading import load_model

@@ -8,7 +8,8 @@ from pathlib import Path
 import torch
 
 from ..config import option, require
-from ..data.teacher import TeacherSet, generate_teacher_set
+from ..data.teacher import generate_teacher_set
+from ..data.teacher_set import TeacherSet
 from ..distributed import main_lock
 from ..models.base import DiffusionModel
 from ..models.loading import load_model

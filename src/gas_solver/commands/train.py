@@ -5,18 +5,19 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from ..data.teacher import TeacherSet
+from ..data.teacher_set import TeacherSet
 from ..errors import ConfigError
 from ..models.loading import load_model
 from ..runtime import resolve_device
 from ..training.discriminator import image_shape
-from ..training.trainer import TrainSettings, train
+from ..training.settings import TrainSettings
+from ..training.trainer import train
 
 
 @dataclasses.dataclass
 class TrainConfig(TrainSettings):
     """``gas-solver train``: the trainer's settings
-    (:class:`~gas_solver.training.trainer.TrainSettings`) as flags and YAML keys."""
+    (:class:`~gas_solver.training.settings.TrainSettings`) as flags and YAML keys."""
 
 
 def run_train(config: TrainConfig, progress: bool = True) -> Path:

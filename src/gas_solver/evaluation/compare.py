@@ -53,7 +53,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..data.teacher import TeacherSet
+from ..data.teacher_set import TeacherSet
 from ..distributed import all_sum, is_main, on_main, own_batches
 from ..errors import ConfigError, GasSolverError
 from ..images import image_batches, makes_images, to_images

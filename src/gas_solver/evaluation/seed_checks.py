@@ -13,7 +13,8 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..data.teacher import MANIFEST_NAME, TeacherSet
+from ..data.teacher_format import MANIFEST_NAME
+from ..data.teacher_set import TeacherSet
 from ..errors import ConfigError
 from ..seeds import EVAL_SEEDS, TEACHER_SEEDS, parse_seeds
 from ..solvers.registry import SolverSpec

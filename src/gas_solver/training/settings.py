@@ -1,0 +1,160 @@
+"""The settings of a GS/GAS training run (:class:`TrainSettings`, the flags of ``gas-solver train``)
+and the rules on them: which solver parameters each ``--learn`` choice trains, and what a resumed run
+may change."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from ..config import option, require
+from ..schedules import GRID_KINDS
+from .discriminator import PRESET_CHOICES
+from .feature_discriminator import FEATURE_PRESET
+from .losses import DISTILLATION_LOSSES
+
+METHODS = ("gs", "gas")
+MAX_GS_NFE = 100
+"""Most model calls of a learned solver: it has ``nfe·(nfe+1)`` coefficients, and the paper's
+range is 4-10 calls."""
+
+
+LEARNED = {
+    "all": ("mu_logit", "t_couple", "a_hat", "c_hat"),
+    "timesteps": ("mu_logit",),  # the grid alone: DPM-Solver++(3M) on learned times (LD3-like)
+    "no-offsets": ("mu_logit", "a_hat", "c_hat"),  # ξ stays 0: the network sees the grid times
+    "no-corrections": ("mu_logit", "t_couple"),  # â, ĉ stay 0: DPM-Solver++(3M) coefficients
+}
+"""``--learn``: the :class:`GeneralizedSolver` parameters each choice trains."""
+
+
+@dataclasses.dataclass
+class TrainSettings:
+    """Everything a GS/GAS training run needs (the flags of ``gas-solver train``); defaults are
+    the paper's EDM settings (§3.2–3.3).
+
+    ``teacher`` and ``model`` name the teacher set and the model the trainer is given; like every
+    other setting they are recorded (``config.yaml``, the checkpoint, the solver's metadata), so a
+    resumed run on other ones is refused.
+    """
+
+    teacher: str = option("", "teacher set folder (made by `gas-solver teacher`)")
+    out: str = option("runs/train", "output folder: solver, checkpoints, logs, pictures")
+    model: str | None = option(None, "model name or path (default: the teacher set's model)")
+    nfe: int = option(4, "number of model calls of the learned solver")
+    loss: str = option("gs", "method: gs (distillation) or gas (+ adversarial)", choices=METHODS)
+    distillation: str = option(
+        "l1", "per-sample distillation distance", choices=sorted(DISTILLATION_LOSSES)
+    )
+    init_grid: str = option("uniform", "initial time grid", choices=list(GRID_KINDS))
+    init_solver: str | None = option(
+        None,
+        "start from this trained solver's parameters (a solver.safetensors or its run folder, same "
+        "model and NFE) instead of DPM-Solver++(3M) on INIT_GRID, e.g. a GAS fine-tuning a GS",
+    )
+    learn: str = option(
+        "all", "which solver parameters train (ablations; timesteps = an LD3-style baseline)",
+        choices=list(LEARNED),
+    )  # fmt: skip
+    t_eps: float | None = option(None, "last time of the student grid (default: the schedule's)")
+    iterations: int = option(10000, "training iterations")
+    batch_size: int = option(24, "teacher pairs per iteration")
+    lr: float = option(1e-3, "Adam learning rate")
+    grad_clip: float = option(1.0, "gradient-norm clip on the solver parameters (0 = off)")
+    ema_decay: float = option(0.999, "EMA decay (with warm-up (1+n)/(10+n))")
+    train_size: int = option(1400, "train on the first TRAIN_SIZE teacher pairs")
+    val_size: int = option(1000, "validate on the last VAL_SIZE teacher pairs")
+    val_every: int = option(500, "iterations between validations (0 = only at the end)")
+    checkpoint_every: int = option(500, "iterations between checkpoints")
+    log_every: int = option(10, "iterations between log lines in metrics.jsonl")
+    seed: int = option(42, "seed of the data order")
+    device: str = option("auto", "cpu, cuda, cuda:N or auto")
+    grad_checkpoint: bool = option(False, "recompute each model call in backward (flat memory)")
+    resume: bool = option(False, "continue from OUT/checkpoint.pt")
+    adv_weight: float = option(
+        1.0, "GAS: weight w of the adversarial term (paper: 0.1 on CIFAR-10, 1.0 elsewhere)"
+    )
+    disc_lr: float = option(1e-5, "GAS: discriminator Adam learning rate")
+    disc_beta1: float = option(
+        0.9, "GAS: discriminator Adam beta1 (paper 0.9; R3GAN trains with 0)"
+    )
+    disc_beta2: float = option(0.999, "GAS: discriminator Adam beta2 (paper 0.999; R3GAN 0.9-0.99)")
+    disc_warmup: int = option(
+        0, "GAS: discriminator-only steps (teacher targets vs the initial solver) before training"
+    )
+    r1_gamma: float = option(0.2, "GAS: gamma of the penalties gamma/2*(R1 + R2)")
+    disc_preset: str = option(
+        "auto",
+        "GAS: discriminator architecture; auto = r3gan-32 at 32x32, r3gan-64 at 64x64, else small; "
+        "model-features = small heads on the frozen diffusers UNet's encoder (LADD-style)",
+        choices=[*PRESET_CHOICES, FEATURE_PRESET],
+    )
+    disc_checkpoint: str | None = option(
+        None,
+        "GAS: start the discriminator from this file (.safetensors, a GAS checkpoint.pt, or an "
+        "R3GAN snapshot .pkl such as network-snapshot-final.pkl of R3GAN-CIFAR10)",
+    )
+
+    def validate(self) -> None:
+        require(bool(self.teacher), "teacher", "a teacher set folder is required")
+        require(
+            1 <= self.nfe <= MAX_GS_NFE, "nfe", f"must be from 1 to {MAX_GS_NFE}, got {self.nfe}"
+        )
+        require(self.iterations >= 1, "iterations", f"must be >= 1, got {self.iterations}")
+        require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        require(self.grad_clip >= 0, "grad_clip", f"must be >= 0, got {self.grad_clip}")
+        require(0 <= self.ema_decay < 1, "ema_decay", f"must be in [0, 1), got {self.ema_decay}")
+        require(self.train_size >= 1, "train_size", f"must be >= 1, got {self.train_size}")
+        require(self.val_size >= 0, "val_size", f"must be >= 0, got {self.val_size}")
+        for name in ("val_every", "checkpoint_every", "log_every"):
+            require(getattr(self, name) >= 0, name, "must be >= 0")
+        require(self.t_eps is None or 0 < self.t_eps < 1, "t_eps", "must be in (0, 1)")
+        require(
+            self.loss in METHODS,
+            "loss",
+            f"the method, one of {list(METHODS)}, got {self.loss!r}"
+            + (
+                f" (the distillation distance is now `distillation: {self.loss}`)"
+                if self.loss in DISTILLATION_LOSSES
+                else ""
+            ),
+        )
+        require(
+            self.distillation in DISTILLATION_LOSSES,
+            "distillation",
+            f"unknown distance {self.distillation!r}; known: {sorted(DISTILLATION_LOSSES)}",
+        )
+        require(self.adv_weight >= 0, "adv_weight", f"must be >= 0, got {self.adv_weight}")
+        require(self.disc_lr > 0, "disc_lr", f"must be > 0, got {self.disc_lr}")
+        require(self.r1_gamma >= 0, "r1_gamma", f"must be >= 0, got {self.r1_gamma}")
+        for name in ("disc_beta1", "disc_beta2"):
+            require(
+                0 <= getattr(self, name) < 1, name, f"must be in [0, 1), got {getattr(self, name)}"
+            )
+        require(self.disc_warmup >= 0, "disc_warmup", f"must be >= 0, got {self.disc_warmup}")
+        presets = [*PRESET_CHOICES, FEATURE_PRESET]
+        require(
+            self.disc_preset in presets,
+            "disc_preset",
+            f"one of {presets}, got {self.disc_preset!r}",
+        )
+
+    @property
+    def method(self) -> str:
+        """``GS`` or ``GAS``, for labels."""
+        return self.loss.upper()
+
+
+RESUME_MAY_CHANGE = frozenset(
+    {
+        "iterations",
+        "resume",
+        "out",
+        "device",
+        "log_every",
+        "val_every",
+        "checkpoint_every",
+        "grad_checkpoint",
+    }
+)
+"""Settings a resumed run may change; every other one must be the checkpoint's."""
