@@ -37,25 +37,25 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save as safetensors_bytes
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
-from ..errors import CheckpointMismatchError, ConfigError, MissingAssetError
+from ..errors import CheckpointMismatchError, ConfigError
 from ..models.base import DiffusionModel
-from ..runtime import atomic_write, json_safe, run_metadata, tensors_digest
+from ..runtime import run_metadata
 from ..schedules import GRID_KINDS, NoiseSchedule, schedule_from_dict, time_grid, validate_grid
 from ._common import Callback, report
+from .solver_file import (
+    CHECKPOINT_FORMAT,
+    SOLVER_FILE,
+    json_differences,
+    load_metadata,
+    read_solver_file,
+    write_solver_file,
+)
 
 MU_EPS = 1e-5
 """Offset keeping every stick-breaking fraction μ in [1e-5, 1 − 1e-5] (``eps_mu_offset``)."""
-
-CHECKPOINT_FORMAT = "gas_solver.GeneralizedSolver/1"
-CHECKSUM_KEY = "gas_solver_sha256"
-"""Safetensors metadata key of the SHA-256 over the metadata text and the tensors."""
-SOLVER_FILE = "solver.safetensors"
-"""File name of a trained solver inside a training run folder (what ``gas-solver train`` writes)."""
 
 
 def grid_from_logits(mu_logit: Tensor, t_eps: float, t_max: float = 1.0) -> Tensor:
@@ -373,14 +373,8 @@ class GeneralizedSolver(nn.Module):
             "init_grid": self.init_grid,
             "solver": self.describe(),
         }
-        text = json.dumps(json_safe(meta), indent=2, allow_nan=False)
         tensors = {name: p.detach().cpu().contiguous() for name, p in self.state_dict().items()}
-        header = {"gas_solver": text, CHECKSUM_KEY: tensors_digest(text, tensors)}
-        path = Path(path)
-        data = safetensors_bytes(tensors, metadata=header)  # in memory: a failed write is OSError
-        atomic_write(path, lambda tmp: tmp.write_bytes(data))
-        atomic_write(path.with_suffix(".json"), lambda tmp: tmp.write_text(text + "\n"))
-        return path
+        return write_solver_file(Path(path), meta, tensors)
 
     @classmethod
     def load(
@@ -403,14 +397,14 @@ class GeneralizedSolver(nn.Module):
                 (the message names the file, or the differing fields).
         """
         path = Path(path)
-        meta, tensors = _read_checkpoint(path)
+        meta, tensors = read_solver_file(path)
         if nfe is not None and nfe != meta["nfe"]:
             raise CheckpointMismatchError(
                 f"{path} holds a solver with nfe={meta['nfe']}, but nfe={nfe} was requested"
             )
         if model is not None:
             expected = json.loads(json.dumps(model.identity()))
-            fields = _differences(meta["model"], expected, "model")
+            fields = json_differences(meta["model"], expected, "model")
             if fields:
                 raise CheckpointMismatchError(
                     f"{path} was trained for another model; differing fields: " + "; ".join(fields)
@@ -438,69 +432,6 @@ class GeneralizedSolver(nn.Module):
             ) from err
         solver.metadata = meta
         return solver
-
-
-def _read_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
-    """The metadata and tensors of a GS checkpoint (a file, or a run folder holding
-    ``solver.safetensors``), with errors that say what is wrong."""
-    if path.is_dir() and (path / SOLVER_FILE).is_file():
-        path = path / SOLVER_FILE
-    if not path.is_file():
-        raise MissingAssetError(
-            f"solver checkpoint {path} not found; train one with `gas-solver train` or "
-            f"pass the path of an existing .safetensors file"
-        )
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            header = f.metadata() or {}
-            tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (not a dict)
-    except (SafetensorError, OSError) as err:
-        raise CheckpointMismatchError(f"{path} is not a readable safetensors file: {err}") from err
-    text = header.get("gas_solver", "{}")
-    try:
-        meta = json.loads(text)
-    except json.JSONDecodeError:
-        meta = None
-    if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
-        found = meta.get("format") if isinstance(meta, dict) else "unreadable"
-        raise CheckpointMismatchError(
-            f"{path} is not a GeneralizedSolver checkpoint (format {found!r}, "
-            f"expected {CHECKPOINT_FORMAT!r})"
-        )
-    if header.get(CHECKSUM_KEY) != tensors_digest(text, tensors):
-        why = "has no checksum" if CHECKSUM_KEY not in header else "fails its checksum"
-        raise CheckpointMismatchError(
-            f"{path} {why}: the file is corrupted (or was written by an older gas-solver); "
-            "train the solver again"
-        )
-    missing = sorted({"nfe", "t_eps", "schedule", "init_grid", "model"} - set(meta))
-    if missing:
-        raise CheckpointMismatchError(f"{path}: the solver metadata lacks {missing}")
-    for name, tensor in tensors.items():
-        if not bool(torch.isfinite(tensor).all()):
-            raise CheckpointMismatchError(
-                f"{path}: parameter {name} holds NaN or infinite values, so every sample would; "
-                "train the solver again (e.g. with a lower --lr)"
-            )
-    return meta, tensors
-
-
-def load_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """The metadata of a GS checkpoint (e.g. to find its model before :meth:`GeneralizedSolver.load`)."""
-    return _read_checkpoint(Path(path))[0]
-
-
-def _differences(stored: Any, expected: Any, prefix: str) -> list[str]:
-    """Dotted paths where two JSON values differ, with both values (for error messages)."""
-    if isinstance(stored, dict) and isinstance(expected, dict):
-        return [
-            diff
-            for key in sorted(set(stored) | set(expected))
-            for diff in _differences(stored.get(key), expected.get(key), f"{prefix}.{key}")
-        ]
-    if stored != expected:
-        return [f"{prefix}: checkpoint {stored!r}, given {expected!r}"]
-    return []
 
 
 __all__ = [
