@@ -1,7 +1,7 @@
-"""The published NFE-4 table of the bundled model: FID against the real digits and against the
+"""The published NFE-4 table of a bundled model: FID against the real digits and against the
 teacher's own distribution, with the distance to the teacher, from runs already made.
 
-    python benchmarks/mnist32_nfe4_table.py --rows runs/final/rows.json \
+    python benchmarks/nfe4_table.py [--model mnist32-flow] --rows runs/final/rows.json \
         --fid runs/final/fid --compare runs/final/compare/compare.json \
         --teacher-ref runs/final/fid/teacher-ref.npz --out docs/results/mnist32-nfe4-n2000.json
 
@@ -29,6 +29,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     for flag in ("--rows", "--fid", "--compare", "--teacher-ref", "--out"):
         parser.add_argument(flag, required=True)
+    parser.add_argument("--model", default="mnist32", help="the bundled model of the rows")
     args = parser.parse_args()
 
     spec = json.loads(Path(args.rows).read_text())
@@ -59,7 +60,7 @@ def main() -> None:
         if row["kind"] in ("gs", "gas") and row["fid"] is not None:
             row["gap_closed"] = (classic - row["fid"]) / (classic - teacher)
     write_json(args.out, {
-        "model": load_model("mnist32").identity(), "seeds": "50000-51999",
+        "model": load_model(args.model).identity(), "seeds": "50000-51999",
         "fid_reference": "mnist (5000 bundled digits), eigh",
         "teacher_reference": args.teacher_ref,
         "rows": rows, "run": run_metadata(),
