@@ -1,4 +1,4 @@
-"""How much time the classic solvers spend outside model calls, relative to the model.
+"""How much time the solvers (classic and GS) spend outside model calls, relative to the model.
 
 A ~1.1M-parameter diffusers ``UNet2DModel`` (random weights, ε-prediction, DDPM linear-β schedule)
 samples a batch of 64 with each classic solver at NFE 4, 6, 8 and 10. For every (solver, NFE):
@@ -10,6 +10,10 @@ samples a batch of 64 with each classic solver at NFE 4, 6, 8 and 10. For every 
   that costs nothing), i.e. the solver's own arithmetic, measured directly (fastest of repeats:
   on a shared machine the slower repeats measure other processes, not the solver);
 * ``total − model``: the same overhead by difference (noisy when the machine is busy).
+
+Then GS against UniPC-3 at equal NFE: whole sampling runs of the two, interleaved (UniPC, GS,
+UniPC, GS, …, so both see the same load), the ratio of their median times is GS's throughput
+relative to UniPC's (the paper: GS costs nothing beyond the model calls; goal ≥ 0.98).
 
 Usage::
 
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import statistics
 import time
 from typing import Any
 
@@ -36,6 +41,7 @@ from torch import Tensor
 from gas_solver.models import DiffusionModel
 from gas_solver.schedules import DiscreteVPSchedule
 from gas_solver.solvers import SolverSpec
+from gas_solver.solvers.generalized import GeneralizedSolver
 
 SOLVERS = [
     ("ddim", {}),
@@ -43,7 +49,27 @@ SOLVERS = [
     ("unipc", {"order": 3, "variant": "bh1"}),
     ("ipndm", {"order": 4}),
     ("heun", {}),
+    ("gs", {}),  # the learned solver; its cost does not depend on the parameters' values
 ]
+
+
+def sampler(name: str, options: dict[str, Any], nfe: int, schedule: DiscreteVPSchedule, device):
+    """``run(model, noise)`` for one row: a classic solver on its default grid, or a GS."""
+    if name == "gs":
+        solver = GeneralizedSolver(nfe, schedule, init_grid="logsnr").to(device)
+        return lambda model, noise: solver(model, noise)
+    spec = SolverSpec(name, nfe=nfe, **options)
+    grid = spec.make_grid(schedule).to(device)
+    return lambda model, noise: spec.run(model, noise, grid)
+
+
+def seconds(run: Any, model: DiffusionModel, noise: Tensor, sync: Any) -> float:
+    """Wall time of one whole sampling run."""
+    sync()
+    start = time.perf_counter()
+    run(model, noise)
+    sync()
+    return time.perf_counter() - start
 
 
 class UNetModel(DiffusionModel):
@@ -154,12 +180,11 @@ def main() -> None:
         SolverSpec("ddim", nfe=1)(model, noise)  # warm-up
         for name, options in SOLVERS:
             for nfe in args.nfe:
-                spec = SolverSpec(name, nfe=nfe, **options)
-                grid = spec.make_grid(schedule).to(device)
+                run = sampler(name, options, nfe, schedule, device)
                 timed = TimedModel(model, sync)
                 sync()
                 start = time.perf_counter()
-                spec.run(timed, noise, grid)
+                run(timed, noise)
                 sync()
                 total = time.perf_counter() - start
                 overheads = []
@@ -167,7 +192,7 @@ def main() -> None:
                     cached = CachedModel(model, timed.outputs)
                     sync()
                     start = time.perf_counter()
-                    spec.run(cached, noise, grid)
+                    run(cached, noise)
                     sync()
                     overheads.append(time.perf_counter() - start)
                 overhead = min(overheads)
@@ -177,6 +202,18 @@ def main() -> None:
                     f"{overhead * 1e3:.2f} | {overhead / timed.seconds:.2%} | "
                     f"{(total - timed.seconds) / timed.seconds:+.2%} |"
                 )
+        print()
+        print("| NFE | UniPC-3 median ms | GS median ms | GS throughput / UniPC |")
+        print("|---:|---:|---:|---:|")
+        for nfe in args.nfe:
+            unipc = sampler("unipc", {"order": 3, "variant": "bh1"}, nfe, schedule, device)
+            gs = sampler("gs", {}, nfe, schedule, device)
+            times: dict[str, list[float]] = {"unipc": [], "gs": []}
+            for _ in range(args.repeats):
+                times["unipc"].append(seconds(unipc, model, noise, sync))
+                times["gs"].append(seconds(gs, model, noise, sync))
+            t_unipc, t_gs = (statistics.median(times[k]) for k in ("unipc", "gs"))
+            print(f"| {nfe} | {t_unipc * 1e3:.0f} | {t_gs * 1e3:.0f} | {t_unipc / t_gs:.3f} |")
 
 
 if __name__ == "__main__":
