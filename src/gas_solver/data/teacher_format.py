@@ -58,6 +58,7 @@ def shard_name(index: int) -> str:
 
 
 def shard_metadata(index: int) -> dict[str, str]:
+    """The safetensors metadata of shard ``index``."""
     # One key only: safetensors writes several metadata keys in a varying order, and shard bytes
     # must be reproducible.
     info = {"format": FORMAT, "format_version": FORMAT_VERSION, "shard": index}
@@ -65,6 +66,7 @@ def shard_metadata(index: int) -> dict[str, str]:
 
 
 def read_manifest(path: Path) -> dict[str, Any]:
+    """The manifest at ``path``, or a :class:`GasSolverError` saying why it cannot be used."""
     try:
         manifest = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -134,6 +136,7 @@ def _has_type(value: Any, kind: type | tuple[type, ...]) -> bool:
 
 
 def write_manifest(out: Path, manifest: dict[str, Any]) -> None:
+    """Stamp ``updated`` and write ``out/manifest.json`` atomically."""
     manifest["updated"] = now_utc()
     text = json.dumps(manifest, indent=2) + "\n"
     atomic_write(out / MANIFEST_NAME, lambda tmp: tmp.write_text(text))
@@ -162,14 +165,17 @@ def shard_problem(root: Path, entry: dict[str, Any]) -> str | None:
 
 
 def field_spec(tensor: Tensor) -> dict[str, Any]:
+    """The per-item shape and dtype of a shard tensor, as the manifest's ``fields`` hold them."""
     return {"shape": list(tensor.shape[1:]), "dtype": dtype_name(tensor.dtype)}
 
 
 def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.float32`` → ``"float32"``."""
     return str(dtype).removeprefix("torch.")
 
 
 def dtype_from_name(name: str) -> torch.dtype:
+    """``"float32"`` → ``torch.float32``; an unknown name is a damaged manifest."""
     dtype = getattr(torch, name, None)
     if not isinstance(dtype, torch.dtype):
         raise GasSolverError(f"unknown dtype {name!r} in a teacher set manifest")
@@ -185,9 +191,11 @@ def jsonable(value: Any, what: str) -> Any:
 
 
 def short(value: Any, limit: int = 80) -> str:
+    """``value`` as text of at most ``limit`` characters, for error messages."""
     text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def now_utc() -> str:
+    """The current UTC time, ISO 8601 to the second."""
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")

@@ -31,7 +31,7 @@ from .teacher_format import (
 
 
 class TeacherSet:
-    """A finished teacher set on disk (see the module docstring for the format).
+    """A finished teacher set on disk (the format: :mod:`.teacher_format`).
 
     Tensors are loaded lazily, one field at a time, and concatenated in seed-list order:
 
