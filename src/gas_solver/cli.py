@@ -134,6 +134,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         distributed.init()
         result = args.action(config)
+        # torchrun: no process leaves the group while another still works (rank 0 writing its
+        # outputs); a peer closing its connections early can abort Gloo's threads at exit
+        distributed.barrier()
         if distributed.is_main():
             print(result)
         return 0
