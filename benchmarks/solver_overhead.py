@@ -182,20 +182,11 @@ def main() -> None:
             for nfe in args.nfe:
                 run = sampler(name, options, nfe, schedule, device)
                 timed = TimedModel(model, sync)
-                sync()
-                start = time.perf_counter()
-                run(timed, noise)
-                sync()
-                total = time.perf_counter() - start
-                overheads = []
-                for _ in range(args.repeats):
-                    cached = CachedModel(model, timed.outputs)
-                    sync()
-                    start = time.perf_counter()
-                    run(cached, noise)
-                    sync()
-                    overheads.append(time.perf_counter() - start)
-                overhead = min(overheads)
+                total = seconds(run, timed, noise, sync)
+                overhead = min(
+                    seconds(run, CachedModel(model, timed.outputs), noise, sync)
+                    for _ in range(args.repeats)
+                )
                 label = f"{name}({', '.join(f'{k}={v}' for k, v in options.items())})"
                 print(
                     f"| {label} | {nfe} | {total * 1e3:.0f} | {timed.seconds * 1e3:.0f} | "
