@@ -7,6 +7,7 @@ rendezvous port per launch) on toy sizes, and compares with the same command run
 processes and finished under one, training resumed under another number of processes.
 """
 
+import fcntl
 import hashlib
 import importlib.util
 import json
@@ -24,7 +25,7 @@ import torch
 from gas_solver import distributed
 from gas_solver.cli import main
 from gas_solver.errors import ConfigError
-from gas_solver.runtime import load_checkpoint_file
+from gas_solver.runtime import LOCK_FILE, load_checkpoint_file
 
 # a slow enough teacher (200 steps, 10 shards) that a kill lands between its rounds of shards
 TEACHER = (
@@ -80,18 +81,27 @@ def children(pid: int) -> list[int]:
     return found
 
 
-def wait_gone(pids: list[int], seconds: float = 30) -> None:
-    """Wait until the processes ``pids`` have exited (gone, or zombies)."""
+def wait_unlocked(folder: Path, seconds: float = 60) -> None:
+    """Wait until no process holds the run lock of ``folder``.
+
+    A SIGKILLed worker's lock goes only once the kernel has closed its files, which can lag
+    behind the worker's exit showing in ``/proc`` (its threads finish exiting after it), so the
+    lock itself is what is waited for.
+    """
     deadline = time.monotonic() + seconds
-    for pid in pids:
-        status = Path(f"/proc/{pid}/status")
-        while time.monotonic() < deadline:
+    fd = os.open(folder / LOCK_FILE, os.O_RDWR)
+    try:
+        while True:
             try:
-                if "\nState:\tZ" in status.read_text():
-                    break
-            except OSError:  # gone
-                break
-            time.sleep(0.01)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                assert time.monotonic() < deadline, f"{folder} still locked after {seconds} s"
+                time.sleep(0.01)
+            else:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                return
+    finally:
+        os.close(fd)
 
 
 def hashes(folder: Path, pattern: str) -> dict[str, str]:
@@ -135,7 +145,7 @@ def test_teacher_killed_under_two_processes_finishes_under_one(work):
         for pid in [*workers, process.pid]:
             os.kill(pid, signal.SIGKILL)
         process.wait()
-        wait_gone(workers)  # their lock on the folder goes with them
+        wait_unlocked(out)  # the lock on the folder goes with the workers
     killed = json.loads(manifest.read_text())
     assert not killed["complete"] and 2 <= len(killed["shards"]) < 10
     one_process(*TEACHER, "--out", "killed", cwd=work)
