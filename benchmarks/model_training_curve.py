@@ -1,6 +1,6 @@
 """FID of a `train-model` run's EMA snapshots: where the bundled model's training plateaus.
 
-    python benchmarks/model_training_curve.py --run runs/mnist32-v2 --seeds 50000-50999 \
+    python benchmarks/model_training_curve.py --run runs/mnist32-flow-v2 --seeds 50000-50999 \
         --out docs/results/mnist32-training-curve.json --figure docs/figures/mnist32-training-curve.png
 
 Each snapshot (`train-model --snapshot-every K` writes OUT/snapshots/step-N) is sampled with the

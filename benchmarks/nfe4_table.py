@@ -1,7 +1,7 @@
 """The published NFE-4 table of a bundled model: FID against the real digits and against the
 teacher's own distribution, with the distance to the teacher, from runs already made.
 
-    python benchmarks/nfe4_table.py [--model mnist32-flow] --rows runs/final/rows.json \
+    python benchmarks/nfe4_table.py [--model mnist32-vp] --rows runs/final/rows.json \
         --fid runs/final/fid --compare runs/final/compare/compare.json \
         --teacher-ref runs/final/fid/teacher-ref.npz --out docs/results/mnist32-nfe4-n2000.json
 

@@ -187,8 +187,8 @@ def test_incomplete_folder_names_the_missing_file(tmp_path):
         load_model(str(tmp_path))
 
 
-def test_bundled_mnist32_loads_through_the_adapter():
-    model = load_model("mnist32")
+def test_bundled_mnist32_vp_loads_through_the_adapter():
+    model = load_model("mnist32-vp")
     assert isinstance(model, DiffusersUNetModel)
     assert model.sample_shape == (1, 32, 32) and model.prediction_type == "v_prediction"
     assert sum(p.numel() for p in model.unet.parameters()) == 1506337  # the card's count

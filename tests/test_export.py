@@ -1,6 +1,7 @@
 """Exported solvers give the project's own GS results outside the project.
 
-* diffusers: ``DDPMPipeline`` on the bundled ``mnist32`` and a tiny text-conditional latent
+* diffusers: ``DDPMPipeline`` on the bundled ``mnist32`` (flow matching) and ``mnist32-vp`` (DDPM
+  schedule, v-prediction) and a tiny text-conditional latent
   ``StableDiffusionPipeline`` (UNet2DConditionModel + AutoencoderKL + CLIP text encoder, guidance
   7.5 and 1.0) with the exported scheduler, from the same noise, against ``GeneralizedSolver``.
 * k-diffusion: ``sample_gs`` on an EDM VP denoiser against ``GeneralizedSolver`` on the EDM model.
@@ -53,16 +54,17 @@ def relative_error(ours, theirs) -> float:
     return ((ours - theirs).norm() / theirs.norm()).item()
 
 
-# -- diffusers: DDPMPipeline on the bundled model ---------------------------------------------------
+# -- diffusers: DDPMPipeline on the bundled models (flow matching; DDPM schedule, v-prediction) ----
+@pytest.mark.parametrize("name", ["mnist32", "mnist32-vp"])
 @pytest.mark.parametrize("nfe", [4, 6])
-def test_ddpm_pipeline_with_the_exported_scheduler_equals_gs(tmp_path, nfe):
-    model = load_model("mnist32")
+def test_ddpm_pipeline_with_the_exported_scheduler_equals_gs(tmp_path, nfe, name):
+    model = load_model(name)
     gs = trained_looking(nfe, model.schedule, seed=nfe)
     scheduler = GeneralizedSolverScheduler.from_table(
         solver_table(gs, model, {"test": True}), model.prediction_type
     )
     scheduler.save_pretrained(tmp_path / "gs")
-    pipe = diffusers.DDPMPipeline.from_pretrained(ASSETS / "mnist32")
+    pipe = diffusers.DDPMPipeline.from_pretrained(ASSETS / name)
     installed = use_in_pipeline(pipe, tmp_path / "gs")
     assert pipe.scheduler is installed and installed.config.provenance == {"test": True}
     images = pipe(
@@ -76,7 +78,7 @@ def test_ddpm_pipeline_with_the_exported_scheduler_equals_gs(tmp_path, nfe):
 
 
 def test_scheduler_refuses_what_it_was_not_trained_for(tmp_path, caplog):
-    model = load_model("mnist32")
+    model = load_model("mnist32-vp")
     table = solver_table(trained_looking(4, model.schedule), model)
     scheduler = GeneralizedSolverScheduler.from_table(table, model.prediction_type, 7.5)
     with pytest.raises(ValueError, match="trained for 4 steps.*num_inference_steps=4"):
@@ -99,12 +101,23 @@ def test_scheduler_refuses_what_it_was_not_trained_for(tmp_path, caplog):
         with pytest.raises(ValueError, match="predicts 'epsilon'"):
             scheduler.check_model_schedule(same_betas)
     scheduler.save_pretrained(tmp_path / "gs")
-    pipe = diffusers.DDPMPipeline.from_pretrained(ASSETS / "mnist32")
+    pipe = diffusers.DDPMPipeline.from_pretrained(ASSETS / "mnist32-vp")
     with caplog.at_level("WARNING"):
         use_in_pipeline(pipe, tmp_path / "gs", guidance_scale=2.0)
     assert "trained with guidance scale 7.5" in caplog.text
     with pytest.raises(ValueError, match="num_inference_steps=4"):
         pipe(batch_size=1, num_inference_steps=20)
+
+
+def test_scheduler_of_a_flow_model_refuses_another_schedule():
+    model = load_model("mnist32")  # flow matching, shift 1
+    table = solver_table(trained_looking(4, model.schedule), model)
+    scheduler = GeneralizedSolverScheduler.from_table(table, model.prediction_type)
+    scheduler.check_model_schedule(diffusers.FlowMatchEulerDiscreteScheduler())
+    with pytest.raises(ValueError, match="noise schedule"):
+        scheduler.check_model_schedule(diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0))
+    with pytest.raises(ValueError, match="noise schedule"):
+        scheduler.check_model_schedule(diffusers.DDPMScheduler(prediction_type="v_prediction"))
 
 
 # -- diffusers: a text-conditional latent pipeline with guidance -----------------------------------

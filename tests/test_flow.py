@@ -215,14 +215,16 @@ def test_gs_trains_and_samples_on_an_exact_flow_model_end_to_end(tmp_path):
     )
 
 
-def test_bundled_mnist32_flow_loads_as_a_flow_model():
+def test_bundled_default_mnist32_is_a_flow_model():
     from gas_solver.models.diffusers import DiffusersUNetModel
 
-    model = load_model("mnist32-flow")
+    model = load_model("mnist32")
     assert isinstance(model, DiffusersUNetModel) and isinstance(model.schedule, FlowSchedule)
     assert model.sample_shape == (1, 32, 32) and model.prediction_type == "flow_prediction"
     assert model.schedule.shift == 1.0
-    assert sum(p.numel() for p in model.unet.parameters()) == 1035633  # the card's count
+    assert sum(p.numel() for p in model.unet.parameters()) == 1506337  # the card's count
     with torch.no_grad():
         out = sample(model, torch.randn(2, 1, 32, 32), solver="unipc", nfe=4)
     assert out.shape == (2, 1, 32, 32) and torch.isfinite(out).all()
+    with pytest.raises(ConfigError, match="no longer bundled.*--model mnist32"):
+        load_model("mnist32-flow")

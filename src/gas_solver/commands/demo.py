@@ -37,11 +37,11 @@ from .train import TrainConfig
 
 CLASSIC = (
     "ddim:grid=uniform;dpmpp:order=3,grid=quadratic;unipc:order=3,grid=uniform;"
-    "ipndm:order=4,grid=quadratic"
+    "ipndm:order=4,grid=uniform"
 )
 """Each classic solver on its best built-in grid for ``mnist32`` at 4 calls (L1 to the teacher,
-docs/BENCHMARKS.md, ``docs/results/mnist32-classic-grids-nfe4.json``): time-uniform for DDIM and
-UniPC-3, time-quadratic for DPM-Solver++(3M) and iPNDM; on the logSNR grid UniPC-3 and 3M are far
+docs/BENCHMARKS.md, ``docs/results/mnist32-classic-grids-nfe4.json``): time-uniform for DDIM,
+UniPC-3 and iPNDM, time-quadratic for DPM-Solver++(3M); on the logSNR grid UniPC-3 and 3M are far
 off."""
 
 

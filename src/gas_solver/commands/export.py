@@ -11,6 +11,7 @@ from ..errors import ConfigError
 from ..export.k_diffusion import KDiffusionSolver
 from ..export.table import solver_table
 from ..models.diffusers import DiffusersUNetModel
+from ..models.diffusers_flow import DiffusersFlowModel
 from ..models.loading import load_model
 from ..runtime import run_metadata
 from ..sampling import load_sampler
@@ -58,26 +59,28 @@ def run_export(config: ExportConfig) -> str:
         "exported": run_metadata(),
     }
     table = solver_table(solver, model, provenance)
-    if table.schedule.get("kind") == "flow":  # neither target has a flow-sigma convention yet
-        raise ConfigError(
-            "format: exporting a solver of a flow-matching model is not supported yet (the "
-            "diffusers scheduler is for DDPM schedules, the k-diffusion file for Karras denoisers "
-            "D(x/alpha; sigma/alpha)); sample it with `gas-solver sample --solver RUN`"
-        )
+    kind = table.schedule.get("kind")
     if config.format == "k-diffusion":
+        if kind == "flow":  # k-diffusion has no flow-matching denoiser convention
+            raise ConfigError(
+                "format: a k-diffusion file is for Karras denoisers D(x/alpha; sigma/alpha); a "
+                "solver of a flow-matching model exports with --format diffusers"
+            )
         path = KDiffusionSolver.from_table(table).save(config.out)
         return (
             f"{path}: {description['solver'].upper()}-{solver.nfe}; in Python: "
             f"sigmas, sampler = gas_solver.export.load_k_diffusion_solver({str(path)!r})"
         )
-    if table.schedule.get("kind") != "discrete_vp":
+    if kind not in ("discrete_vp", "flow"):
         raise ConfigError(
-            "format: a diffusers scheduler needs a diffusers model (discrete DDPM schedule); this "
-            f"solver's model has a {table.schedule.get('kind')} schedule: use --format k-diffusion"
+            "format: a diffusers scheduler needs a diffusers model (discrete DDPM or flow-matching "
+            f"schedule); this solver's model has a {kind} schedule: use --format k-diffusion"
         )
     from ..export.diffusers_scheduler import GeneralizedSolverScheduler
 
-    conditional = isinstance(model, DiffusersUNetModel) and model.conditioning != "none"
+    conditional = (
+        isinstance(model, (DiffusersUNetModel, DiffusersFlowModel)) and model.conditioning != "none"
+    )
     guidance = model.guidance_scale if conditional else None
     scheduler = GeneralizedSolverScheduler.from_table(table, model.prediction_type, guidance)
     scheduler.save_pretrained(config.out)

@@ -30,12 +30,12 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
 from torch import Tensor
 
-from ..schedules import DiscreteVPSchedule
+from ..models.diffusers import scheduler_schedule
 from .table import SolverTable
 
 log = logging.getLogger(__name__)
 
-PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample", "flow_prediction")
 
 
 class GeneralizedSolverScheduler(SchedulerMixin, ConfigMixin):
@@ -54,7 +54,8 @@ class GeneralizedSolverScheduler(SchedulerMixin, ConfigMixin):
         query_sigmas: ``(N,)`` σ at τ_k.
         state_weights: row ``k−1`` holds the k weights of the states ``y_0 … y_{k−1}`` in step k.
         pred_weights: row ``k−1`` holds the k weights of the data predictions ``D_0 … D_{k−1}``.
-        prediction_type: what the model predicts: ``epsilon``, ``v_prediction`` or ``sample``.
+        prediction_type: what the model predicts: ``epsilon``, ``v_prediction``, ``sample`` or
+            ``flow_prediction`` (the velocity ``ε − x₀`` of a flow-matching model).
         num_train_timesteps: the model's training timesteps (its schedule's length).
         schedule: the description of the model's noise schedule the numbers were computed for
             (checked by :meth:`check_model_schedule`).
@@ -170,7 +171,8 @@ class GeneralizedSolverScheduler(SchedulerMixin, ConfigMixin):
         """One GS step: ``y_{k+1} = Σ_j W[k][j] y_j + Σ_j V[k][j] D_j`` over the whole history.
 
         With the model output ``o`` at the call time ``τ_k``: ``ε̂`` is ``o`` (epsilon),
-        ``σ(τ_k)·y_k + α(τ_k)·o`` (v_prediction) or ``(y_k − α(τ_k)·o)/σ(τ_k)`` (sample), and
+        ``σ(τ_k)·y_k + α(τ_k)·o`` (v_prediction), ``(y_k − α(τ_k)·o)/σ(τ_k)`` (sample) or
+        ``y_k + α(τ_k)·o`` (flow_prediction: ``x₀ = y − σ·v`` with ``α + σ = 1``), and
         ``D_k = (y_k − σ(t_k)·ε̂)/α(t_k)`` (paper §2.4: the grid time converts).
         """
         k, cfg = self._step_index, self.config
@@ -190,6 +192,8 @@ class GeneralizedSolverScheduler(SchedulerMixin, ConfigMixin):
             eps = out
         elif cfg.prediction_type == "v_prediction":
             eps = s * y + a * out
+        elif cfg.prediction_type == "flow_prediction":
+            eps = y + a * out
         else:
             eps = (y - a * out) / s
         states, preds = self._history
@@ -206,13 +210,19 @@ class GeneralizedSolverScheduler(SchedulerMixin, ConfigMixin):
         return SchedulerOutput(prev_sample=prev) if return_dict else (prev,)
 
     def check_model_schedule(self, scheduler: Any) -> None:
-        """Raise ``ValueError`` unless ``scheduler`` (the pipeline's own, any DDPM-family diffusers
-        scheduler) has the noise schedule and prediction type this solver was trained for."""
-        theirs = DiscreteVPSchedule(scheduler.alphas_cumprod).describe()
+        """Raise ``ValueError`` unless ``scheduler`` (the pipeline's own: any DDPM-family diffusers
+        scheduler, or a flow-matching one) has the noise schedule and prediction type this solver
+        was trained for."""
+        schedule, prediction = scheduler_schedule(scheduler)
+        theirs = schedule.describe()
         ours = self.config.schedule or {}
+        if theirs["kind"] == "flow":
+            keys = ("shift", "num_train_timesteps")  # t_eps is the solver's, not the model's
+        else:
+            keys = ("alphas_cumprod_first_last", "alphas_cumprod_sum")
         same = ours.get("kind") == theirs["kind"] and all(
             math.isclose(a, b, rel_tol=1e-6)
-            for key in ("alphas_cumprod_first_last", "alphas_cumprod_sum")
+            for key in keys
             for a, b in zip(_as_list(ours.get(key)), _as_list(theirs[key]), strict=True)
         )
         if not same:
@@ -220,7 +230,6 @@ class GeneralizedSolverScheduler(SchedulerMixin, ConfigMixin):
                 f"GeneralizedSolverScheduler: the pipeline's noise schedule {theirs} is not the "
                 f"one this solver was trained for {ours}"
             )
-        prediction = getattr(scheduler.config, "prediction_type", self.config.prediction_type)
         if prediction != self.config.prediction_type:
             raise ValueError(
                 f"GeneralizedSolverScheduler: the pipeline's model predicts {prediction!r}, the "

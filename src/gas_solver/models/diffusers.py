@@ -59,7 +59,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError, MissingAssetError
-from ..schedules import DiscreteVPSchedule
+from ..schedules import DiscreteVPSchedule, NoiseSchedule
 from .base import DiffusionModel
 from .diffusers_flow import (
     FLOW_SCHEDULERS,
@@ -110,12 +110,7 @@ class DiffusersUNetModel(DiffusionModel):
         config = unet.config
         size = config.sample_size
         size = (size, size) if isinstance(size, int) else tuple(size)
-        if type(scheduler).__name__ in FLOW_SCHEDULERS:  # a flow-matching UNet
-            schedule = flow_schedule_from_config(dict(scheduler.config), "scheduler")
-            prediction_type = "flow_prediction"
-        else:
-            schedule = DiscreteVPSchedule(scheduler.alphas_cumprod)
-            prediction_type = scheduler.config.prediction_type
+        schedule, prediction_type = scheduler_schedule(scheduler)
         super().__init__(schedule, (config.in_channels, *size), prediction_type)
         self.unet = unet.eval().requires_grad_(False)
         self.vae = None if vae is None else vae.eval().requires_grad_(False)
@@ -339,6 +334,14 @@ DiffusersModel = DiffusersUNetModel
 
 
 # -- condition functions for teacher sets ---------------------------------------------------------
+def scheduler_schedule(scheduler: Any) -> tuple[NoiseSchedule, str]:
+    """The noise schedule and prediction type a diffusers scheduler describes: a flow-matching
+    scheduler (its ``shift``; velocity output), or any DDPM-family one (its ``alphas_cumprod``)."""
+    if type(scheduler).__name__ in FLOW_SCHEDULERS:
+        return flow_schedule_from_config(dict(scheduler.config), "scheduler"), "flow_prediction"
+    return DiscreteVPSchedule(scheduler.alphas_cumprod), scheduler.config.prediction_type
+
+
 def class_cond_fn(num_classes: int) -> Callable[[Tensor], Tensor]:
     """``cond_fn(seeds) = seeds mod num_classes`` as ``(B,)`` int64 labels (spec §3.4)."""
     if num_classes < 1:

@@ -14,6 +14,7 @@ name it and later commands can load it again.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 
@@ -47,24 +48,21 @@ def _digits_mixture() -> DiffusionModel:
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 
 
-def _mnist32() -> DiffusionModel:
-    return load_diffusers_model(ASSETS / "mnist32")
-
-
-def _mnist32_flow() -> DiffusionModel:
-    return load_diffusers_model(ASSETS / "mnist32-flow")
+def _bundled(name: str) -> Callable[[], DiffusionModel]:
+    """Loader of the bundled diffusers folder ``assets/NAME``."""
+    return functools.partial(load_diffusers_model, ASSETS / name)
 
 
 BUILTIN_MODELS: dict[str, tuple[Callable[[], DiffusionModel], str]] = {
     "mnist32": (
-        _mnist32,
-        "the bundled DDPM-schedule UNet (1.51M params, v-prediction) trained on 5000 real MNIST "
-        "digits, 32x32, see its card",
+        _bundled("mnist32"),
+        "the bundled default: a rectified-flow UNet (1.51M params, velocity, FlowMatch scheduler) "
+        "trained on 5000 real MNIST digits, 32x32, see its card",
     ),
-    "mnist32-flow": (
-        _mnist32_flow,
-        "the bundled rectified-flow UNet (1.04M params, velocity, FlowMatch scheduler) trained on "
-        "the same digits, 32x32, see its card",
+    "mnist32-vp": (
+        _bundled("mnist32-vp"),
+        "the bundled diffusion counterpart: the same UNet under a DDPM schedule (v-prediction), "
+        "trained on the same digits, 32x32, see its card",
     ),
     "gmm-ring": (
         GaussianMixtureModel.ring,
@@ -85,9 +83,17 @@ BUILTIN_MODELS: dict[str, tuple[Callable[[], DiffusionModel], str]] = {
 }
 
 
+RENAMED_MODELS = {
+    "mnist32-flow": "the default mnist32 is now a (deeper, better) rectified-flow model: use "
+    "--model mnist32; the diffusion model that was mnist32 is mnist32-vp",
+}
+
+
 def load_model(source: str, device: str | torch.device = "cpu") -> DiffusionModel:
     """Load a model by built-in name (see ``BUILTIN_MODELS``), from an EDM ``.pkl`` or converted
     EDM folder, or from a local diffusers folder (see the module docstring)."""
+    if source in RENAMED_MODELS:
+        raise ConfigError(f"model: {source!r} is no longer bundled; {RENAMED_MODELS[source]}")
     if source in BUILTIN_MODELS:
         model = BUILTIN_MODELS[source][0]()
     elif is_edm_source(source):  # "x.pkl", or a folder with edm.json
