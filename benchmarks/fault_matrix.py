@@ -427,11 +427,11 @@ def corruption(
         "samples.npz (read by fid)": (
             ref / "sample", "samples.npz",
             lambda copy: ["fid", "--images", str(copy), "--save-ref",
-                          str(work / "scratch-ref.npz"), "--num", "2", "--device", "cpu"]),
+                          str(work / "scratch-ref.npz"), "--num-images", "2", "--device", "cpu"]),
         "sample PNG (read by fid)": (
             ref / "sample", f"images/{first_png}",
             lambda copy: ["fid", "--images", str(copy / "images"), "--save-ref",
-                          str(work / "scratch-ref.npz"), "--num", "2", "--device", "cpu"]),
+                          str(work / "scratch-ref.npz"), "--num-images", "2", "--device", "cpu"]),
     }  # fmt: skip
     rows = []
     for kind, (folder, name, consumer) in kinds.items():

@@ -270,3 +270,26 @@ def test_rank_one_of_two_takes_its_share(monkeypatch):
     assert not distributed.is_main()
     with pytest.raises(ConfigError, match="global batch of 7 does not split evenly over 2"):
         distributed.per_rank(7)
+
+
+def test_no_command_option_is_taken_by_torchrun():
+    """torchrun's parser abbreviates: an option of ours that starts one of its own (``--num`` of
+    ``--numa-binding``) is refused by torchrun before gas-solver sees it."""
+    import argparse
+
+    from torch.distributed.run import get_args_parser
+
+    from gas_solver.cli import build_parser
+
+    theirs = [s for a in get_args_parser()._actions for s in a.option_strings if s != "--help"]
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    taken = [
+        (name, ours, t)
+        for name, parser in commands.choices.items()
+        for action in parser._actions
+        for ours in action.option_strings
+        if ours.startswith("--") and ours != "--help"
+        for t in theirs
+        if t.startswith(ours)
+    ]
+    assert not taken

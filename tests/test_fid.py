@@ -388,3 +388,12 @@ def test_onnx_runtime_copy_gives_the_torchscript_features_and_fid(images, tmp_pa
         refused = load_inception(backend="onnxruntime")
     assert refused.runner is None
     assert not inception_onnx.onnx_path(detector.INCEPTION_SHA1).exists()
+
+
+def test_inception_backend_is_chosen_by_the_environment(monkeypatch):
+    monkeypatch.setattr(detector, "_INCEPTION_CACHE", {})
+    monkeypatch.setenv("GAS_SOLVER_INCEPTION", "torch")
+    assert load_inception().runner is None  # TorchScript, even where onnxruntime is installed
+    monkeypatch.setenv("GAS_SOLVER_INCEPTION", "tensorrt")
+    with pytest.raises(ConfigError, match="GAS_SOLVER_INCEPTION.*'tensorrt'"):
+        load_inception()

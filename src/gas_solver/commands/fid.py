@@ -61,7 +61,7 @@ class FIDConfig:
         "set (mnist, digits; statistics cached)",
     )
     ref_num: int | None = option(None, "use only the first REF_NUM reference images; none: all")
-    num: int | None = option(None, "use only the first NUM images; none: all")
+    num_images: int | None = option(None, "use only the first NUM_IMAGES images; none: all")
     save_ref: str | None = option(
         None, "also write the statistics of these images to this .npz (EDM style, a valid --ref)"
     )
@@ -81,7 +81,11 @@ class FIDConfig:
             "give exactly one of --images and --solver",
         )
         require(bool(self.ref or self.save_ref), "ref", "give --ref, --save-ref or both")
-        require(self.num is None or self.num >= 2, "num", "FID needs at least 2 images")
+        require(
+            self.num_images is None or self.num_images >= 2,
+            "num_images",
+            "FID needs at least 2 images",
+        )
         require(self.ref_num is None or self.ref_num >= 2, "ref_num", "needs at least 2 images")
         require(self.batch_size >= 1, "batch_size", "must be >= 1")
         require(self.method in FID_METHODS, "method", f"must be one of {FID_METHODS}")
@@ -174,16 +178,18 @@ def run_fid(config: FIDConfig, progress: bool = True) -> dict[str, Any]:
         model, sampler, description = load_sampler(config.solver, model, device)
         if not makes_images(model):
             raise ConfigError(f"model: samples of shape {model.sample_shape} are not images")
-        seeds = parse_seeds(config.seeds)[: config.num]
-        if config.num is not None and len(seeds) < config.num:
-            raise ConfigError(f"num: {config.num} images, but --seeds gives only {len(seeds)}")
+        seeds = parse_seeds(config.seeds)[: config.num_images]
+        if config.num_images is not None and len(seeds) < config.num_images:
+            raise ConfigError(
+                f"num_images: {config.num_images} images, but --seeds gives only {len(seeds)}"
+            )
         source: Any = {
             "solver": description,
             "seeds": format_seeds(seeds),
             "decoded": model.is_latent,
         }
     else:
-        images = load_images(config.images, config.num)
+        images = load_images(config.images, config.num_images)
         source = config.images
     ref = None
     if config.ref:  # before sampling and the Inception: a bad reference fails early
@@ -198,7 +204,7 @@ def run_fid(config: FIDConfig, progress: bool = True) -> dict[str, Any]:
         images = image_batches(model, mine, config.batch_size) if model.is_latent else mine
         stats = compute_statistics(images, split=False, **kwargs)
     else:
-        stats = compute_statistics(images, num_images=config.num, **kwargs)
+        stats = compute_statistics(images, num_images=config.num_images, **kwargs)
     if config.save_ref and is_main():  # torchrun: every rank has the statistics, rank 0 writes
         stats.save(config.save_ref)
         log.info("wrote FID statistics of %d images to %s", stats.num_images, config.save_ref)

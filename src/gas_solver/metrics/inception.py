@@ -212,7 +212,7 @@ def load_inception(
     path: str | os.PathLike | None = None,
     *,
     device: str | torch.device = "cpu",
-    backend: str = "auto",
+    backend: str | None = None,
 ) -> InceptionFeatures:
     """Load the FID Inception once per (file, device, backend) and keep it for later calls.
 
@@ -222,13 +222,20 @@ def load_inception(
         device: ``cpu``, ``cuda``, ``auto``, …
         backend: ``torch`` (TorchScript), ``onnxruntime`` (the default detector on the CPU,
             :mod:`.inception_onnx`; TorchScript when onnxruntime is missing or its copy fails
-            the check) or ``auto`` (``onnxruntime`` on the CPU, else ``torch``).
+            the check) or ``auto`` (``onnxruntime`` on the CPU, else ``torch``); default: the
+            environment variable ``GAS_SOLVER_INCEPTION`` (the switch for every command), else
+            ``auto``.
 
     Raises:
         MissingAssetError: the file is missing, or the default file has the wrong sha1.
     """
+    if backend is None:
+        backend = os.environ.get("GAS_SOLVER_INCEPTION", "auto")
     if backend not in INCEPTION_BACKENDS:
-        raise ConfigError(f"backend must be one of {INCEPTION_BACKENDS}, got {backend!r}")
+        raise ConfigError(
+            f"FID Inception backend (GAS_SOLVER_INCEPTION) must be one of {INCEPTION_BACKENDS}, "
+            f"got {backend!r}"
+        )
     device = resolve_device(device) if isinstance(device, str) else device
     file = inception_path() if path is None else Path(path)
     key = (str(file.resolve()), str(device), backend)
