@@ -20,6 +20,7 @@ import argparse
 import json
 from pathlib import Path
 
+from gas_solver.evaluation.report import gap_closed
 from gas_solver.metrics.fid import reference_statistics
 from gas_solver.models.loading import load_model
 from gas_solver.runtime import run_metadata, write_json
@@ -54,11 +55,10 @@ def main() -> None:
             row.update(fid=fid["fid"], n_samples=fid["num_images"],
                        fid_vs_teacher=stats.frechet_distance(teacher_ref, method="eigh"))  # fmt: skip
         rows.append(row)
-    classic = min(r["fid"] for r in rows if r["kind"] == "classic" and r["fid"] is not None)
-    teacher = next(r["fid"] for r in rows if r["kind"] == "teacher")
+    gaps = gap_closed((row["label"], row["kind"], row["fid"]) for row in rows) or {}
     for row in rows:  # no gap when a classic solver is already at the teacher's FID or below it
-        if row["kind"] in ("gs", "gas") and row["fid"] is not None and classic > teacher:
-            row["gap_closed"] = (classic - row["fid"]) / (classic - teacher)
+        if row["label"] in gaps:
+            row["gap_closed"] = gaps[row["label"]]
     write_json(args.out, {
         "model": load_model(args.model).identity(), "seeds": "50000-51999",
         "fid_reference": "mnist (5000 bundled digits), eigh",

@@ -1,6 +1,5 @@
 """`gas-solver demo` end to end at toy sizes on a real (tiny) diffusers model, from the CLI."""
 
-import dataclasses
 import json
 import os
 import subprocess
@@ -11,9 +10,9 @@ import torch
 
 pytest.importorskip("diffusers")
 
-from gas_solver.commands.demo import gap_closed  # noqa: E402
 from gas_solver.config import load_config  # noqa: E402
 from gas_solver.evaluation import Row  # noqa: E402
+from gas_solver.evaluation.report import gap_closed  # noqa: E402
 from gas_solver.metrics.fid import FIDStatistics  # noqa: E402
 from gas_solver.training.denoiser import DenoiserConfig, train_denoiser  # noqa: E402
 
@@ -70,5 +69,9 @@ def test_gap_closed_share():
         _row("classic", "ddim", 50.0),
         _row("classic", "unipc", 30.0),
     ]
-    assert gap_closed(rows) == {"GS-4": pytest.approx(0.8)}
-    assert gap_closed([dataclasses.replace(r, fid=None) for r in rows]) is None
+    assert gap_closed((r.label, r.kind, r.fid) for r in rows) == {"GS-4": pytest.approx(0.8)}
+    assert gap_closed((r.label, r.kind, None) for r in rows) is None
+    assert (
+        gap_closed([("teacher", "teacher", 10.0), ("GS-4", "gs", 9.0), ("ddim", "classic", 9.5)])
+        is None
+    )

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ..config import load_config, option, require
 from ..evaluation.compare import compare, split_solvers
-from ..evaluation.report import Row, format_table
+from ..evaluation.report import Row, format_table, gap_closed
 from ..models.loading import load_model
 from ..runtime import resolve_device, run_metadata, write_json
 from ..solvers.registry import DEFAULT_TEACHER
@@ -137,7 +137,7 @@ def run_demo(config: DemoConfig, progress: bool = True) -> Path:
     rows = comparison.rows
     summary = {
         "rows": [row.to_dict() for row in rows],
-        "gap_closed": gap_closed(rows),
+        "gap_closed": gap_closed((row.label, row.kind, row.fid) for row in rows),
         "seconds": seconds,
         "config": dataclasses.asdict(config),
         "run": run_metadata(),
@@ -160,20 +160,6 @@ def reproduce_command(config: DemoConfig) -> str:
         elif value is not None:
             flags.append(f"{flag} {shlex.quote(str(value))}")
     return "gas-solver demo " + " ".join(flags)
-
-
-def gap_closed(rows: Sequence[Row]) -> dict[str, float] | None:
-    """Per learned solver: (FID_best classic − FID) / (FID_best classic − FID_teacher)."""
-    classic = [row.fid for row in rows if row.kind == "classic"]
-    if any(row.fid is None for row in rows) or not classic:
-        return None
-    best = min(classic)
-    teacher = next(row.fid for row in rows if row.kind == "teacher")
-    if best <= teacher:
-        return None
-    return {
-        row.label: (best - row.fid) / (best - teacher) for row in rows if row.kind in ("gs", "gas")
-    }
 
 
 def format_report(

@@ -9,7 +9,7 @@ import dataclasses
 import logging
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +127,27 @@ def write_report(
     )
     log.info("wrote the comparison of %d solvers to %s", len(pictured), out)
     return pictured
+
+
+def gap_closed(rows: Iterable[tuple[str, str, float | None]]) -> dict[str, float] | None:
+    """The share of the FID gap each learned solver closes (the paper's reading of its tables).
+
+    ``rows`` are ``(label, kind, fid)`` with kind ``teacher``, ``classic``, ``gs`` or ``gas``; the
+    share is ``(FID_best classic − FID) / (FID_best classic − FID_teacher)`` for every learned row
+    with a FID. ``None`` when there is no teacher or classic FID, or when the best classic solver
+    is already at or below the teacher (the gap is not defined).
+    """
+    rows = [row for row in rows if row[2] is not None]
+    classic = [fid for _, kind, fid in rows if kind == "classic"]
+    teacher = [fid for _, kind, fid in rows if kind == "teacher"]
+    if not classic or not teacher or min(classic) <= teacher[0]:
+        return None
+    best = min(classic)
+    return {
+        label: (best - fid) / (best - teacher[0])
+        for label, kind, fid in rows
+        if kind in ("gs", "gas")
+    }
 
 
 def _file_stems(labels: Sequence[str]) -> list[str]:
