@@ -120,6 +120,23 @@ def test_resume_is_bit_exact(teacher_dir, tmp_path):
     assert losses[0] == losses[1] and len(losses[0]) == 4
 
 
+def test_snapshots_are_the_ema_solver_at_their_iteration(teacher_dir, tmp_path):
+    model = _model()
+    for name, iterations in (("a", 40), ("b", 20)):
+        config = _config(
+            tmp_path, out=str(tmp_path / name), iterations=iterations, snapshot_every=20
+        )
+        Trainer(config, model, TeacherSet(teacher_dir)).run(progress=False)
+    snapshots = sorted(p.name for p in (tmp_path / "a" / "snapshots").iterdir())
+    assert snapshots == ["iter-000020", "iter-000040"]
+    for snapshot, final in (("iter-000020", "b"), ("iter-000040", "a")):
+        ours = GeneralizedSolver.load(tmp_path / "a" / "snapshots" / snapshot, model=model)
+        theirs = GeneralizedSolver.load(tmp_path / final, model=model)
+        for p, q in zip(ours.parameters(), theirs.parameters(), strict=True):
+            assert torch.equal(p, q)
+        assert ours.metadata["training"]["iteration"] == int(snapshot[5:])
+
+
 @pytest.mark.parametrize("learn", ["timesteps", "no-offsets", "no-corrections"])
 def test_learn_trains_only_its_parameters(teacher_dir, tmp_path, learn):
     """--learn (ablations): the named parameters move, the others keep their initial values in

@@ -65,6 +65,9 @@ class TrainSettings:
     val_size: int = option(1000, "validate on the last VAL_SIZE teacher pairs")
     val_every: int = option(500, "iterations between validations (0 = only at the end)")
     checkpoint_every: int = option(500, "iterations between checkpoints")
+    snapshot_every: int = option(
+        0, "iterations between EMA solver snapshots in OUT/snapshots/iter-NNNNNN/ (0 = none)"
+    )
     log_every: int = option(10, "iterations between log lines in metrics.jsonl")
     seed: int = option(42, "seed of the data order")
     device: str = option("auto", "cpu, cuda, cuda:N or auto")
@@ -106,7 +109,7 @@ class TrainSettings:
         require(0 <= self.ema_decay < 1, "ema_decay", f"must be in [0, 1), got {self.ema_decay}")
         require(self.train_size >= 1, "train_size", f"must be >= 1, got {self.train_size}")
         require(self.val_size >= 0, "val_size", f"must be >= 0, got {self.val_size}")
-        for name in ("val_every", "checkpoint_every", "log_every"):
+        for name in ("val_every", "checkpoint_every", "snapshot_every", "log_every"):
             require(getattr(self, name) >= 0, name, "must be >= 0")
         require(self.t_eps is None or 0 < self.t_eps < 1, "t_eps", "must be in (0, 1)")
         require(
@@ -154,6 +157,7 @@ RESUME_MAY_CHANGE = frozenset(
         "log_every",
         "val_every",
         "checkpoint_every",
+        "snapshot_every",
         "grad_checkpoint",
     }
 )

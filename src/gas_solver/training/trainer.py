@@ -88,7 +88,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
 TRAIN_OUTPUTS = (
     CHECKPOINT, SOLVER_FILE, "solver.json", "metrics.jsonl", "summary.json", "config.yaml", "val",
-    "tensorboard",
+    "tensorboard", "snapshots",
 )  # fmt: skip
 
 
@@ -347,8 +347,11 @@ class Trainer:
             self._truncate_metrics(self.iteration)
         log.info("resumed from %s at iteration %d", path, self.iteration)
 
-    def save_solver(self, summary: dict[str, Any] | None = None) -> Path:
-        """Write the EMA solver with everything needed to trace and re-run it."""
+    def save_solver(
+        self, summary: dict[str, Any] | None = None, folder: Path | None = None
+    ) -> Path:
+        """Write the EMA solver with everything needed to trace and re-run it, into ``folder``
+        (default: the run's folder)."""
         with self.ema_weights() as solver:
             metadata = {
                 "model": self.model.identity(),
@@ -365,8 +368,9 @@ class Trainer:
                 },
                 "run": run_metadata(),
             }
-            solver.save(self.out / SOLVER_FILE, metadata)
-        return self.out / SOLVER_FILE
+            path = (folder or self.out) / SOLVER_FILE
+            solver.save(path, metadata)
+        return path
 
     # -- logging ------------------------------------------------------------------------------
     def log(self, record: dict[str, Any]) -> None:
@@ -458,6 +462,10 @@ class Trainer:
                     self.log(self.last_validation)
                 if done or (cfg.checkpoint_every and self.iteration % cfg.checkpoint_every == 0):
                     self.save_checkpoint()
+                if cfg.snapshot_every and self.iteration % cfg.snapshot_every == 0 and is_main():
+                    folder = self.out / "snapshots" / f"iter-{self.iteration:06d}"
+                    folder.mkdir(parents=True, exist_ok=True)
+                    self.save_solver({"seconds": time.perf_counter() - start}, folder)
         finally:
             bar.close()
             if self._writer is not None:
