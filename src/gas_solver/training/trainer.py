@@ -430,6 +430,7 @@ class Trainer:
 
     def _run(self, progress: bool) -> Path:
         cfg = self.config
+        began = time.perf_counter()  # snapshots count from here: warm-up and validation included
         if cfg.resume:
             self.load_checkpoint()
         elif is_main():  # a fresh run owns its folder: nothing of an earlier one passes as its own
@@ -465,7 +466,7 @@ class Trainer:
                 if cfg.snapshot_every and self.iteration % cfg.snapshot_every == 0 and is_main():
                     folder = self.out / "snapshots" / f"iter-{self.iteration:06d}"
                     folder.mkdir(parents=True, exist_ok=True)
-                    self.save_solver({"seconds": time.perf_counter() - start}, folder)
+                    self.save_solver({"seconds": time.perf_counter() - began}, folder)
         finally:
             bar.close()
             if self._writer is not None:
