@@ -95,7 +95,8 @@ def main() -> None:
     gain = initial - gs[-1]["fid"]
     reached = next(p for p in gs if initial - p["fid"] >= 0.95 * gain)
     result = {
-        "model": args.model, "nfe": args.nfe, "seeds": args.seeds, "gs": gs, "gas": gas,
+        "model": args.model, "nfe": args.nfe, "seeds": args.seeds, "every": args.every,
+        "gas_from": args.gas_from, "gs": gs, "gas": gas,
         "gs_95_percent_of_final_gain": reached,
     }  # fmt: skip
     Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
@@ -123,12 +124,12 @@ def plot(result: dict, path: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for name in ("gs", "gas"):
-        points = result[name]
+    start = [p for p in result["gs"] if p["iteration"] == result["gas_from"]]
+    for name, points in (("gs", result["gs"]), ("gas", start + result["gas"])):
         ax.plot(
             [p["iteration"] for p in points], [p["fid"] for p in points], "o-", label=name.upper()
         )
-    ax.set_xlabel("training iteration (batch 16)")
+    ax.set_xlabel("training iteration (batch 16; GAS continues the GS from its start point)")
     ax.set_ylabel(f"FID (seeds {result['seeds']})")
     ax.set_title(f"{result['model']}, NFE {result['nfe']}: FID while training")
     ax.legend()
