@@ -62,9 +62,9 @@ def main() -> None:
     seconds: dict[str, list[float]] = {name: [] for name in SETUPS}
     fids: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "fid.json"  # each run's result is read at once, then overwritten
         for _ in range(args.rounds):
             for name, (processes, threads, backend) in SETUPS.items():
-                out = Path(folder) / f"{len(fids)}.json"
                 seconds[name].append(run_fid(processes, threads, backend, args.images, out))
                 fids[name] = json.loads(out.read_text())["fid"]
                 print(f"{name}: {seconds[name][-1]:.1f} s, FID {fids[name]:.6f}", flush=True)
