@@ -293,3 +293,31 @@ def test_no_command_option_is_taken_by_torchrun():
         if t.startswith(ours)
     ]
     assert not taken
+
+
+def test_sweep_of_two_processes_is_the_one_process_sweep(work, tmp_path):
+    """Every part of a sweep splits its work under torchrun (teacher, grid choice, training,
+    comparison); the table is one process's up to the round-off of averaged gradients."""
+    from test_sweep import TOY
+
+    toy = [*TOY, "--no-logsnr-rows"]
+    toy[toy.index("--nfes") + 1] = "2"
+    torchrun("sweep", *toy, "--out", tmp_path / "two", cwd=work)
+    one_process("sweep", *toy, "--out", tmp_path / "one", cwd=work)
+    one, two = (json.loads((tmp_path / n / "sweep.json").read_text()) for n in ("one", "two"))
+    assert one["grids"] == two["grids"]
+    rows = list(zip(one["rows"]["2"], two["rows"]["2"], strict=True))
+    assert [a["name"] for a, _ in rows] == [
+        "teacher",
+        "timesteps",
+        "gs",
+        f"ddim ({one['grids']['2']['ddim']})",
+    ]
+    for a, b in rows:
+        assert a["n_samples"] == b["n_samples"] == 6
+        assert b["fid"] == pytest.approx(a["fid"], rel=1e-4) and b["l1"] == pytest.approx(
+            a["l1"], rel=1e-4, abs=1e-9
+        )
+    assert (tmp_path / "two" / "sweep.md").read_text() == (
+        tmp_path / "one" / "sweep.md"
+    ).read_text()

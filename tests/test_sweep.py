@@ -34,11 +34,20 @@ def test_sweep_at_toy_size_writes_table_json_plot_and_resumes(tmp_path, capsys):
         )
     table = (out / "sweep.md").read_text()
     assert "| timesteps |" in table and "NFE 3" in table
+    for key, by_solver in state["grid_l1"].items():  # every grid's L1; the best is the lowest
+        assert set(by_solver["ddim"]) == {"quadratic", "uniform"}
+        assert state["grids"][key]["ddim"] == min(by_solver["ddim"], key=by_solver["ddim"].get)
+        assert f"quadratic {by_solver['ddim']['quadratic']:.4f}" in table
     assert (out / "sweep.png").stat().st_size > 0
     stamp = (out / "nfe2" / "gs" / "solver.safetensors").stat().st_mtime_ns
     capsys.readouterr()
     assert main(["sweep", *TOY, "--out", str(out)]) == 0  # resumes: nothing retrained
     assert (out / "nfe2" / "gs" / "solver.safetensors").stat().st_mtime_ns == stamp
+    fewer = [*TOY]
+    fewer[fewer.index("--nfes") + 1] = "3"  # another NFE list may resume (and extend) it
+    assert main(["sweep", *fewer, "--out", str(out)]) == 0
+    assert (out / "nfe2" / "gs" / "solver.safetensors").stat().st_mtime_ns == stamp
+    assert (out / "sweep.md").read_text() == table
     assert main(["sweep", *TOY, "--iterations", "4", "--out", str(out)]) == 2
     assert "iterations: stored 3, given 4" in capsys.readouterr().err
 

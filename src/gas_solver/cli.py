@@ -19,7 +19,7 @@ from .version import __version__
 
 Action = Callable[[Any], str]
 
-DISTRIBUTED_COMMANDS = frozenset({"teacher", "train", "sample", "fid", "compare"})
+DISTRIBUTED_COMMANDS = frozenset({"teacher", "train", "sample", "fid", "compare", "sweep"})
 """The commands that split their work over the processes of ``torchrun`` (:mod:`.distributed`);
 under torchrun only rank 0 prints their result."""
 
@@ -53,6 +53,12 @@ def commands() -> dict[str, tuple[str, type | None, Action]]:
             return ""
         return f"{comparison.table()}comparison (table, JSON, pictures): {config.out}"
 
+    def sweep(config: SweepConfig) -> str:
+        report = run_sweep(config)
+        if not distributed.is_main():  # torchrun: rank 0 wrote the table and prints it
+            return ""
+        return f"{report.read_text()}sweep (table, JSON, plot, runs): {config.out}"
+
     return {
         "models": ("list the built-in models", None, _list_models),
         "train-model": (
@@ -77,7 +83,7 @@ def commands() -> dict[str, tuple[str, type | None, Action]]:
         "sweep": (
             "quality against NFE: classic solvers on their best grids, learned solvers, the teacher (resumable)",
             SweepConfig,
-            lambda c: f"{run_sweep(c).read_text()}sweep (table, JSON, plot, runs): {c.out}",
+            sweep,
         ),
         "export": (
             "export a trained solver: a diffusers scheduler folder or a k-diffusion sampler file",

@@ -13,7 +13,11 @@ For each NFE of the sweep, on the same evaluation seeds and against the same tea
 Everything lands in ``OUT``: the teacher set, each NFE's trainings and comparison, and
 ``sweep.json`` (the configuration, the grids chosen and every row), ``sweep.md`` (FID and L1 per
 method and NFE) and ``sweep.png`` (FID against NFE, one line per method, log scale). A rerun of
-the same command resumes: finished NFEs, grid choices and trainings are not recomputed.
+the same command resumes: finished NFEs, grid choices and trainings are not recomputed; a rerun
+with other ``--nfes`` adds those NFEs to the same table.
+
+Under ``torchrun`` every part splits its work as its own command does (teacher shards, the
+global training batch, sampling and Inception batches); rank 0 writes the sweep's files.
 """
 
 from __future__ import annotations
@@ -26,10 +30,11 @@ from typing import Any
 
 from ..config import load_config, option, require
 from ..data.teacher_set import TeacherSet
+from ..distributed import barrier, is_main, main_lock
 from ..errors import ConfigError
 from ..evaluation.compare import compare, split_solvers
 from ..models.loading import load_model
-from ..runtime import folder_lock, resolve_device, run_metadata, write_json
+from ..runtime import resolve_device, run_metadata, write_json
 from ..schedules import GRID_KINDS
 from ..seeds import parse_seeds
 from ..solvers.registry import DEFAULT_TEACHER, parse_solver_spec
@@ -42,7 +47,8 @@ log = logging.getLogger(__name__)
 
 LEARNED_METHODS = {"timesteps": ("gs", "timesteps"), "gs": ("gs", "all"), "gas": ("gas", "all")}
 """Learned rows: name → (``train --loss``, ``train --learn``)."""
-RESUME_MAY_CHANGE = {"out", "device", "batch_size"}
+RESUME_MAY_CHANGE = {"out", "device", "batch_size", "nfes"}
+"""Settings a resumed sweep may change: where and how it runs, and which NFEs it adds."""
 
 
 @dataclasses.dataclass
@@ -58,6 +64,9 @@ class SweepConfig:
     )
     grids: str = option(
         "logsnr,uniform,quadratic,edm", "grid kinds tried for each classic solver and NFE"
+    )
+    logsnr_rows: bool = option(
+        True, "also a row on the logSNR grid for each classic solver whose best grid is another"
     )
     learned: str = option("timesteps,gs,gas", "learned rows: timesteps (grid only), gs, gas")
     teacher: str = option(DEFAULT_TEACHER, "teacher solver spec")
@@ -131,7 +140,7 @@ def with_calls(spec: str, nfe: int, grid: str) -> str:
 
 def run_sweep(config: SweepConfig, progress: bool = True) -> Path:
     """Run (or resume) the sweep; returns the path of ``sweep.md``."""
-    with folder_lock(config.out) as out:
+    with main_lock(config.out) as out:
         return _sweep(config, out, progress)
 
 
@@ -149,21 +158,27 @@ def _sweep(config: SweepConfig, out: Path, progress: bool) -> Path:
     )  # fmt: skip
 
     def save() -> None:
-        write_json(state_path, {**state, "run": run_metadata()})
+        if is_main():
+            write_json(state_path, {**state, "run": run_metadata()})
 
     for nfe in config.nfe_list:
         key = str(nfe)
         if key in state["rows"]:
             continue
         if key not in state["grids"]:
-            state["grids"][key] = _best_grids(model, nfe, config, teacher, device, progress)
+            state["grid_l1"][key] = _grid_l1(model, nfe, config, teacher, device, progress)
+            state["grids"][key] = {
+                s: min(l1, key=l1.get) for s, l1 in state["grid_l1"][key].items()
+            }
             save()
         grids = state["grids"][key]
         entries = {}  # row name → solver (spec text or checkpoint folder)
         for method in config.learned_list:
             entries[method] = str(_trained(config, model, teacher, nfe, method, progress))
         for spec in split_solvers(config.classic):
-            for grid in dict.fromkeys([grids[spec], "logsnr"]):
+            for grid in dict.fromkeys(
+                [grids[spec], "logsnr"] if config.logsnr_rows else [grids[spec]]
+            ):
                 entries[f"{spec} ({grid})"] = with_calls(spec, nfe, grid)
         rows = compare(
             model, list(entries.values()), config.seeds, teacher=config.teacher,
@@ -179,15 +194,16 @@ def _sweep(config: SweepConfig, out: Path, progress: bool) -> Path:
         ]  # fmt: skip
         save()
     report = out / "sweep.md"
-    report.write_text(format_sweep(state))
-    _plot(state, out / "sweep.png")
+    if is_main():
+        report.write_text(format_sweep(state))
+        _plot(state, out / "sweep.png")
     return report
 
 
 def _resumed_state(path: Path, config: SweepConfig) -> dict[str, Any]:
     settings = dataclasses.asdict(config)
     if not path.is_file():
-        return {"config": settings, "grids": {}, "rows": {}}
+        return {"config": settings, "grids": {}, "grid_l1": {}, "rows": {}}
     state = json.loads(path.read_text())
     changed = [
         f"{k}: stored {state['config'].get(k)!r}, given {v!r}"
@@ -199,24 +215,24 @@ def _resumed_state(path: Path, config: SweepConfig) -> dict[str, Any]:
             f"{path} holds a sweep with other settings ({'; '.join(changed)}); use the same "
             "settings to resume it, or another --out"
         )
-    return state
+    return {**state, "config": settings}
 
 
-def _best_grids(model, nfe: int, config: SweepConfig, teacher, device, progress) -> dict:
-    """Each classic solver's grid kind with the lowest L1 to the teacher on the grid seeds
-    (one comparison of every solver on every grid, no FID)."""
+def _grid_l1(model, nfe: int, config: SweepConfig, teacher, device, progress) -> dict:
+    """Each classic solver's L1 to the teacher on the grid seeds for each grid kind (one
+    comparison of every solver on every grid, no FID); the lowest is the solver's best grid."""
     specs, grids = split_solvers(config.classic), config.grid_list
     candidates = [with_calls(spec, nfe, grid) for spec in specs for grid in grids]
     l1 = [row.l1 for row in compare(
         model, candidates, config.grid_seeds, teacher=config.teacher, teacher_set=teacher,
         batch_size=config.batch_size, device=device, progress=progress,
     ).rows[1:]]  # fmt: skip
-    best = {}
-    for i, spec in enumerate(specs):
-        scores = l1[i * len(grids) : (i + 1) * len(grids)]
-        best[spec] = grids[scores.index(min(scores))]
-        log.info("sweep: %s at NFE %d: best grid %s", spec, nfe, best[spec])
-    return best
+    scores = {
+        spec: dict(zip(grids, l1[i * len(grids) :], strict=False)) for i, spec in enumerate(specs)
+    }
+    for spec, by_grid in scores.items():
+        log.info("sweep: %s at NFE %d: best grid %s", spec, nfe, min(by_grid, key=by_grid.get))
+    return scores
 
 
 def _trained(config, model, teacher: TeacherSet, nfe: int, method: str, progress: bool) -> Path:
@@ -240,6 +256,7 @@ def _trained(config, model, teacher: TeacherSet, nfe: int, method: str, progress
             init_solver=str(_trained(config, model, teacher, nfe, "gs", progress)),
         )  # fmt: skip
     train(load_config(TrainConfig, overrides=overrides), model, teacher, progress)
+    barrier()  # torchrun: rank 0 has written the solver before any rank looks for it
     return folder
 
 
@@ -264,9 +281,13 @@ def format_sweep(state: dict[str, Any]) -> str:
             fid = "–" if cell is None or cell["fid"] is None else f"{cell['fid']:.2f}"
             row.append("" if cell is None else f"{fid} ({cell['l1']:.4f})")
         lines.append(f"| {name} | " + " | ".join(row) + " |")
-    grids = state["grids"]
-    lines += ["", "Best grid per classic solver (by L1 on the grid seeds):", ""]
-    lines += [f"- NFE {k}: " + ", ".join(f"{s}: {g}" for s, g in grids[k].items()) for k in nfes]
+    grids, grid_l1 = state["grids"], state.get("grid_l1", {})
+    lines += ["", "Best grid per classic solver (by L1 on the grid seeds; each grid's L1):", ""]
+    for k in nfes:
+        lines.append(f"- NFE {k}: " + "; ".join(
+            f"{s}: **{g}**" + (" (" + ", ".join(f"{kind} {v:.4f}" for kind, v in grid_l1[k][s].items()) + ")" if k in grid_l1 else "")
+            for s, g in grids[k].items()
+        ))  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

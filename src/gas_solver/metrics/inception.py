@@ -393,7 +393,7 @@ def feature_batches(
         tqdm(total=total, unit="img", desc="Inception", disable=not show_progress(progress)) as bar,
     ):
         for index, batch in enumerate(batches):
-            if not shard or owns(index):
+            if len(batch) and (not shard or owns(index)):  # torchrun: a rank may own no image
                 yield model(batch)
             bar.update(len(batch))
 
