@@ -329,10 +329,6 @@ class DiffusersUNetModel(DiffusionModel):
         return identity
 
 
-DiffusersModel = DiffusersUNetModel
-"""Short name; the class keeps its first name so recorded model identities stay valid."""
-
-
 # -- condition functions for teacher sets ---------------------------------------------------------
 def scheduler_schedule(scheduler: Any) -> tuple[NoiseSchedule, str]:
     """The noise schedule and prediction type a diffusers scheduler describes: a flow-matching
