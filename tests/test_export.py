@@ -36,9 +36,9 @@ from tiny_text import clip_text_parts  # noqa: E402
 TOLERANCE = 1e-5
 
 
-def trained_looking(nfe: int, schedule, seed: int = 0) -> GeneralizedSolver:
+def trained_looking(nfe: int, schedule, seed: int = 0, theory: bool = True) -> GeneralizedSolver:
     """A GS with every parameter non-zero: moved times, offsets below each time, corrections."""
-    gs = GeneralizedSolver(nfe, schedule, init_grid="logsnr")
+    gs = GeneralizedSolver(nfe, schedule, init_grid="logsnr", theory=theory)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         gs.mu_logit.add_(0.2 * torch.randn(gs.mu_logit.shape, generator=gen))
@@ -197,9 +197,10 @@ def edm_model():
     return EDMModel(net.eval(), (3, 8, 8))
 
 
+@pytest.mark.parametrize("theory", [True, False])
 @pytest.mark.parametrize("nfe", [4, 6])
-def test_sample_gs_on_a_karras_denoiser_equals_gs(tmp_path, edm_model, nfe):
-    gs = trained_looking(nfe, edm_model.schedule, seed=20 + nfe)
+def test_sample_gs_on_a_karras_denoiser_equals_gs(tmp_path, edm_model, nfe, theory):
+    gs = trained_looking(nfe, edm_model.schedule, seed=20 + nfe, theory=theory)
     noise = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         ours = gs(edm_model, noise)

@@ -48,14 +48,15 @@ def randomise(solver: GeneralizedSolver, scale: float = 0.02) -> GeneralizedSolv
 # -- DPM-Solver++(3M) at init -------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("theory", [True, False])
 @pytest.mark.parametrize("init_grid", ["uniform", "logsnr"])
 @pytest.mark.parametrize("kind", SCHEDULES)
-def test_untrained_is_dpm_solver_pp_3m(kind: str, init_grid: str) -> None:
+def test_untrained_is_dpm_solver_pp_3m(kind: str, init_grid: str, theory: bool) -> None:
     schedule = SCHEDULES[kind]()
     model = mixture(schedule)
     noise = torch.randn(4, 3, dtype=torch.float64)
     for nfe in range(1, 9):
-        solver = GeneralizedSolver(nfe, schedule, init_grid=init_grid).double()
+        solver = GeneralizedSolver(nfe, schedule, init_grid=init_grid, theory=theory).double()
         model.reset_nfe()
         with torch.no_grad():
             out = solver(model, noise)
@@ -63,6 +64,36 @@ def test_untrained_is_dpm_solver_pp_3m(kind: str, init_grid: str) -> None:
         grid = solver.timesteps().detach()
         ref = dpm_solver_pp(model, noise, grid, order=3, lower_order_final=False)
         torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12, msg=f"nfe={nfe}")
+
+
+def test_without_theory_the_coefficients_stay_those_of_the_initial_grid() -> None:
+    """theory=False (Table 5's ablation): with the middle time moved and no corrections, the 2-call
+    GS is DPM-Solver++(2M)'s update with A, B, r0 of the initial grid, applied to data
+    predictions made at the moved time (spec §2.2, k = 1, 2, written out here)."""
+    schedule = LinearVPSchedule()
+    model = mixture(schedule)
+    noise = torch.randn(4, 3, dtype=torch.float64)
+    solver = GeneralizedSolver(2, schedule, init_grid="logsnr", theory=False).double()
+    with torch.no_grad():
+        solver.mu_logit.add_(0.7)
+        out = solver(model, noise)
+    t, t0 = solver.timesteps().detach(), solver.initial_grid
+    assert abs(float(t[1] - t0[1])) > 1e-2
+    alpha, sigma, lam = schedule.alpha(t0), schedule.sigma(t0), schedule.lambda_(t0)
+    h = lam.diff()
+
+    def data(y, k):  # D_k at the moved grid
+        return (y - schedule.sigma(t[k]) * model.noise_prediction(y, t[k])) / schedule.alpha(t[k])
+
+    d0 = data(noise, 0)
+    y1 = sigma[1] / sigma[0] * noise - alpha[1] * torch.expm1(-h[0]) * d0
+    d1 = data(y1, 1)
+    b2 = alpha[2] * torch.expm1(-h[1])
+    y2 = sigma[2] / sigma[1] * y1 - b2 * d1 - 0.5 * b2 * (d1 - d0) / (h[0] / h[1])
+    torch.testing.assert_close(out, y2, rtol=1e-12, atol=1e-12)
+    with torch.no_grad():  # the default recomputes them at the moved grid: another output
+        solver.theory = True
+        assert (solver(model, noise) - out).abs().max() > 1e-4
 
 
 def test_output_keeps_noise_dtype() -> None:
@@ -254,6 +285,12 @@ def test_save_load_round_trip(tmp_path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gs.json", "gs.safetensors"]
     # Without a model the linear schedule is rebuilt from the metadata.
     assert torch.equal(GeneralizedSolver.load(path)(model, noise), solver(model, noise))
+    assert loaded.theory and meta["theory"] is True
+    frozen = randomise(GeneralizedSolver(4, model.schedule, init_grid="logsnr", theory=False))
+    path = frozen.save(tmp_path / "frozen.safetensors", {"model": model.identity()})
+    loaded = GeneralizedSolver.load(path, model=model)
+    assert not loaded.theory and loaded.metadata["theory"] is False
+    assert torch.equal(loaded(model, noise), frozen(model, noise))
 
 
 def test_load_explicit_grid_and_discrete_schedule(tmp_path) -> None:

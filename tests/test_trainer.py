@@ -191,6 +191,12 @@ def test_init_solver_continues_from_a_trained_solver(teacher_dir, tmp_path):
             model,
             teacher,
         )
+    with pytest.raises(ConfigError, match="theory=True"):  # the base of the coefficients differs
+        Trainer(
+            _config(tmp_path, out=str(tmp_path / "f"), theory=False, init_solver=str(path)),
+            model,
+            teacher,
+        )
 
 
 def test_batches_cover_each_epoch_once(teacher_dir, tmp_path):

@@ -7,8 +7,9 @@ A GS with ``N`` network calls is, once trained, a fixed linear multistep method 
 
 from ``y_0`` (the noise, at ``t_0 = 1``) to the output ``y_N`` at ``t_N = t_eps``. ``τ_k = t_k + ξ_k``
 are the times the network is queried at (the learned offsets ξ), and ``W``, ``V`` the effective
-history weights of :func:`~gas_solver.solvers.generalized.step_weights`. The network's native
-output at ``τ_k`` is turned into ``ε̂`` with the schedule's ``α(τ_k)``, ``σ(τ_k)``. Everything here
+history weights (:meth:`~gas_solver.solvers.generalized.GeneralizedSolver.history_weights`). The
+network's native output at ``τ_k`` is turned into ``ε̂`` with the schedule's ``α(τ_k)``,
+``σ(τ_k)``. Everything here
 is computed once, in float64, from the solver's parameters and the model's schedule, so the
 formats (diffusers scheduler, k-diffusion sampler) need neither gas-solver's solver nor its schedule.
 """
@@ -22,7 +23,7 @@ from typing import Any
 import torch
 
 from ..models.base import DiffusionModel
-from ..solvers.generalized import GeneralizedSolver, grid_from_logits, step_weights
+from ..solvers.generalized import GeneralizedSolver, grid_from_logits
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,12 +80,8 @@ def solver_table(
     grid = grid_from_logits(params["mu_logit"], solver.t_eps, solver.t_max)
     query = grid[:-1] + params["t_couple"]
     alpha, sigma = schedule.alpha(grid), schedule.sigma(grid)
-    h = schedule.lambda_(grid).diff()
     state_weights, pred_weights = [], []
-    for k in range(1, solver.nfe + 1):
-        start = k * (k - 1) // 2
-        a, c = params["a_hat"][start : start + k], params["c_hat"][start : start + k]
-        w, v = step_weights(k, alpha[k], sigma[k] / sigma[k - 1], h, a, c)
+    for w, v in solver.history_weights(schedule, grid):
         state_weights.append([float(x) for x in w])
         pred_weights.append([float(x) for x in v])
     return SolverTable(

@@ -27,6 +27,12 @@ none at ``t_N``). For the step ``k = 1 … N`` from ``t_{k−1}`` to ``t_k``:
 
 Step ``k`` thus uses exactly ``k`` â's and ``k`` ĉ's: ``N(N+1)`` coefficient scalars in all, plus
 ``N−1`` logits and ``N`` offsets (spec §2.5).
+
+**Theoretical guidance** (the paper's Table 5): by default A, B, φ2, φ3, r0, r1 are recomputed
+from the current timesteps, so the corrections stay small corrections of a consistent method as
+the grid moves. ``theory=False`` is the paper's ablation: those terms are frozen at their values
+on the *initial* grid, so the step coefficients no longer follow the timesteps (both variants start
+equal to DPM-Solver++(3M)).
 """
 
 from __future__ import annotations
@@ -184,6 +190,8 @@ class GeneralizedSolver(nn.Module):
             init, ``logsnr``, ``edm``, ``quadratic``) or an explicit ``(N+1,)`` descending tensor
             from ``schedule.t_max`` (1, or ``1 − 1/N`` for flow models) to ``t_eps``. It is
             turned into logits by the exact inverse map.
+        theory: DPM-Solver++(3M)'s coefficients at the current timesteps (default), or frozen at
+            the initial grid (``False``: the ablation of the module docstring).
     """
 
     def __init__(
@@ -192,6 +200,7 @@ class GeneralizedSolver(nn.Module):
         schedule: NoiseSchedule,
         t_eps: float | None = None,
         init_grid: str | Tensor = "uniform",
+        theory: bool = True,
     ) -> None:
         super().__init__()
         if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
@@ -215,7 +224,7 @@ class GeneralizedSolver(nn.Module):
             raise ConfigError(
                 "t_eps: the GS needs a finite log-SNR at its last time (t_eps > 0 on a flow model)"
             )
-        self.nfe = nfe
+        self.nfe, self.theory = nfe, theory
         self.t_max, self.t_eps = float(grid[0]), float(grid[-1])
         self.schedule_spec = schedule.describe()
         self.metadata: dict[str, Any] = {}
@@ -225,9 +234,16 @@ class GeneralizedSolver(nn.Module):
         self.t_couple = nn.Parameter(torch.zeros(nfe, dtype=dtype))
         self.a_hat = nn.Parameter(torch.zeros(n_coef, dtype=dtype))
         self.c_hat = nn.Parameter(torch.zeros(n_coef, dtype=dtype))
+        # the grid of the initial logits (float64, CPU): the coefficients' base without theory
+        self.initial_grid = grid_from_logits(
+            self.mu_logit.detach().double(), self.t_eps, self.t_max
+        )
 
     def extra_repr(self) -> str:
-        return f"nfe={self.nfe}, t_eps={self.t_eps:g}, init_grid={self.init_grid!r}"
+        return (
+            f"nfe={self.nfe}, t_eps={self.t_eps:g}, init_grid={self.init_grid!r}, "
+            f"theory={self.theory}"
+        )
 
     # -- parameters seen as solver quantities ----------------------------------------------------
     def timesteps(self) -> Tensor:
@@ -246,12 +262,51 @@ class GeneralizedSolver(nn.Module):
         return self.a_hat[start : start + step], self.c_hat[start : start + step]
 
     @torch.no_grad()
+    def start_from(self, start: GeneralizedSolver, path: str | os.PathLike) -> None:
+        """Copy the parameters of ``start`` (a solver loaded from ``path``) into this one.
+
+        Raises:
+            ConfigError: ``start`` ends at another ``t_eps``, or differs in ``theory`` (without
+                theory also in the initial grid, the base of its coefficients).
+        """
+        if start.t_eps != self.t_eps:
+            raise ConfigError(
+                f"init_solver: {path} ends its grid at t_eps={start.t_eps}, this run at "
+                f"{self.t_eps}; pass --t-eps {start.t_eps}"
+            )
+        base_differs = not start.theory and not torch.equal(start.initial_grid, self.initial_grid)
+        if start.theory != self.theory or base_differs:
+            raise ConfigError(
+                f"init_solver: {path} was trained with theory={start.theory} from the initial grid "
+                f"{start.init_grid!r}, this run has theory={self.theory} from {self.init_grid!r}: "
+                "give the same --theory/--no-theory and --init-grid"
+            )
+        for name, param in self.named_parameters():
+            param.copy_(getattr(start, name).to(param))
+
+    def history_weights(
+        self, schedule: NoiseSchedule, grid: Tensor
+    ) -> list[tuple[list[Tensor], list[Tensor]]]:
+        """:func:`step_weights` ``(w, v)`` of every step ``k = 1 … N`` of a solver on ``grid`` (its
+        :meth:`timesteps`, in the dtype and on the device of the result): DPM-Solver++(3M)'s terms
+        at ``grid`` (at the initial grid when ``theory`` is off) plus the corrections."""
+        base = grid if self.theory else self.initial_grid.to(grid)
+        alpha, sigma = schedule.alpha(base), schedule.sigma(base)
+        h = schedule.lambda_(base).diff()  # h_k at index k−1, all > 0
+        weights = []
+        for k in range(1, self.nfe + 1):
+            a, c = (v.to(grid) for v in self.corrections(k))
+            weights.append(step_weights(k, alpha[k], sigma[k] / sigma[k - 1], h, a, c))
+        return weights
+
+    @torch.no_grad()
     def describe(self) -> dict[str, Any]:
         """JSON-able summary: grid, query times, offsets, corrections per step, parameter count."""
         return {
             "nfe": self.nfe,
             "t_eps": self.t_eps,
             "init_grid": self.init_grid,
+            "theory": self.theory,
             "grid": self.timesteps().tolist(),
             "evaluation_times": self.evaluation_times().tolist(),
             "offsets": self.t_couple.tolist(),
@@ -304,7 +359,7 @@ class GeneralizedSolver(nn.Module):
         grid = grid_from_logits(self.mu_logit.to(exact), self.t_eps, self.t_max)
         query = grid[:-1] + self.t_couple.to(exact)  # t_k + ξ_k
         alpha, sigma = model.schedule.alpha(grid), model.schedule.sigma(grid)
-        h = model.schedule.lambda_(grid).diff()  # h_k at index k−1, all > 0
+        weights = self.history_weights(model.schedule, grid)
 
         def predict(y: Tensor, t: Tensor) -> Tensor:
             if checkpoint:
@@ -319,8 +374,7 @@ class GeneralizedSolver(nn.Module):
             eps = predict(y, query[k - 1])
             preds.append((y - sigma[k - 1].to(dtype) * eps) / alpha[k - 1].to(dtype))
             report(callback, k - 1, grid[k - 1], y, preds[-1])
-            a, c = (v.to(exact) for v in self.corrections(k))
-            w_states, w_preds = step_weights(k, alpha[k], sigma[k] / sigma[k - 1], h, a, c)
+            w_states, w_preds = weights[k - 1]
             states.append(self._step(states, preds, [w.to(dtype) for w in w_states + w_preds]))
         return states[-1]
 
@@ -351,7 +405,7 @@ class GeneralizedSolver(nn.Module):
         (strict JSON: a non-finite number, such as a NaN validation loss, is ``null``). It is the
         caller's ``metadata`` (e.g. teacher spec, training summary; ``run`` defaults to
         :func:`~gas_solver.runtime.run_metadata`) plus the solver's own fields, which take
-        precedence: ``format``, ``nfe``, ``t_eps``, ``schedule``, ``init_grid`` and ``solver``
+        precedence: ``format``, ``nfe``, ``t_eps``, ``schedule``, ``init_grid``, ``theory`` and ``solver``
         (:meth:`describe`). Both files are written atomically.
 
         Args:
@@ -371,6 +425,7 @@ class GeneralizedSolver(nn.Module):
             "t_eps": self.t_eps,
             "schedule": self.schedule_spec,
             "init_grid": self.init_grid,
+            "theory": self.theory,
             "solver": self.describe(),
         }
         tensors = {name: p.detach().cpu().contiguous() for name, p in self.state_dict().items()}
@@ -422,6 +477,7 @@ class GeneralizedSolver(nn.Module):
             schedule,
             t_eps=meta["t_eps"],
             init_grid=init if isinstance(init, str) else torch.tensor(init, dtype=torch.float64),
+            theory=meta.get("theory", True),
         )
         solver = solver.to(tensors["mu_logit"].dtype)
         try:

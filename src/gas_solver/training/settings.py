@@ -55,6 +55,11 @@ class TrainSettings:
         "all", "which solver parameters train (ablations; timesteps = an LD3-style baseline)",
         choices=list(LEARNED),
     )  # fmt: skip
+    theory: bool = option(
+        True,
+        "coefficients as corrections on DPM-Solver++(3M) at the current timesteps (the paper's "
+        "theoretical guidance); --no-theory: on its values at the initial grid, frozen (ablation)",
+    )
     t_eps: float | None = option(None, "last time of the student grid (default: the schedule's)")
     iterations: int = option(10000, "training iterations")
     batch_size: int = option(24, "teacher pairs per iteration")

@@ -115,7 +115,7 @@ class Trainer:
             self.fake_noise = torch.Generator().manual_seed(config.seed * 1_000_003 + 777_767)
         self.noise, self.target, self.cond = teacher.noise, teacher.target, teacher.cond
         self.solver = GeneralizedSolver(
-            config.nfe, model.schedule, t_eps=config.t_eps, init_grid=config.init_grid
+            config.nfe, model.schedule, config.t_eps, config.init_grid, config.theory
         ).to(self.device)
         if config.init_solver:
             self._start_from(config.init_solver)
@@ -131,15 +131,7 @@ class Trainer:
 
     def _start_from(self, path: str) -> None:
         """``--init-solver``: copy a trained solver's parameters (its EMA weights) into ours."""
-        start = GeneralizedSolver.load(path, self.model, nfe=self.config.nfe)
-        if start.t_eps != self.solver.t_eps:
-            raise ConfigError(
-                f"init_solver: {path} ends its grid at t_eps={start.t_eps}, this run at "
-                f"{self.solver.t_eps}; pass --t-eps {start.t_eps}"
-            )
-        with torch.no_grad():
-            for name, param in self.solver.named_parameters():
-                param.copy_(getattr(start, name).to(param))
+        self.solver.start_from(GeneralizedSolver.load(path, self.model, nfe=self.config.nfe), path)
 
     def _discriminator(self, model: DiffusionModel) -> nn.Module:
         """GAS: an R3GAN discriminator (preset or file), or heads on the model's own features."""
