@@ -34,6 +34,9 @@ def test_sweep_at_toy_size_writes_table_json_plot_and_resumes(tmp_path, capsys):
         )
     table = (out / "sweep.md").read_text()
     assert "| timesteps |" in table and "NFE 3" in table
+    gs_seconds = json.loads((out / "nfe2" / "gs" / "summary.json").read_text())["seconds"]
+    assert state["rows"]["2"][2]["train_seconds"] == gs_seconds
+    assert "Seconds to sample" in table and f"({gs_seconds:.0f})" in table
     for key, by_solver in state["grid_l1"].items():  # every grid's L1; the best is the lowest
         assert set(by_solver["ddim"]) == {"quadratic", "uniform"}
         assert state["grids"][key]["ddim"] == min(by_solver["ddim"], key=by_solver["ddim"].get)

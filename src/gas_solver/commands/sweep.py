@@ -193,6 +193,12 @@ def _sweep(config: SweepConfig, out: Path, progress: bool) -> Path:
             for name, row in zip(names, rows, strict=True)
         ]  # fmt: skip
         save()
+    for key, rows in state["rows"].items():  # the learned rows' training time, from their runs
+        for row in rows:
+            summary = out / f"nfe{key}" / row["name"] / "summary.json"
+            if row["name"] in LEARNED_METHODS and summary.is_file():
+                row["train_seconds"] = json.loads(summary.read_text())["seconds"]
+    save()
     report = out / "sweep.md"
     if is_main():
         report.write_text(format_sweep(state))
@@ -261,18 +267,23 @@ def _trained(config, model, teacher: TeacherSet, nfe: int, method: str, progress
 
 
 def format_sweep(state: dict[str, Any]) -> str:
-    """Markdown: one row per method, one column per NFE with ``FID (L1)``."""
+    """Markdown: one row per method, one column per NFE with ``FID (L1)``; then the seconds of
+    sampling the evaluation seeds (and of training, for learned rows) in the same layout, and
+    each classic solver's grid choice."""
     nfes = sorted(state["rows"], key=int)
     names = list(dict.fromkeys(row["name"] for key in nfes for row in state["rows"][key]))
     cells = {(row["name"], key): row for key in nfes for row in state["rows"][key]}
     config = state["config"]
     n = next((row["n_samples"] for key in nfes for row in state["rows"][key]), 0)
+    header = [
+        "| method | " + " | ".join(f"NFE {k}" for k in nfes) + " |",
+        "|---|" + "---:|" * len(nfes),
+    ]
     lines = [
         f"FID (N = {n}, {config['fid_ref']}, {config['fid_method']}) and, in brackets, L1 to the "
         f"teacher ({config['teacher']}); model {config['model']}.",
         "",
-        "| method | " + " | ".join(f"NFE {k}" for k in nfes) + " |",
-        "|---|" + "---:|" * len(nfes),
+        *header,
     ]
     for name in names:
         row = []
@@ -280,6 +291,23 @@ def format_sweep(state: dict[str, Any]) -> str:
             cell = cells.get((name, key))
             fid = "–" if cell is None or cell["fid"] is None else f"{cell['fid']:.2f}"
             row.append("" if cell is None else f"{fid} ({cell['l1']:.4f})")
+        lines.append(f"| {name} | " + " | ".join(row) + " |")
+    lines += [
+        "",
+        "Seconds to sample the N images and, in brackets, to train (GAS: after its GS):",
+        "",
+    ]
+    lines += header
+    for name in names:
+        row = []
+        for key in nfes:
+            cell = cells.get((name, key))
+            trained = (
+                ""
+                if cell is None or "train_seconds" not in cell
+                else f" ({cell['train_seconds']:.0f})"
+            )
+            row.append("" if cell is None else f"{cell['seconds']:.0f}{trained}")
         lines.append(f"| {name} | " + " | ".join(row) + " |")
     grids, grid_l1 = state["grids"], state.get("grid_l1", {})
     lines += ["", "Best grid per classic solver (by L1 on the grid seeds; each grid's L1):", ""]

@@ -1,0 +1,131 @@
+"""What each ingredient of the GS and GAS buys: one trainer flag per row, one comparison.
+
+    python benchmarks/ablations.py --teacher runs/s16/teacher --out runs/ablations \
+        --reuse gs=runs/s16/nfe4/gs --reuse timesteps=runs/s16/nfe4/timesteps \
+        --reuse gas-w0.3=runs/s16/nfe4/gas --seeds 50000-50999 \
+        --launcher "torchrun --standalone --nproc_per_node=2" \
+        --json docs/results/mnist32-ablations-nfe4.json
+
+Every row is the protocol of the published NFE-4 table (GS: 400 iterations at batch 16 on teacher
+pairs 0–999, logSNR initial grid, L1, seed 42; GAS: that GS + 100 discriminator warm-up steps + 200
+adversarial iterations, ``model-features``, D lr 1e-4) with one thing changed (:data:`GS_ROWS`,
+:data:`GAS_ROWS`; ``gas-w0`` is the GS trained the same 200 iterations more without the
+adversarial term). Runs already in ``--out`` (or given with ``--reuse NAME=FOLDER``) are not
+trained again. Then one ``gas-solver compare`` of the teacher and every row on ``--seeds``: FID
+against the bundled digits, L1 and PSNR to the teacher. Writes the JSON and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from gas_solver.runtime import run_metadata, write_json
+
+GS_ROWS = {
+    "gs": ("the GS (400 iterations)", []),
+    "no-theory": ("coefficients not following the timesteps (Table 5)", ["--no-theory"]),
+    "no-corrections": ("no history corrections â, ĉ (DPM-Solver++ terms only)", ["--learn", "no-corrections"]),
+    "no-offsets": ("no evaluation offsets ξ", ["--learn", "no-offsets"]),
+    "timesteps": ("timesteps only (LD3-style)", ["--learn", "timesteps"]),
+    "train-200": ("200 training pairs instead of 1000 (Table 12)", ["--train-size", "200"]),
+    "l2": ("L2 distillation instead of L1", ["--distillation", "l2"]),
+    "init-uniform": ("initial grid uniform in t instead of logSNR", ["--init-grid", "uniform"]),
+}  # fmt: skip
+"""name → (what changes, ``train`` flags on top of the GS protocol)."""
+GAS_ROWS = {f"gas-w{w}": w for w in ("0", "0.1", "0.3", "0.5", "1")}
+"""name → adversarial weight, each from the ``gs`` row (w = 0: no discriminator at all)."""
+GAS = ("--disc-preset", "model-features", "--disc-lr", "1e-4", "--disc-beta1", "0",
+       "--disc-beta2", "0.99", "--disc-warmup", "100")  # fmt: skip
+
+
+def gas_solver(launcher: str, *args: str) -> None:
+    prefix = (
+        shlex.split(launcher) + ["-m", "gas_solver.cli"]
+        if launcher
+        else [sys.executable, "-m", "gas_solver.cli"]
+    )
+    subprocess.run([*prefix, *args], check=True)
+
+
+def train(args, folder: Path, iterations: int, *extra: str) -> float | None:
+    """Train into ``folder`` unless a finished run is there; the seconds it took (None: reused)."""
+    if (folder / "summary.json").is_file():
+        return None
+    start = time.perf_counter()
+    gas_solver(
+        args.launcher, "train", "--teacher", args.teacher, "--nfe", str(args.nfe),
+        "--iterations", str(iterations), "--batch-size", "16", "--train-size", "1000",
+        "--val-size", "100", "--init-grid", "logsnr", "--val-every", "0",
+        "--checkpoint-every", str(iterations), "--seed", "42", "--device", "cpu",
+        "--out", str(folder), *extra,
+    )  # fmt: skip
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--teacher", required=True, help="teacher set of the GS protocol")
+    parser.add_argument("--out", required=True, help="folder of the runs and the comparison")
+    parser.add_argument("--model", default="mnist32")
+    parser.add_argument("--nfe", type=int, default=4)
+    parser.add_argument("--seeds", default="50000-50999", help="evaluation seeds (FID N)")
+    parser.add_argument("--rows", default=",".join([*GS_ROWS, *GAS_ROWS]), help="rows to run")
+    parser.add_argument("--reuse", action="append", default=[], help="NAME=FOLDER: a finished run")
+    parser.add_argument(
+        "--launcher", default="", help='e.g. "torchrun --standalone --nproc_per_node=2"'
+    )
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args()
+
+    out = Path(args.out)
+    folders = {name: out / name for name in [*GS_ROWS, *GAS_ROWS]}
+    folders.update({k: Path(v) for k, v in (item.split("=", 1) for item in args.reuse)})
+    names = [n.strip() for n in args.rows.split(",") if n.strip()]
+    seconds = {}
+    for name in names:
+        if name in GS_ROWS:
+            seconds[name] = train(args, folders[name], 400, *GS_ROWS[name][1])
+        else:
+            weight = GAS_ROWS[name]
+            train(args, folders["gs"], 400)
+            extra = ["--loss", "gas", *GAS, "--adv-weight", weight] if weight != "0" else []
+            seconds[name] = train(
+                args, folders[name], 200, "--init-solver", str(folders["gs"]), *extra
+            )
+    comparison = out / "compare"
+    if not (comparison / "compare.json").is_file():
+        gas_solver(
+            args.launcher, "compare", "--model", args.model, "--seeds", args.seeds,
+            "--solvers", ";".join(str(folders[n]) for n in names), "--teacher-set", args.teacher,
+            "--fid-ref", "mnist", "--fid-method", "eigh", "--device", "cpu", "--out", str(comparison),
+        )  # fmt: skip
+    compared = json.loads((comparison / "compare.json").read_text())["rows"]
+    rows = [{"name": "teacher", "change": "the teacher", **_scores(compared[0])}]
+    for name, row in zip(names, compared[1:], strict=True):
+        change = (
+            GS_ROWS[name][0] if name in GS_ROWS else f"GAS, adversarial weight {GAS_ROWS[name]}"
+        )
+        rows.append({"name": name, "change": change, "solver": str(folders[name]),
+                     "train_seconds": seconds[name], **_scores(row)})  # fmt: skip
+    print(f"| row | what changes | FID (N = {rows[0]['n_samples']}) | L1 to teacher | PSNR |")
+    print("|---|---|---:|---:|---:|")
+    for row in rows:
+        psnr = "–" if row["psnr"] is None else f"{row['psnr']:.2f}"
+        print(f"| {row['name']} | {row['change']} | {row['fid']:.2f} | {row['l1']:.4f} | {psnr} |")
+    if args.json:
+        write_json(args.json, {"model": args.model, "nfe": args.nfe, "seeds": args.seeds,
+                               "rows": rows, "command": " ".join(sys.argv), "run": run_metadata()})  # fmt: skip
+
+
+def _scores(row: dict) -> dict:
+    return {k: row[k] for k in ("fid", "l1", "psnr", "n_samples")}
+
+
+if __name__ == "__main__":
+    main()
