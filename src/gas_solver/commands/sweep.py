@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -233,8 +234,10 @@ def _grid_l1(model, nfe: int, config: SweepConfig, teacher, device, progress) ->
         model, candidates, config.grid_seeds, teacher=config.teacher, teacher_set=teacher,
         batch_size=config.batch_size, device=device, progress=progress,
     ).rows[1:]]  # fmt: skip
+    per_spec = len(grids)
     scores = {
-        spec: dict(zip(grids, l1[i * len(grids) :], strict=False)) for i, spec in enumerate(specs)
+        spec: dict(zip(grids, l1[i * per_spec : (i + 1) * per_spec], strict=True))
+        for i, spec in enumerate(specs)
     }
     for spec, by_grid in scores.items():
         log.info("sweep: %s at NFE %d: best grid %s", spec, nfe, min(by_grid, key=by_grid.get))
@@ -275,40 +278,37 @@ def format_sweep(state: dict[str, Any]) -> str:
     cells = {(row["name"], key): row for key in nfes for row in state["rows"][key]}
     config = state["config"]
     n = next((row["n_samples"] for key in nfes for row in state["rows"][key]), 0)
-    header = [
-        "| method | " + " | ".join(f"NFE {k}" for k in nfes) + " |",
-        "|---|" + "---:|" * len(nfes),
-    ]
+
+    def table(text: Callable[[dict[str, Any]], str]) -> list[str]:
+        """A method × NFE table whose cells are ``text(row)`` (empty where a method has no row)."""
+        out = [
+            "| method | " + " | ".join(f"NFE {k}" for k in nfes) + " |",
+            "|---|" + "---:|" * len(nfes),
+        ]
+        for name in names:
+            row = [cells.get((name, key)) for key in nfes]
+            out.append(
+                f"| {name} | " + " | ".join("" if c is None else text(c) for c in row) + " |"
+            )
+        return out
+
+    def fid_l1(cell: dict[str, Any]) -> str:
+        return ("–" if cell["fid"] is None else f"{cell['fid']:.2f}") + f" ({cell['l1']:.4f})"
+
+    def seconds(cell: dict[str, Any]) -> str:
+        trained = f" ({cell['train_seconds']:.0f})" if "train_seconds" in cell else ""
+        return f"{cell['seconds']:.0f}{trained}"
+
     lines = [
         f"FID (N = {n}, {config['fid_ref']}, {config['fid_method']}) and, in brackets, L1 to the "
         f"teacher ({config['teacher']}); model {config['model']}.",
         "",
-        *header,
-    ]
-    for name in names:
-        row = []
-        for key in nfes:
-            cell = cells.get((name, key))
-            fid = "–" if cell is None or cell["fid"] is None else f"{cell['fid']:.2f}"
-            row.append("" if cell is None else f"{fid} ({cell['l1']:.4f})")
-        lines.append(f"| {name} | " + " | ".join(row) + " |")
-    lines += [
+        *table(fid_l1),
         "",
         "Seconds to sample the N images and, in brackets, to train (GAS: after its GS):",
         "",
-    ]
-    lines += header
-    for name in names:
-        row = []
-        for key in nfes:
-            cell = cells.get((name, key))
-            trained = (
-                ""
-                if cell is None or "train_seconds" not in cell
-                else f" ({cell['train_seconds']:.0f})"
-            )
-            row.append("" if cell is None else f"{cell['seconds']:.0f}{trained}")
-        lines.append(f"| {name} | " + " | ".join(row) + " |")
+        *table(seconds),
+    ]  # fmt: skip
     grids, grid_l1 = state["grids"], state.get("grid_l1", {})
     lines += ["", "Best grid per classic solver (by L1 on the grid seeds; each grid's L1):", ""]
     for k in nfes:

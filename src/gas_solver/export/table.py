@@ -9,9 +9,8 @@ from ``y_0`` (the noise, at ``t_0 = 1``) to the output ``y_N`` at ``t_N = t_eps`
 are the times the network is queried at (the learned offsets ξ), and ``W``, ``V`` the effective
 history weights (:meth:`~gas_solver.solvers.generalized.GeneralizedSolver.history_weights`). The
 network's native output at ``τ_k`` is turned into ``ε̂`` with the schedule's ``α(τ_k)``,
-``σ(τ_k)``. Everything here
-is computed once, in float64, from the solver's parameters and the model's schedule, so the
-formats (diffusers scheduler, k-diffusion sampler) need neither gas-solver's solver nor its schedule.
+``σ(τ_k)``. Everything here is computed once, in float64, from the solver's parameters and the
+model's schedule, so the formats (diffusers scheduler, k-diffusion sampler) need neither gas-solver's solver nor its schedule.
 """
 
 from __future__ import annotations

@@ -234,10 +234,8 @@ class GeneralizedSolver(nn.Module):
         self.t_couple = nn.Parameter(torch.zeros(nfe, dtype=dtype))
         self.a_hat = nn.Parameter(torch.zeros(n_coef, dtype=dtype))
         self.c_hat = nn.Parameter(torch.zeros(n_coef, dtype=dtype))
-        # the grid of the initial logits (float64, CPU): the coefficients' base without theory
-        self.initial_grid = grid_from_logits(
-            self.mu_logit.detach().double(), self.t_eps, self.t_max
-        )
+        logits = self.mu_logit.detach().double()  # float64 grid of the initial logits (CPU): the
+        self.initial_grid = grid_from_logits(logits, self.t_eps, self.t_max)  # base w/o theory
 
     def extra_repr(self) -> str:
         return (
@@ -405,8 +403,8 @@ class GeneralizedSolver(nn.Module):
         (strict JSON: a non-finite number, such as a NaN validation loss, is ``null``). It is the
         caller's ``metadata`` (e.g. teacher spec, training summary; ``run`` defaults to
         :func:`~gas_solver.runtime.run_metadata`) plus the solver's own fields, which take
-        precedence: ``format``, ``nfe``, ``t_eps``, ``schedule``, ``init_grid``, ``theory`` and ``solver``
-        (:meth:`describe`). Both files are written atomically.
+        precedence: ``format``, ``nfe``, ``t_eps``, ``schedule``, ``init_grid``, ``theory`` and
+        ``solver`` (:meth:`describe`). Both files are written atomically.
 
         Args:
             metadata: must contain ``"model"``, the ``identity()`` of the model the solver was

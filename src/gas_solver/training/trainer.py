@@ -115,7 +115,11 @@ class Trainer:
             self.fake_noise = torch.Generator().manual_seed(config.seed * 1_000_003 + 777_767)
         self.noise, self.target, self.cond = teacher.noise, teacher.target, teacher.cond
         self.solver = GeneralizedSolver(
-            config.nfe, model.schedule, config.t_eps, config.init_grid, config.theory
+            config.nfe,
+            model.schedule,
+            t_eps=config.t_eps,
+            init_grid=config.init_grid,
+            theory=config.theory,
         ).to(self.device)
         if config.init_solver:
             self._start_from(config.init_solver)
