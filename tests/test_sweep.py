@@ -9,7 +9,7 @@ from gas_solver.commands.sweep import SweepConfig, with_calls
 from gas_solver.errors import ConfigError
 
 TOY = [  # 6 images per FID and reference (one Inception batch shape), as tests/test_evaluation.py
-    "--model", "gmm-digits", "--nfes", "2,3", "--classic", "ddim",
+    "--model", "gmm-digits", "--nfes", "2,3", "--classic", "ddim;dpmpp:order=3",
     "--grids", "quadratic,uniform", "--learned", "timesteps,gs", "--teacher", "dpmpp:nfe=8,order=3",
     "--teacher-seeds", "0-39", "--train-size", "32", "--val-size", "8", "--iterations", "3",
     "--train-batch-size", "8", "--seeds", "50000-50005", "--grid-seeds", "60000-60007",
@@ -19,19 +19,21 @@ TOY = [  # 6 images per FID and reference (one Inception batch shape), as tests/
 
 def test_sweep_at_toy_size_writes_table_json_plot_and_resumes(tmp_path, capsys):
     out = tmp_path / "sweep"
-    assert main(["sweep", *TOY, "--out", str(out)]) == 0
+    assert main(["sweep", *TOY, "--no-logsnr-rows", "--out", str(out)]) == 0
     state = json.loads((out / "sweep.json").read_text())
     assert sorted(state["rows"]) == ["2", "3"]
     for key, rows in state["rows"].items():
         names = [row["name"] for row in rows]
-        assert names[:3] == ["teacher", "timesteps", "gs"]
+        grids = state["grids"][key]
+        assert set(grids) == {"ddim", "dpmpp:order=3"}
+        assert names == [
+            "teacher", "timesteps", "gs", f"ddim ({grids['ddim']})",
+            f"dpmpp:order=3 ({grids['dpmpp:order=3']})",
+        ]  # fmt: skip
         assert all(row["fid"] is not None and row["n_samples"] == 6 for row in rows)
         assert all(row["nfe"] == int(key) for row in rows[1:])
-        assert set(state["grids"][key]) == {"ddim"}  # its best grid, and logSNR beside it
-        assert names[3:] in (
-            ["ddim (quadratic)", "ddim (logsnr)"],
-            ["ddim (uniform)", "ddim (logsnr)"],
-        )
+        timesteps = json.loads((out / f"nfe{key}" / "timesteps" / "solver.json").read_text())
+        assert timesteps["training"]["config"]["init_grid"] == grids["dpmpp:order=3"]
     table = (out / "sweep.md").read_text()
     assert "| timesteps |" in table and "NFE 3" in table
     gs_seconds = json.loads((out / "nfe2" / "gs" / "summary.json").read_text())["seconds"]
@@ -44,8 +46,19 @@ def test_sweep_at_toy_size_writes_table_json_plot_and_resumes(tmp_path, capsys):
     assert (out / "sweep.png").stat().st_size > 0
     stamp = (out / "nfe2" / "gs" / "solver.safetensors").stat().st_mtime_ns
     capsys.readouterr()
-    assert main(["sweep", *TOY, "--out", str(out)]) == 0  # resumes: nothing retrained
+    assert main(["sweep", *TOY, "--out", str(out)]) == 0  # adds the logSNR rows, nothing else
     assert (out / "nfe2" / "gs" / "solver.safetensors").stat().st_mtime_ns == stamp
+    added = json.loads((out / "sweep.json").read_text())
+
+    def scores(rows):  # name → all but the seconds (the teacher row is measured again)
+        return {row["name"]: {k: v for k, v in row.items() if k != "seconds"} for row in rows}
+
+    for key, rows in added["rows"].items():
+        before, after = scores(state["rows"][key]), scores(rows)
+        assert {name: after[name] for name in before} == before
+        assert sorted(set(after) - set(before)) == ["ddim (logsnr)", "dpmpp:order=3 (logsnr)"]
+    assert (out / "nfe2" / "compare-2" / "compare.json").is_file()
+    table = (out / "sweep.md").read_text()
     fewer = [*TOY]
     fewer[fewer.index("--nfes") + 1] = "3"  # another NFE list may resume (and extend) it
     assert main(["sweep", *fewer, "--out", str(out)]) == 0
@@ -60,6 +73,9 @@ def test_sweep_refuses_overlapping_seeds_and_unknown_methods():
         SweepConfig(teacher_seeds="0-99", seeds="50-60").validate()
     with pytest.raises(ConfigError, match="unknown"):
         SweepConfig(learned="gs,ld3").validate()
+    with pytest.raises(ConfigError, match="timesteps_grid"):  # best: DPM-Solver++(3M)'s grid
+        SweepConfig(classic="ddim").validate()
+    SweepConfig(classic="ddim", timesteps_grid="uniform").validate()
     assert with_calls("ddim", 4, "edm") == "ddim:nfe=4,grid=edm"
 
 

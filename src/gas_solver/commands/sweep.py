@@ -5,7 +5,8 @@ For each NFE of the sweep, on the same evaluation seeds and against the same tea
 1. each classic solver on every grid kind of ``--grids``, scored by L1 to the teacher on a few
    separate seeds (``--grid-seeds``); the best grid is kept, and logSNR (the common default) too;
 2. the learned solvers, trained on one teacher set: ``timesteps`` (the GS grid alone on
-   DPM-Solver++(3M) coefficients, an LD3-style baseline: ``train --learn timesteps``), ``gs`` and
+   DPM-Solver++(3M) coefficients, an LD3-style baseline: ``train --learn timesteps``, from the
+   grid that solver found best), ``gs`` and
    ``gas`` (which fine-tunes that NFE's GS, as the demo does);
 3. one :func:`~gas_solver.evaluation.compare` of all of them: FID (N = the evaluation
    seeds), L1 and PSNR to the teacher, seconds.
@@ -13,8 +14,9 @@ For each NFE of the sweep, on the same evaluation seeds and against the same tea
 Everything lands in ``OUT``: the teacher set, each NFE's trainings and comparison, and
 ``sweep.json`` (the configuration, the grids chosen and every row), ``sweep.md`` (FID and L1 per
 method and NFE) and ``sweep.png`` (FID against NFE, one line per method, log scale). A rerun of
-the same command resumes: finished NFEs, grid choices and trainings are not recomputed; a rerun
-with other ``--nfes`` adds those NFEs to the same table.
+the same command resumes: grid choices, trainings and measured rows are not recomputed; a rerun
+with other ``--nfes``, ``--learned`` or ``--logsnr-rows`` adds those NFEs and rows to the same
+table (one comparison of the missing rows, beside a fresh teacher row).
 
 Under ``torchrun`` every part splits its work as its own command does (teacher shards, the
 global training batch, sampling and Inception batches); rank 0 writes the sweep's files.
@@ -48,8 +50,12 @@ log = logging.getLogger(__name__)
 
 LEARNED_METHODS = {"timesteps": ("gs", "timesteps"), "gs": ("gs", "all"), "gas": ("gas", "all")}
 """Learned rows: name → (``train --loss``, ``train --learn``)."""
-RESUME_MAY_CHANGE = {"out", "device", "batch_size", "nfes"}
-"""Settings a resumed sweep may change: where and how it runs, and which NFEs it adds."""
+RESUME_MAY_CHANGE = {"out", "device", "batch_size", "nfes", "learned", "logsnr_rows"}
+"""Settings a resumed sweep may change: where and how it runs, and which NFEs and rows it adds
+(rows already measured are kept; a row no longer asked for leaves the table)."""
+ROW_FIELDS = ("label", "kind", "nfe", "fid", "l1", "psnr", "seconds", "n_samples")
+THEORY_SPEC = "dpmpp:order=3"
+"""The classic solver whose coefficients the ``timesteps`` row keeps (the GS's theory)."""
 
 
 @dataclasses.dataclass
@@ -77,7 +83,12 @@ class SweepConfig:
     iterations: int = option(400, "training iterations of each learned solver")
     train_batch_size: int = option(16, "teacher pairs per training iteration")
     train_seed: int = option(42, "seed of the trainings' data order")
-    init_grid: str = option("logsnr", "initial grid of the learned solvers")
+    init_grid: str = option("logsnr", "initial grid of the gs and gas rows")
+    timesteps_grid: str = option(
+        "best",
+        "initial grid of the timesteps row: a grid kind, or best (the best grid of "
+        f"{THEORY_SPEC} at that NFE, whose coefficients the row keeps)",
+    )
     adv_weight: float = option(0.3, "gas: adversarial weight")
     disc_preset: str = option("model-features", "gas: discriminator (see `train --help`)")
     disc_lr: float = option(1e-4, "gas: discriminator learning rate")
@@ -103,6 +114,12 @@ class SweepConfig:
         )
         for spec in split_solvers(self.classic):
             parse_solver_spec(with_calls(spec, self.nfe_list[0], self.grid_list[0]))
+        require(
+            self.timesteps_grid in GRID_KINDS
+            or (self.timesteps_grid == "best" and THEORY_SPEC in split_solvers(self.classic)),
+            "timesteps_grid",
+            f"a grid kind from {GRID_KINDS}, or best (needs {THEORY_SPEC} among --classic)",
+        )
         unknown = sorted(set(self.learned_list) - set(LEARNED_METHODS))
         require(not unknown, "learned", f"unknown {unknown}; choose from {list(LEARNED_METHODS)}")
         evaluation, grid_seeds = set(parse_seeds(self.seeds)), set(parse_seeds(self.grid_seeds))
@@ -164,8 +181,6 @@ def _sweep(config: SweepConfig, out: Path, progress: bool) -> Path:
 
     for nfe in config.nfe_list:
         key = str(nfe)
-        if key in state["rows"]:
-            continue
         if key not in state["grids"]:
             state["grid_l1"][key] = _grid_l1(model, nfe, config, teacher, device, progress)
             state["grids"][key] = {
@@ -175,24 +190,26 @@ def _sweep(config: SweepConfig, out: Path, progress: bool) -> Path:
         grids = state["grids"][key]
         entries = {}  # row name → solver (spec text or checkpoint folder)
         for method in config.learned_list:
-            entries[method] = str(_trained(config, model, teacher, nfe, method, progress))
+            entries[method] = str(_trained(config, model, teacher, nfe, grids, method, progress))
         for spec in split_solvers(config.classic):
             for grid in dict.fromkeys(
                 [grids[spec], "logsnr"] if config.logsnr_rows else [grids[spec]]
             ):
                 entries[f"{spec} ({grid})"] = with_calls(spec, nfe, grid)
-        rows = compare(
-            model, list(entries.values()), config.seeds, teacher=config.teacher,
-            teacher_set=teacher, fid_ref=config.fid_ref, fid_ref_num=config.fid_ref_num,
-            fid_method=config.fid_method,
-            out=out / f"nfe{nfe}" / "compare", batch_size=config.batch_size, device=device,
-            progress=progress,
-        ).rows  # fmt: skip
-        names = ["teacher", *entries]
-        state["rows"][key] = [
-            {"name": name, **{k: getattr(row, k) for k in ("label", "kind", "nfe", "fid", "l1", "psnr", "seconds", "n_samples")}}
-            for name, row in zip(names, rows, strict=True)
-        ]  # fmt: skip
+        done = {row["name"]: row for row in state["rows"].get(key, [])}
+        missing = {name: solver for name, solver in entries.items() if name not in done}
+        if missing or "teacher" not in done:
+            folder = _free_folder(out / f"nfe{nfe}" / "compare")
+            barrier()  # torchrun: every rank has named the folder before rank 0 makes it
+            rows = compare(
+                model, list(missing.values()), config.seeds, teacher=config.teacher,
+                teacher_set=teacher, fid_ref=config.fid_ref, fid_ref_num=config.fid_ref_num,
+                fid_method=config.fid_method, out=folder,
+                batch_size=config.batch_size, device=device, progress=progress,
+            ).rows  # fmt: skip
+            for name, row in zip(["teacher", *missing], rows, strict=True):
+                done[name] = {"name": name, **{k: getattr(row, k) for k in ROW_FIELDS}}
+        state["rows"][key] = [done[name] for name in ["teacher", *entries]]
         save()
     for key, rows in state["rows"].items():  # the learned rows' training time, from their runs
         for row in rows:
@@ -225,6 +242,15 @@ def _resumed_state(path: Path, config: SweepConfig) -> dict[str, Any]:
     return {**state, "config": settings}
 
 
+def _free_folder(path: Path) -> Path:
+    """``path``, or ``path-2``, ``path-3``, … (the first that does not exist): a comparison of
+    rows added later does not overwrite the first one's report and pictures."""
+    index = 1
+    while (found := path if index == 1 else path.with_name(f"{path.name}-{index}")).exists():
+        index += 1
+    return found
+
+
 def _grid_l1(model, nfe: int, config: SweepConfig, teacher, device, progress) -> dict:
     """Each classic solver's L1 to the teacher on the grid seeds for each grid kind (one
     comparison of every solver on every grid, no FID); the lowest is the solver's best grid."""
@@ -244,15 +270,23 @@ def _grid_l1(model, nfe: int, config: SweepConfig, teacher, device, progress) ->
     return scores
 
 
-def _trained(config, model, teacher: TeacherSet, nfe: int, method: str, progress: bool) -> Path:
-    """The learned solver of one row, trained unless a finished run is in its folder."""
+def _trained(
+    config, model, teacher: TeacherSet, nfe: int, grids: dict, method: str, progress: bool
+) -> Path:
+    """The learned solver of one row, trained unless a finished run is in its folder. The
+    ``timesteps`` row starts from its ``--timesteps-grid`` (by default the grid the classic
+    DPM-Solver++(3M) row found best: a grid-only learner that starts where its solver is best),
+    ``gs`` and ``gas`` from ``--init-grid``."""
     folder = Path(config.out) / f"nfe{nfe}" / method
     if (folder / "summary.json").is_file():
         return folder
     loss, learn = LEARNED_METHODS[method]
+    init_grid = config.init_grid
+    if method == "timesteps":
+        init_grid = grids[THEORY_SPEC] if config.timesteps_grid == "best" else config.timesteps_grid
     overrides = {
         "teacher": str(teacher.path), "out": str(folder), "nfe": nfe, "loss": loss, "learn": learn,
-        "init_grid": config.init_grid, "iterations": config.iterations,
+        "init_grid": init_grid, "iterations": config.iterations,
         "batch_size": config.train_batch_size, "train_size": config.train_size,
         "val_size": config.val_size, "val_every": 0, "checkpoint_every": config.iterations,
         "seed": config.train_seed, "device": config.device,
@@ -262,7 +296,7 @@ def _trained(config, model, teacher: TeacherSet, nfe: int, method: str, progress
             adv_weight=config.adv_weight, disc_preset=config.disc_preset, disc_lr=config.disc_lr,
             disc_beta1=0.0, disc_beta2=0.99, disc_warmup=config.disc_warmup,
             iterations=config.gas_iterations, checkpoint_every=config.gas_iterations,
-            init_solver=str(_trained(config, model, teacher, nfe, "gs", progress)),
+            init_solver=str(_trained(config, model, teacher, nfe, grids, "gs", progress)),
         )  # fmt: skip
     train(load_config(TrainConfig, overrides=overrides), model, teacher, progress)
     barrier()  # torchrun: rank 0 has written the solver before any rank looks for it
