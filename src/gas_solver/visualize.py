@@ -203,12 +203,17 @@ def save_series(
     title: str = "",
     log_y: bool = False,
 ) -> Path:
-    """Several measured curves on one axis (e.g. FID against NFE per method), with a legend."""
+    """Several measured curves on one axis (e.g. FID against NFE per method), with a legend;
+    the legend beside the axis; whole-number x values (NFE, iterations) get whole-number ticks."""
+    from matplotlib.ticker import MaxNLocator
+
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = plt.subplots(figsize=(8.5, 4.2))
     for label, (x, y) in series.items():
         ax.plot(x, y, marker="o", label=label)
-    ax.legend(fontsize=7, loc="best")
+    if all(float(v).is_integer() for x, _ in series.values() for v in x):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))  # beside the curves
     return _finish(fig, ax, path, xlabel, ylabel, title, log_y)
 
 
