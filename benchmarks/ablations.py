@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 from gas_solver.runtime import run_metadata, write_json
+from protocol import DISC_WARMUP, DISCRIMINATOR_FLAGS, gas_solver, train_flags
 
 GS_ROWS = {
     "gs": ("the GS (400 iterations)", []),
@@ -40,17 +39,6 @@ GS_ROWS = {
 """name → (what changes, ``train`` flags on top of the GS protocol)."""
 GAS_ROWS = {f"gas-w{w}": w for w in ("0", "0.1", "0.3", "0.5", "1")}
 """name → adversarial weight, each from the ``gs`` row (w = 0: no discriminator at all)."""
-GAS = ("--disc-preset", "model-features", "--disc-lr", "1e-4", "--disc-beta1", "0",
-       "--disc-beta2", "0.99", "--disc-warmup", "100")  # fmt: skip
-
-
-def gas_solver(launcher: str, *args: str) -> None:
-    prefix = (
-        shlex.split(launcher) + ["-m", "gas_solver.cli"]
-        if launcher
-        else [sys.executable, "-m", "gas_solver.cli"]
-    )
-    subprocess.run([*prefix, *args], check=True)
 
 
 def train(args, folder: Path, iterations: int, *extra: str) -> float | None:
@@ -59,12 +47,8 @@ def train(args, folder: Path, iterations: int, *extra: str) -> float | None:
         return None
     start = time.perf_counter()
     gas_solver(
-        args.launcher, "train", "--teacher", args.teacher, "--nfe", str(args.nfe),
-        "--iterations", str(iterations), "--batch-size", "16", "--train-size", "1000",
-        "--val-size", "100", "--init-grid", "logsnr", "--val-every", "0",
-        "--checkpoint-every", str(iterations), "--seed", "42", "--device", "cpu",
-        "--out", str(folder), *extra,
-    )  # fmt: skip
+        *train_flags(args.teacher, args.nfe, iterations, folder), *extra, launcher=args.launcher
+    )
     return time.perf_counter() - start
 
 
@@ -94,16 +78,22 @@ def main() -> None:
         else:
             weight = GAS_ROWS[name]
             train(args, folders["gs"], 400)
-            extra = ["--loss", "gas", *GAS, "--adv-weight", weight] if weight != "0" else []
+            extra = (
+                ["--loss", "gas", *DISCRIMINATOR_FLAGS, "--disc-warmup", str(DISC_WARMUP),
+                 "--adv-weight", weight]
+                if weight != "0"
+                else []
+            )  # fmt: skip
             seconds[name] = train(
                 args, folders[name], 200, "--init-solver", str(folders["gs"]), *extra
             )
     comparison = out / "compare"
     if not (comparison / "compare.json").is_file():
         gas_solver(
-            args.launcher, "compare", "--model", args.model, "--seeds", args.seeds,
+            "compare", "--model", args.model, "--seeds", args.seeds,
             "--solvers", ";".join(str(folders[n]) for n in names), "--teacher-set", args.teacher,
             "--fid-ref", "mnist", "--fid-method", "eigh", "--device", "cpu", "--out", str(comparison),
+            launcher=args.launcher,
         )  # fmt: skip
     compared = json.loads((comparison / "compare.json").read_text())["rows"]
     rows = [{"name": "teacher", "change": "the teacher", **_scores(compared[0])}]

@@ -18,30 +18,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-GAS = (
-    "--loss", "gas", "--disc-preset", "model-features", "--disc-lr", "1e-4", "--disc-beta1", "0",
-    "--disc-beta2", "0.99", "--adv-weight", "0.3",
-)  # fmt: skip
+from protocol import ADV_WEIGHT, DISC_WARMUP, DISCRIMINATOR_FLAGS, gas_solver, train_flags
 
-
-def gas_solver(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "gas_solver.cli", *args], check=True)
+GAS = ("--loss", "gas", *DISCRIMINATOR_FLAGS, "--adv-weight", ADV_WEIGHT)
 
 
 def train(args, out: Path, iterations: int, *extra: str) -> None:
     if (out / "solver.safetensors").is_file():
         return
     gas_solver(
-        "train", "--teacher", args.teacher, "--nfe", str(args.nfe), "--iterations",
-        str(iterations), "--batch-size", "16", "--train-size", "1000", "--val-size", "100",
-        "--init-grid", "logsnr", "--val-every", "0", "--checkpoint-every", str(iterations),
-        "--snapshot-every", str(args.every), "--seed", "42", "--device", "cpu", "--out", str(out),
+        *train_flags(args.teacher, args.nfe, iterations, out),
+        "--snapshot-every",
+        str(args.every),
         *extra,
-    )  # fmt: skip
+    )
 
 
 def fid(args, solver: str, out: Path) -> float:
@@ -77,7 +69,7 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=100)
     parser.add_argument("--gas-from", type=int, default=400)
     parser.add_argument("--gas-iterations", type=int, default=200)
-    parser.add_argument("--gas-warmup", type=int, default=100, help="discriminator-only steps")
+    parser.add_argument("--gas-warmup", type=int, default=DISC_WARMUP, help="D-only steps")
     parser.add_argument("--seeds", default="50000-50499")
     args = parser.parse_args()
     out = Path(args.out)

@@ -1,0 +1,39 @@
+"""The training protocol of the published mnist32 tables, shared by the benchmarks that retrain it
+(``ablations.py``, ``training_cost_curve.py``); ``gas-solver sweep``'s defaults are the same.
+
+GS: batch 16 on teacher pairs 0–999 (validation: the last 100), logSNR initial grid, L1, data-order
+seed 42, one validation at the end. GAS: from that GS, the ``model-features`` discriminator at
+learning rate 1e-4 with Adam betas (0, 0.99), 100 discriminator-only warm-up steps, weight 0.3.
+"""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+GS_FLAGS = (
+    "--batch-size", "16", "--train-size", "1000", "--val-size", "100", "--init-grid", "logsnr",
+    "--val-every", "0", "--seed", "42", "--device", "cpu",
+)  # fmt: skip
+DISCRIMINATOR_FLAGS = (
+    "--disc-preset", "model-features", "--disc-lr", "1e-4", "--disc-beta1", "0",
+    "--disc-beta2", "0.99",
+)  # fmt: skip
+ADV_WEIGHT = "0.3"
+DISC_WARMUP = 100
+
+
+def gas_solver(*args: str, launcher: str = "") -> None:
+    """Run the command line (under ``launcher``, e.g. ``"torchrun --nproc_per_node=2"``)."""
+    prefix = shlex.split(launcher) if launcher else [sys.executable]
+    subprocess.run([*prefix, "-m", "gas_solver.cli", *map(str, args)], check=True)
+
+
+def train_flags(teacher: str, nfe: int, iterations: int, out: Path) -> list[str]:
+    """``train`` flags of the GS protocol for one run (later flags override them)."""
+    return [
+        "train", "--teacher", teacher, "--nfe", str(nfe), "--iterations", str(iterations),
+        *GS_FLAGS, "--checkpoint-every", str(iterations), "--out", str(out),
+    ]  # fmt: skip
