@@ -1,7 +1,7 @@
 """What each ingredient of the GS and GAS buys: one trainer flag per row, one comparison.
 
     python benchmarks/ablations.py --teacher runs/s16/teacher --out runs/ablations \
-        --reuse gs=runs/s16/nfe4/gs --reuse timesteps=runs/s16/nfe4/timesteps \
+        --reuse gs=runs/s16/nfe4/gs --reuse timesteps=runs/s16/nfe4/timesteps-logsnr \
         --reuse gas-w0.3=runs/s16/nfe4/gas --seeds 50000-50999 \
         --launcher "torchrun --standalone --nproc_per_node=2" \
         --json docs/results/mnist32-ablations-nfe4.json
@@ -10,7 +10,8 @@ Every row is the protocol of the published NFE-4 table (GS: 400 iterations at ba
 pairs 0–999, logSNR initial grid, L1, seed 42; GAS: that GS + 100 discriminator warm-up steps + 200
 adversarial iterations, ``model-features``, D lr 1e-4) with one thing changed (:data:`GS_ROWS`,
 :data:`GAS_ROWS`; ``gas-w0`` is the GS trained the same 200 iterations more without the
-adversarial term). Runs already in ``--out`` (or given with ``--reuse NAME=FOLDER``) are not
+adversarial term; ``train-1400`` and ``train-5000`` need a teacher set of 5100 pairs and run only
+when ``--rows`` names them). Runs already in ``--out`` (or given with ``--reuse NAME=FOLDER``) are not
 trained again. Then one ``gas-solver compare`` of the teacher and every row on ``--seeds``: FID
 against the bundled digits, L1 and PSNR to the teacher. Writes the JSON and prints a markdown table.
 """
@@ -33,12 +34,16 @@ GS_ROWS = {
     "no-offsets": ("no evaluation offsets ξ", ["--learn", "no-offsets"]),
     "timesteps": ("timesteps only (LD3-style)", ["--learn", "timesteps"]),
     "train-200": ("200 training pairs instead of 1000 (Table 12)", ["--train-size", "200"]),
+    "train-1400": ("1400 training pairs instead of 1000 (Table 12)", ["--train-size", "1400"]),
+    "train-5000": ("5000 training pairs instead of 1000 (Table 12)", ["--train-size", "5000"]),
     "l2": ("L2 distillation instead of L1", ["--distillation", "l2"]),
     "init-uniform": ("initial grid uniform in t instead of logSNR", ["--init-grid", "uniform"]),
 }  # fmt: skip
 """name → (what changes, ``train`` flags on top of the GS protocol)."""
 GAS_ROWS = {f"gas-w{w}": w for w in ("0", "0.1", "0.3", "0.5", "1")}
 """name → adversarial weight, each from the ``gs`` row (w = 0: no discriminator at all)."""
+LARGE_TEACHER_ROWS = ("train-1400", "train-5000")
+"""Rows that need a teacher set of more than 1100 pairs (5100: seeds 0–5099); not run by default."""
 
 
 def train(args, folder: Path, iterations: int, *extra: str) -> float | None:
@@ -59,11 +64,15 @@ def main() -> None:
     parser.add_argument("--model", default="mnist32")
     parser.add_argument("--nfe", type=int, default=4)
     parser.add_argument("--seeds", default="50000-50999", help="evaluation seeds (FID N)")
-    parser.add_argument("--rows", default=",".join([*GS_ROWS, *GAS_ROWS]), help="rows to run")
+    every = [name for name in [*GS_ROWS, *GAS_ROWS] if name not in LARGE_TEACHER_ROWS]
+    parser.add_argument(
+        "--rows", default=",".join(every), help="rows to run (default: %(default)s)"
+    )
     parser.add_argument("--reuse", action="append", default=[], help="NAME=FOLDER: a finished run")
     parser.add_argument(
         "--launcher", default="", help='e.g. "torchrun --standalone --nproc_per_node=2"'
     )
+    parser.add_argument("--compare-out", help="folder of the comparison (default: OUT/compare)")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
 
@@ -87,7 +96,7 @@ def main() -> None:
             seconds[name] = train(
                 args, folders[name], 200, "--init-solver", str(folders["gs"]), *extra
             )
-    comparison = out / "compare"
+    comparison = Path(args.compare_out) if args.compare_out else out / "compare"
     if not (comparison / "compare.json").is_file():
         gas_solver(
             "compare", "--model", args.model, "--seeds", args.seeds,
