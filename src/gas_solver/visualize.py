@@ -203,8 +203,8 @@ def save_series(
     title: str = "",
     log_y: bool = False,
 ) -> Path:
-    """Several measured curves on one axis (e.g. FID against NFE per method), with a legend;
-    the legend beside the axis; whole-number x values (NFE, iterations) get whole-number ticks."""
+    """Several measured curves on one axis (e.g. FID against NFE per method), the legend beside
+    the axis; whole-number x values (NFE, iterations) get whole-number ticks."""
     from matplotlib.ticker import MaxNLocator
 
     plt = _pyplot()

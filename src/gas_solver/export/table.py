@@ -10,7 +10,8 @@ are the times the network is queried at (the learned offsets ξ), and ``W``, ``V
 history weights (:meth:`~gas_solver.solvers.generalized.GeneralizedSolver.history_weights`). The
 network's native output at ``τ_k`` is turned into ``ε̂`` with the schedule's ``α(τ_k)``,
 ``σ(τ_k)``. Everything here is computed once, in float64, from the solver's parameters and the
-model's schedule, so the formats (diffusers scheduler, k-diffusion sampler) need neither gas-solver's solver nor its schedule.
+model's schedule, so the formats (diffusers scheduler, k-diffusion sampler) need neither
+gas-solver's solver nor its schedule.
 """
 
 from __future__ import annotations
