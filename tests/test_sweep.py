@@ -1,6 +1,7 @@
 """`gas-solver sweep` at toy size: every row measured, the files written, a rerun resumes."""
 
 import json
+import shutil
 
 import pytest
 
@@ -61,7 +62,10 @@ def test_sweep_at_toy_size_writes_table_json_plot_and_resumes(tmp_path, capsys):
     table = (out / "sweep.md").read_text()
     fewer = [*TOY]
     fewer[fewer.index("--nfes") + 1] = "3"  # another NFE list may resume (and extend) it
+    for method in ("timesteps", "gs"):  # a measured row is not trained again without its run
+        shutil.rmtree(out / "nfe3" / method)
     assert main(["sweep", *fewer, "--out", str(out)]) == 0
+    assert not (out / "nfe3" / "gs").exists()
     assert (out / "nfe2" / "gs" / "solver.safetensors").stat().st_mtime_ns == stamp
     assert (out / "sweep.md").read_text() == table
     assert main(["sweep", *TOY, "--iterations", "4", "--out", str(out)]) == 2

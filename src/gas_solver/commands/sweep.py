@@ -14,7 +14,8 @@ For each NFE of the sweep, on the same evaluation seeds and against the same tea
 Everything lands in ``OUT``: the teacher set, each NFE's trainings and comparison, and
 ``sweep.json`` (the configuration, the grids chosen and every row), ``sweep.md`` (FID and L1 per
 method and NFE) and ``sweep.png`` (FID against NFE, one line per method, log scale). A rerun of
-the same command resumes: grid choices, trainings and measured rows are not recomputed; a rerun
+the same command resumes: grid choices, trainings and measured rows are not recomputed (a row in
+the table is not trained again even when its run folder is gone, e.g. on another machine); a rerun
 with other ``--nfes``, ``--learned`` or ``--logsnr-rows`` adds those NFEs and rows to the same
 table (one comparison of the missing rows, beside a fresh teacher row).
 
@@ -188,16 +189,20 @@ def _sweep(config: SweepConfig, out: Path, progress: bool) -> Path:
             }
             save()
         grids = state["grids"][key]
-        entries = {}  # row name → solver (spec text or checkpoint folder)
-        for method in config.learned_list:
-            entries[method] = str(_trained(config, model, teacher, nfe, grids, method, progress))
-        for spec in split_solvers(config.classic):
-            for grid in dict.fromkeys(
-                [grids[spec], "logsnr"] if config.logsnr_rows else [grids[spec]]
-            ):
-                entries[f"{spec} ({grid})"] = with_calls(spec, nfe, grid)
+        classic = {  # row name → spec text
+            f"{spec} ({grid})": with_calls(spec, nfe, grid)
+            for spec in split_solvers(config.classic)
+            for grid in dict.fromkeys([grids[spec], "logsnr"] if config.logsnr_rows else [grids[spec]])
+        }
+        names = [*config.learned_list, *classic]
         done = {row["name"]: row for row in state["rows"].get(key, [])}
-        missing = {name: solver for name, solver in entries.items() if name not in done}
+        missing = {  # row name → solver (spec text, or the folder of a run trained only now)
+            name: classic[name] if name in classic else str(
+                _trained(config, model, teacher, nfe, grids, name, progress)
+            )
+            for name in names
+            if name not in done
+        }
         if missing or "teacher" not in done:
             folder = _free_folder(out / f"nfe{nfe}" / "compare")
             barrier()  # torchrun: every rank has named the folder before rank 0 makes it
@@ -209,7 +214,7 @@ def _sweep(config: SweepConfig, out: Path, progress: bool) -> Path:
             ).rows  # fmt: skip
             for name, row in zip(["teacher", *missing], rows, strict=True):
                 done[name] = {"name": name, **{k: getattr(row, k) for k in ROW_FIELDS}}
-        state["rows"][key] = [done[name] for name in ["teacher", *entries]]
+        state["rows"][key] = [done[name] for name in ["teacher", *names]]
         save()
     for key, rows in state["rows"].items():  # the learned rows' training time, from their runs
         for row in rows:
