@@ -192,14 +192,16 @@ def _sweep(config: SweepConfig, out: Path, progress: bool) -> Path:
         classic = {  # row name → spec text
             f"{spec} ({grid})": with_calls(spec, nfe, grid)
             for spec in split_solvers(config.classic)
-            for grid in dict.fromkeys([grids[spec], "logsnr"] if config.logsnr_rows else [grids[spec]])
+            for grid in dict.fromkeys(
+                [grids[spec], "logsnr"] if config.logsnr_rows else [grids[spec]]
+            )
         }
         names = [*config.learned_list, *classic]
         done = {row["name"]: row for row in state["rows"].get(key, [])}
         missing = {  # row name → solver (spec text, or the folder of a run trained only now)
-            name: classic[name] if name in classic else str(
-                _trained(config, model, teacher, nfe, grids, name, progress)
-            )
+            name: classic[name]
+            if name in classic
+            else str(_trained(config, model, teacher, nfe, grids, name, progress))
             for name in names
             if name not in done
         }
