@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from gas_solver.runtime import run_metadata, write_json
-from protocol import DISC_WARMUP, DISCRIMINATOR_FLAGS, gas_solver, train_flags
+from protocol import gas_flags, gas_solver, train_flags
 
 GS_ROWS = {
     "gs": ("the GS (400 iterations)", []),
@@ -87,12 +87,7 @@ def main() -> None:
         else:
             weight = GAS_ROWS[name]
             train(args, folders["gs"], 400)
-            extra = (
-                ["--loss", "gas", *DISCRIMINATOR_FLAGS, "--disc-warmup", str(DISC_WARMUP),
-                 "--adv-weight", weight]
-                if weight != "0"
-                else []
-            )  # fmt: skip
+            extra = gas_flags(weight) if weight != "0" else []
             seconds[name] = train(
                 args, folders[name], 200, "--init-solver", str(folders["gs"]), *extra
             )

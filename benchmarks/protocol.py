@@ -25,6 +25,13 @@ ADV_WEIGHT = "0.3"
 DISC_WARMUP = 100
 
 
+def gas_flags(weight: str = ADV_WEIGHT, warmup: int = DISC_WARMUP) -> list[str]:
+    """``train`` flags that turn a GS run of the protocol into its GAS fine-tuning."""
+    return [
+        "--loss", "gas", *DISCRIMINATOR_FLAGS, "--disc-warmup", str(warmup), "--adv-weight", weight,
+    ]  # fmt: skip
+
+
 def gas_solver(*args: str, launcher: str = "") -> None:
     """Run the command line (under ``launcher``, e.g. ``"torchrun --nproc_per_node=2"``)."""
     prefix = shlex.split(launcher) if launcher else [sys.executable]

@@ -20,9 +20,7 @@ import argparse
 import json
 from pathlib import Path
 
-from protocol import ADV_WEIGHT, DISC_WARMUP, DISCRIMINATOR_FLAGS, gas_solver, train_flags
-
-GAS = ("--loss", "gas", *DISCRIMINATOR_FLAGS, "--adv-weight", ADV_WEIGHT)
+from protocol import DISC_WARMUP, gas_flags, gas_solver, train_flags
 
 
 def train(args, out: Path, iterations: int, *extra: str) -> None:
@@ -77,8 +75,8 @@ def main() -> None:
 
     train(args, out / "gs", args.iterations)
     start = out / "gs" / "snapshots" / f"iter-{args.gas_from:06d}"
-    warmup = ("--disc-warmup", str(args.gas_warmup))
-    train(args, out / "gas", args.gas_iterations, *GAS, *warmup, "--init-solver", str(start))
+    gas = gas_flags(warmup=args.gas_warmup)
+    train(args, out / "gas", args.gas_iterations, *gas, "--init-solver", str(start))
     initial = fid(args, f"dpmpp:nfe={args.nfe},order=3,grid=logsnr", out / "fid-initial.json")
     gs = [{"iteration": 0, "seconds": 0.0, "fid": initial}, *curve(args, out / "gs", 0, 0.0)]
     start_seconds = next(p["seconds"] for p in gs if p["iteration"] == args.gas_from)
