@@ -13,13 +13,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+from gas_solver.training.settings import R3GAN_BETAS
+
 GS_FLAGS = (
     "--batch-size", "16", "--train-size", "1000", "--val-size", "100", "--init-grid", "logsnr",
     "--val-every", "0", "--seed", "42", "--device", "cpu",
 )  # fmt: skip
 DISCRIMINATOR_FLAGS = (
-    "--disc-preset", "model-features", "--disc-lr", "1e-4", "--disc-beta1", "0",
-    "--disc-beta2", "0.99",
+    "--disc-preset", "model-features", "--disc-lr", "1e-4",
+    "--disc-beta1", str(R3GAN_BETAS["disc_beta1"]), "--disc-beta2", str(R3GAN_BETAS["disc_beta2"]),
 )  # fmt: skip
 ADV_WEIGHT = "0.3"
 DISC_WARMUP = 100

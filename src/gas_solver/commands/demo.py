@@ -31,6 +31,7 @@ from ..solvers.registry import DEFAULT_TEACHER
 from ..training.discriminator import PRESET_CHOICES
 from ..training.feature_discriminator import FEATURE_PRESET
 from ..training.losses import DISTILLATION_LOSSES
+from ..training.settings import R3GAN_BETAS
 from ..training.trainer import train
 from .teacher import TeacherConfig, make_teacher_set
 from .train import TrainConfig
@@ -127,7 +128,7 @@ def run_demo(config: DemoConfig, progress: bool = True) -> Path:
             "train_size": config.train_size,
             "val_size": config.val_size, "val_every": 0, "checkpoint_every": iterations,
             "disc_preset": config.disc_preset, "adv_weight": config.adv_weight,
-            "disc_lr": config.disc_lr, "disc_beta1": 0.0, "disc_beta2": 0.99,
+            "disc_lr": config.disc_lr, **R3GAN_BETAS,
             "disc_warmup": config.disc_warmup, "device": config.device,
         })  # fmt: skip
         learned.append(str(train(train_config, model, teacher, progress)))

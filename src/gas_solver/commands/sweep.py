@@ -42,6 +42,7 @@ from ..runtime import resolve_device, run_metadata, write_json
 from ..schedules import GRID_KINDS
 from ..seeds import parse_seeds
 from ..solvers.registry import DEFAULT_TEACHER, parse_solver_spec
+from ..training.settings import R3GAN_BETAS
 from ..training.trainer import train
 from ..visualize import save_series
 from .teacher import TeacherConfig, make_teacher_set
@@ -301,7 +302,7 @@ def _trained(
     if loss == "gas":  # fine-tunes the GS of this NFE (trained first if it is not a row)
         overrides.update(
             adv_weight=config.adv_weight, disc_preset=config.disc_preset, disc_lr=config.disc_lr,
-            disc_beta1=0.0, disc_beta2=0.99, disc_warmup=config.disc_warmup,
+            **R3GAN_BETAS, disc_warmup=config.disc_warmup,
             iterations=config.gas_iterations, checkpoint_every=config.gas_iterations,
             init_solver=str(_trained(config, model, teacher, nfe, grids, "gs", progress)),
         )  # fmt: skip

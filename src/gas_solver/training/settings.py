@@ -26,6 +26,10 @@ LEARNED = {
 }
 """``--learn``: the :class:`GeneralizedSolver` parameters each choice trains."""
 
+R3GAN_BETAS = {"disc_beta1": 0.0, "disc_beta2": 0.99}
+"""The discriminator's Adam betas as R3GAN trains it (the paper's defaults are (0.9, 0.999)): the
+GAS recipe of ``demo``, ``sweep`` and ``benchmarks/protocol.py`` on the bundled model."""
+
 
 @dataclasses.dataclass
 class TrainSettings:
