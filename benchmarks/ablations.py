@@ -13,7 +13,9 @@ adversarial iterations, ``model-features``, D lr 1e-4) with one thing changed (:
 adversarial term; ``train-1400`` and ``train-5000`` need a teacher set of 5100 pairs and run only
 when ``--rows`` names them). Runs already in ``--out`` (or given with ``--reuse NAME=FOLDER``) are not
 trained again. Then one ``gas-solver compare`` of the teacher and every row on ``--seeds``: FID
-against the bundled digits, L1 and PSNR to the teacher. Writes the JSON and prints a markdown table.
+against the bundled digits, L1 and PSNR to the teacher. Writes the JSON and prints a markdown table
+with each row's FID against its base (:func:`base_of`) and its training seconds (from the run's
+``summary.json``: a rerun prints the same table without training or comparing anything).
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 from gas_solver.runtime import run_metadata, write_json
@@ -46,15 +47,22 @@ LARGE_TEACHER_ROWS = ("train-1400", "train-5000")
 """Rows that need a teacher set of more than 1100 pairs (5100: seeds 0–5099); not run by default."""
 
 
-def train(args, folder: Path, iterations: int, *extra: str) -> float | None:
-    """Train into ``folder`` unless a finished run is there; the seconds it took (None: reused)."""
-    if (folder / "summary.json").is_file():
+def train(args, folder: Path, iterations: int, *extra: str) -> None:
+    """Train into ``folder`` unless a finished run is there."""
+    if not (folder / "summary.json").is_file():
+        gas_solver(
+            *train_flags(args.teacher, args.nfe, iterations, folder), *extra, launcher=args.launcher
+        )
+
+
+def base_of(name: str, names: list[str]) -> str | None:
+    """The row a row is measured against: ``gs`` for the GS rows and ``gas-w0`` (the GS trained as
+    long again), ``gas-w0`` (equal iterations) for the other GAS rows when it was run."""
+    if name == "gs":
         return None
-    start = time.perf_counter()
-    gas_solver(
-        *train_flags(args.teacher, args.nfe, iterations, folder), *extra, launcher=args.launcher
-    )
-    return time.perf_counter() - start
+    if name in GAS_ROWS and name != "gas-w0" and "gas-w0" in names:
+        return "gas-w0"
+    return "gs" if "gs" in names else None
 
 
 def main() -> None:
@@ -80,17 +88,14 @@ def main() -> None:
     folders = {name: out / name for name in [*GS_ROWS, *GAS_ROWS]}
     folders.update({k: Path(v) for k, v in (item.split("=", 1) for item in args.reuse)})
     names = [n.strip() for n in args.rows.split(",") if n.strip()]
-    seconds = {}
     for name in names:
         if name in GS_ROWS:
-            seconds[name] = train(args, folders[name], 400, *GS_ROWS[name][1])
+            train(args, folders[name], 400, *GS_ROWS[name][1])
         else:
             weight = GAS_ROWS[name]
             train(args, folders["gs"], 400)
             extra = gas_flags(weight) if weight != "0" else []
-            seconds[name] = train(
-                args, folders[name], 200, "--init-solver", str(folders["gs"]), *extra
-            )
+            train(args, folders[name], 200, "--init-solver", str(folders["gs"]), *extra)
     comparison = Path(args.compare_out) if args.compare_out else out / "compare"
     if not (comparison / "compare.json").is_file():
         gas_solver(
@@ -100,18 +105,30 @@ def main() -> None:
             launcher=args.launcher,
         )  # fmt: skip
     compared = json.loads((comparison / "compare.json").read_text())["rows"]
+    fids = {name: row["fid"] for name, row in zip(names, compared[1:], strict=True)}
     rows = [{"name": "teacher", "change": "the teacher", **_scores(compared[0])}]
     for name, row in zip(names, compared[1:], strict=True):
         change = (
             GS_ROWS[name][0] if name in GS_ROWS else f"GAS, adversarial weight {GAS_ROWS[name]}"
         )
+        base = base_of(name, names)
+        summary = json.loads((folders[name] / "summary.json").read_text())
         rows.append({"name": name, "change": change, "solver": str(folders[name]),
-                     "train_seconds": seconds[name], **_scores(row)})  # fmt: skip
-    print(f"| row | what changes | FID (N = {rows[0]['n_samples']}) | L1 to teacher | PSNR |")
-    print("|---|---|---:|---:|---:|")
+                     "base": base, "vs_base": None if base is None else row["fid"] - fids[base],
+                     "train_seconds": summary["seconds"], **_scores(row)})  # fmt: skip
+    print(
+        f"| row | what changes | FID (N = {rows[0]['n_samples']}) | vs its base | L1 to teacher "
+        "| PSNR | train s |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|")
     for row in rows:
         psnr = "–" if row["psnr"] is None else f"{row['psnr']:.2f}"
-        print(f"| {row['name']} | {row['change']} | {row['fid']:.2f} | {row['l1']:.4f} | {psnr} |")
+        delta = "" if row.get("vs_base") is None else f"{row['vs_base']:+.2f} ({row['base']})"
+        trained = "" if row.get("train_seconds") is None else f"{row['train_seconds']:.0f}"
+        print(
+            f"| {row['name']} | {row['change']} | {row['fid']:.2f} | {delta} | {row['l1']:.4f} "
+            f"| {psnr} | {trained} |"
+        )
     if args.json:
         write_json(args.json, {"model": args.model, "nfe": args.nfe, "seeds": args.seeds,
                                "rows": rows, "command": " ".join(sys.argv), "run": run_metadata()})  # fmt: skip
