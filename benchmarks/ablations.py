@@ -56,8 +56,8 @@ def train(args, folder: Path, iterations: int, *extra: str) -> None:
 
 
 def base_of(name: str, names: list[str]) -> str | None:
-    """The row a row is measured against: ``gs`` for the GS rows and ``gas-w0`` (the GS trained as
-    long again), ``gas-w0`` (equal iterations) for the other GAS rows when it was run."""
+    """The row whose FID a row is measured against: for the GAS rows with w > 0, ``gas-w0`` (the GS
+    trained as many iterations more, without a discriminator) when it was run; else ``gs``."""
     if name == "gs":
         return None
     if name in GAS_ROWS and name != "gas-w0" and "gas-w0" in names:
