@@ -209,8 +209,9 @@ def save_series(
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8.5, 4.2))
-    for index, (label, (x, y)) in enumerate(series.items()):  # colours repeat after 10: dash them
-        ax.plot(x, y, marker="o", label=label, linestyle="-" if index < 10 else "--")
+    colours = len(plt.rcParams["axes.prop_cycle"])  # lines past the colour cycle are dashed
+    for index, (label, (x, y)) in enumerate(series.items()):
+        ax.plot(x, y, marker="o", label=label, linestyle="-" if index < colours else "--")
     if all(float(v).is_integer() for x, _ in series.values() for v in x):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))  # beside the curves
