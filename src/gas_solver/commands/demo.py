@@ -66,7 +66,10 @@ class DemoConfig:
     distillation: str = option(
         "l1", "per-sample distillation distance", choices=sorted(DISTILLATION_LOSSES)
     )
-    init_grid: str = option("logsnr", "initial time grid of the learned solver")
+    init_solver: str = option(
+        "auto", "where the GS starts (see `train --help`): auto, dpmpp3m or a classic solver"
+    )
+    init_grid: str | None = option(None, "grid kind of the start (auto: the only grid tried)")
     classic: str = option(CLASSIC, "classic solvers to compare with, ';'-separated (NFE added)")
     gas: bool = option(True, "also train a GAS (adversarial, starting from the GS) and add its row")
     gas_iterations: int = option(80, "GAS: iterations after the GS it starts from")
@@ -123,7 +126,7 @@ def run_demo(config: DemoConfig, progress: bool = True) -> Path:
         train_config = load_config(TrainConfig, overrides={
             "teacher": str(teacher.path), "out": str(out / f"{method}{config.nfe}"), "nfe": config.nfe,
             "loss": method, "distillation": config.distillation, "init_grid": config.init_grid,
-            "init_solver": learned[0] if learned else None,
+            "init_solver": learned[0] if learned else config.init_solver,
             "iterations": iterations, "batch_size": config.batch_size, "lr": config.lr if method == "gs" else None,
             "train_size": config.train_size,
             "val_size": config.val_size, "val_every": 0, "checkpoint_every": iterations,

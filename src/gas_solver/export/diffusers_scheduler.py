@@ -170,10 +170,11 @@ class GeneralizedSolverScheduler(SchedulerMixin, ConfigMixin):
     ) -> SchedulerOutput | tuple[Tensor]:
         """One GS step: ``y_{k+1} = Σ_j W[k][j] y_j + Σ_j V[k][j] D_j`` over the whole history.
 
-        With the model output ``o`` at the call time ``τ_k``: ``ε̂`` is ``o`` (epsilon),
-        ``σ(τ_k)·y_k + α(τ_k)·o`` (v_prediction), ``(y_k − α(τ_k)·o)/σ(τ_k)`` (sample) or
-        ``y_k + α(τ_k)·o`` (flow_prediction: ``x₀ = y − σ·v`` with ``α + σ = 1``), and
-        ``D_k = (y_k − σ(t_k)·ε̂)/α(t_k)`` (paper §2.4: the grid time converts).
+        With the model output ``o`` at the call time ``τ_k`` (``α = α(τ_k)``, ``σ = σ(τ_k)``),
+        the data prediction there is ``D̂ = (y_k − σ·o)/α`` (epsilon), ``α·y_k − σ·o``
+        (v_prediction), ``o`` (sample) or ``y_k − σ·o`` (flow_prediction), and
+        ``D_k = (y_k − σ(t_k)·ε̂)/α(t_k)`` (paper §2.4: the grid time converts), computed as
+        ``(1 − σ(t_k)/σ)/α(t_k)·y_k + σ(t_k)α/(σ·α(t_k))·D̂`` (no cancellation at small α).
         """
         k, cfg = self._step_index, self.config
         if k >= cfg.num_inference_steps:
@@ -189,16 +190,17 @@ class GeneralizedSolverScheduler(SchedulerMixin, ConfigMixin):
         y, out = sample.float(), model_output.float()
         a, s = cfg.query_alphas[k], cfg.query_sigmas[k]
         if cfg.prediction_type == "epsilon":
-            eps = out
+            denoised = (y - s * out) / a
         elif cfg.prediction_type == "v_prediction":
-            eps = s * y + a * out
+            denoised = a * y - s * out
         elif cfg.prediction_type == "flow_prediction":
-            eps = y + a * out
+            denoised = y - s * out
         else:
-            eps = (y - a * out) / s
+            denoised = out
         states, preds = self._history
         states.append(y)
-        preds.append((y - cfg.sigmas[k] * eps) / cfg.alphas[k])
+        alpha_t, sigma_t = cfg.alphas[k], cfg.sigmas[k]
+        preds.append((1 - sigma_t / s) / alpha_t * y + sigma_t * a / (s * alpha_t) * denoised)
         w, v = cfg.state_weights[k], cfg.pred_weights[k]
         prev = w[k] * states[k]
         for j in range(k):

@@ -124,8 +124,8 @@ def sample_gs(
         y, level = states[k], solver.query_sigmas[k]
         a_q = _alpha(level)
         denoised = model(y / a_q, batch * level, **extra_args)
-        eps = (y - a_q * denoised) / (level * a_q)
-        preds.append((y - alphas[k] * solver.sigmas[k] * eps) / alphas[k])
+        s_q, s_t = level * a_q, alphas[k] * solver.sigmas[k]  # VP σ at τ_k and at t_k
+        preds.append((1 - s_t / s_q) / alphas[k] * y + s_t * a_q / (s_q * alphas[k]) * denoised)
         if callback is not None:
             sigma = solver.sigmas[k]
             callback(

@@ -33,6 +33,15 @@ from the current timesteps, so the corrections stay small corrections of a consi
 the grid moves. ``theory=False`` is the paper's ablation: those terms are frozen at their values
 on the *initial* grid, so the step coefficients no longer follow the timesteps (both variants start
 equal to DPM-Solver++(3M)).
+
+**Starting from any classic solver** (:meth:`GeneralizedSolver.from_classic`). Each step's weights
+over the history are an affine, invertible function of its 2k corrections (the weights of ``y_j``
+are the â's themselves; those of ``D_j`` a triangular map of the ĉ's), and every one-call-per-step
+classic solver is such a history combination (:mod:`.linear_form`). So a GS can equal DDIM,
+DPM-Solver++, UniPC or iPNDM on their grids in two ways: with DPM-Solver++(3M) as the theory and
+corrections that absorb the difference (solved once at the initial grid), or with the classic
+solver's *own* coefficients as the theory (``theory_solver``), recomputed from the moving grid,
+and zero corrections. In both the corrections keep DPM-Solver++(3M)'s parameterisation.
 """
 
 from __future__ import annotations
@@ -51,6 +60,8 @@ from ..models.base import DiffusionModel
 from ..runtime import run_metadata
 from ..schedules import GRID_KINDS, NoiseSchedule, schedule_from_dict, time_grid, validate_grid
 from ._common import Callback, report
+from .linear_form import StepWeights, check_representable, classic_weights
+from .registry import SolverSpec, parse_solver_spec
 from .solver_file import (
     CHECKPOINT_FORMAT,
     SOLVER_FILE,
@@ -190,8 +201,10 @@ class GeneralizedSolver(nn.Module):
             init, ``logsnr``, ``edm``, ``quadratic``) or an explicit ``(N+1,)`` descending tensor
             from ``schedule.t_max`` (1, or ``1 − 1/N`` for flow models) to ``t_eps``. It is
             turned into logits by the exact inverse map.
-        theory: DPM-Solver++(3M)'s coefficients at the current timesteps (default), or frozen at
+        theory: the theory's coefficients at the current timesteps (default), or frozen at
             the initial grid (``False``: the ablation of the module docstring).
+        theory_solver: the classic solver whose coefficients are the theory (one model call per
+            step, ``nfe`` calls); ``None``: DPM-Solver++(3M), the paper's.
     """
 
     def __init__(
@@ -201,8 +214,16 @@ class GeneralizedSolver(nn.Module):
         t_eps: float | None = None,
         init_grid: str | Tensor = "uniform",
         theory: bool = True,
+        theory_solver: SolverSpec | None = None,
     ) -> None:
         super().__init__()
+        if theory_solver is not None:
+            check_representable(theory_solver)
+            if theory_solver.nfe != nfe:
+                raise ConfigError(
+                    f"theory_solver {theory_solver.label} makes {theory_solver.nfe} model calls, "
+                    f"the GS {nfe}"
+                )
         if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
             raise ConfigError(f"nfe must be an integer >= 1, got {nfe!r}")
         if isinstance(init_grid, str):
@@ -224,7 +245,7 @@ class GeneralizedSolver(nn.Module):
             raise ConfigError(
                 "t_eps: the GS needs a finite log-SNR at its last time (t_eps > 0 on a flow model)"
             )
-        self.nfe, self.theory = nfe, theory
+        self.nfe, self.theory, self.theory_solver = nfe, theory, theory_solver
         self.t_max, self.t_eps = float(grid[0]), float(grid[-1])
         self.schedule_spec = schedule.describe()
         self.metadata: dict[str, Any] = {}
@@ -240,8 +261,13 @@ class GeneralizedSolver(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"nfe={self.nfe}, t_eps={self.t_eps:g}, init_grid={self.init_grid!r}, "
-            f"theory={self.theory}"
+            f"theory={self.theory}, theory_solver={self.theory_label!r}"
         )
+
+    @property
+    def theory_label(self) -> str:
+        """The theory's solver as text: ``dpmpp3m`` (the paper's) or a classic spec."""
+        return "dpmpp3m" if self.theory_solver is None else self.theory_solver.to_string()
 
     # -- parameters seen as solver quantities ----------------------------------------------------
     def timesteps(self) -> Tensor:
@@ -259,42 +285,95 @@ class GeneralizedSolver(nn.Module):
         start = step * (step - 1) // 2
         return self.a_hat[start : start + step], self.c_hat[start : start + step]
 
-    @torch.no_grad()
-    def start_from(self, start: GeneralizedSolver, path: str | os.PathLike) -> None:
-        """Copy the parameters of ``start`` (a solver loaded from ``path``) into this one.
+    @classmethod
+    def from_classic(
+        cls,
+        spec: SolverSpec,
+        schedule: NoiseSchedule,
+        *,
+        own_theory: bool = True,
+        theory: bool = True,
+    ) -> GeneralizedSolver:
+        """The GS that, untrained, equals the classic solver ``spec`` (its grid, its steps).
+
+        Args:
+            spec: a classic solver with one model call per step; the GS gets its NFE and grid.
+            schedule: the schedule of the model.
+            own_theory: keep ``spec``'s own coefficients as the theory, recomputed from the
+                moving grid (``theory_solver = spec``, corrections 0); ``False``: the paper's
+                DPM-Solver++(3M) theory, with corrections solved so the sum equals ``spec``.
+            theory: as in the constructor (``False`` freezes the theory at ``spec``'s grid).
 
         Raises:
-            ConfigError: ``start`` ends at another ``t_eps``, or differs in ``theory`` (without
-                theory also in the initial grid, the base of its coefficients).
+            ConfigError: ``spec`` makes several calls per step, or its grid does not start at the
+                schedule's ``t_max``.
         """
-        if start.t_eps != self.t_eps:
+        check_representable(spec)
+        grid = spec.make_grid(schedule)
+        if float(grid[0]) != schedule.t_max:
             raise ConfigError(
-                f"init_solver: {path} ends its grid at t_eps={start.t_eps}, this run at "
-                f"{self.t_eps}; pass --t-eps {start.t_eps}"
+                f"{spec.label} starts at t={float(grid[0]):g}, the GS at the schedule's "
+                f"t_max={schedule.t_max:g}"
             )
-        base_differs = not start.theory and not torch.equal(start.initial_grid, self.initial_grid)
-        if start.theory != self.theory or base_differs:
-            raise ConfigError(
-                f"init_solver: {path} was trained with theory={start.theory} from the initial grid "
-                f"{start.init_grid!r}, this run has theory={self.theory} from {self.init_grid!r}: "
-                "give the same --theory/--no-theory and --init-grid"
-            )
-        for name, param in self.named_parameters():
-            param.copy_(getattr(start, name).to(param))
+        solver = cls(
+            spec.nfe, schedule, init_grid=grid, theory=theory,
+            theory_solver=spec if own_theory else None,
+        )  # fmt: skip
+        if not own_theory:
+            solver.absorb(schedule, classic_weights(spec, schedule, solver.initial_grid))
+        return solver
 
-    def history_weights(
-        self, schedule: NoiseSchedule, grid: Tensor
-    ) -> list[tuple[list[Tensor], list[Tensor]]]:
-        """:func:`step_weights` ``(w, v)`` of every step ``k = 1 … N`` of a solver on ``grid`` (its
-        :meth:`timesteps`, in the dtype and on the device of the result): DPM-Solver++(3M)'s terms
-        at ``grid`` (at the initial grid when ``theory`` is off) plus the corrections."""
+    @torch.no_grad()
+    def absorb(self, schedule: NoiseSchedule, targets: list[StepWeights]) -> None:
+        """Set the corrections so that every step's weights on the initial grid are ``targets``.
+
+        Step ``k``'s weights are affine in its ``2k`` corrections with an invertible linear part
+        (module docstring); its ``2k × 2k`` matrix is read off column by column and solved.
+        """
+        grid = self.initial_grid
+        for k, (w, v) in enumerate(targets, start=1):
+            def weights_of(corr: Tensor, k: int = k) -> Tensor:
+                (step,) = self._weights(schedule, grid, [(corr[:k], corr[k:])], k)
+                return torch.stack([*step[0], *step[1]])
+
+            zero = grid.new_zeros(2 * k)
+            base = weights_of(zero)
+            matrix = torch.stack([weights_of(e) - base for e in torch.eye(2 * k).to(grid)], 1)
+            corr = torch.linalg.solve(matrix, torch.stack([*w, *v]).to(grid) - base)
+            a, c = self.corrections(k)
+            a.copy_(corr[:k])
+            c.copy_(corr[k:])
+
+    def history_weights(self, schedule: NoiseSchedule, grid: Tensor) -> list[StepWeights]:
+        """The ``(w, v)`` of every step ``k = 1 … N`` of a solver on ``grid`` (its
+        :meth:`timesteps`, in the dtype and on the device of the result): the theory's weights at
+        ``grid`` (at the initial grid when ``theory`` is off) plus the corrections."""
+        corrections = [tuple(v.to(grid) for v in self.corrections(k)) for k in range(1, self.nfe + 1)]
+        return self._weights(schedule, grid, corrections)
+
+    def _weights(
+        self,
+        schedule: NoiseSchedule,
+        grid: Tensor,
+        corrections: list[tuple[Tensor, Tensor]],
+        first: int = 1,
+    ) -> list[StepWeights]:
+        """:meth:`history_weights` for the steps ``first, first + 1, …`` with these corrections."""
         base = grid if self.theory else self.initial_grid.to(grid)
         alpha, sigma = schedule.alpha(base), schedule.sigma(base)
         h = schedule.lambda_(base).diff()  # h_k at index k−1, all > 0
+        own = None
+        if self.theory_solver is not None:
+            own = classic_weights(self.theory_solver, schedule, base)
         weights = []
-        for k in range(1, self.nfe + 1):
-            a, c = (v.to(grid) for v in self.corrections(k))
-            weights.append(step_weights(k, alpha[k], sigma[k] / sigma[k - 1], h, a, c))
+        for k, (a, c) in enumerate(corrections, start=first):
+            w, v = step_weights(k, alpha[k], sigma[k] / sigma[k - 1], h, a, c)
+            if own is not None:  # the solver's own theory in place of DPM-Solver++(3M)'s
+                zero = torch.zeros_like(a)
+                w3, v3 = step_weights(k, alpha[k], sigma[k] / sigma[k - 1], h, zero, zero)
+                w = [x - y + z for x, y, z in zip(w, w3, own[k - 1][0], strict=True)]
+                v = [x - y + z for x, y, z in zip(v, v3, own[k - 1][1], strict=True)]
+            weights.append((w, v))
         return weights
 
     @torch.no_grad()
@@ -305,6 +384,7 @@ class GeneralizedSolver(nn.Module):
             "t_eps": self.t_eps,
             "init_grid": self.init_grid,
             "theory": self.theory,
+            "theory_solver": self.theory_label,
             "grid": self.timesteps().tolist(),
             "evaluation_times": self.evaluation_times().tolist(),
             "offsets": self.t_couple.tolist(),
@@ -328,8 +408,11 @@ class GeneralizedSolver(nn.Module):
     ) -> Tensor:
         """Integrate from ``noise`` at ``t_max`` to ``t_eps`` with exactly ``N`` network calls.
 
-        ``D_k = (y_k − σ(t_k)·ε̂(y_k, t_k + ξ_k)) / α(t_k)``: the network sees the shifted time,
-        the conversion to a data prediction uses the grid time (spec §2.4).
+        ``D_k = (y_k − σ(t_k)·ε̂(y_k, τ_k)) / α(t_k)``, ``τ_k = t_k + ξ_k``: the network sees the
+        shifted time, the conversion to a data prediction uses the grid time (spec §2.4). With
+        ``ε̂ = (y − α(τ)·D̂)/σ(τ)`` this is computed as ``c_y·y_k + c_D·D̂(y_k, τ_k)``,
+        ``c_y = (1 − σ(t_k)/σ(τ_k))/α(t_k)``, ``c_D = σ(t_k)α(τ_k)/(σ(τ_k)α(t_k))``: the same value,
+        without the cancellation of ``y − σ·ε̂`` where α is small (a flow model's first step).
 
         Args:
             model: the frozen model; its schedule must be the one the solver was built for.
@@ -357,20 +440,23 @@ class GeneralizedSolver(nn.Module):
         grid = grid_from_logits(self.mu_logit.to(exact), self.t_eps, self.t_max)
         query = grid[:-1] + self.t_couple.to(exact)  # t_k + ξ_k
         alpha, sigma = model.schedule.alpha(grid), model.schedule.sigma(grid)
+        alpha_q, sigma_q = model.schedule.alpha(query), model.schedule.sigma(query)
+        c_state = (1.0 - sigma[:-1] / sigma_q) / alpha[:-1]
+        c_pred = sigma[:-1] * alpha_q / (sigma_q * alpha[:-1])
         weights = self.history_weights(model.schedule, grid)
 
         def predict(y: Tensor, t: Tensor) -> Tensor:
             if checkpoint:
                 return activation_checkpoint(
-                    model.noise_prediction, y, t, cond, use_reentrant=False
+                    model.data_prediction, y, t, cond, use_reentrant=False
                 )
-            return model.noise_prediction(y, t, cond)
+            return model.data_prediction(y, t, cond)
 
         states, preds = [noise], []
         for k in range(1, self.nfe + 1):
             y = states[-1]
-            eps = predict(y, query[k - 1])
-            preds.append((y - sigma[k - 1].to(dtype) * eps) / alpha[k - 1].to(dtype))
+            denoised = predict(y, query[k - 1])
+            preds.append(c_state[k - 1].to(dtype) * y + c_pred[k - 1].to(dtype) * denoised)
             report(callback, k - 1, grid[k - 1], y, preds[-1])
             w_states, w_preds = weights[k - 1]
             states.append(self._step(states, preds, [w.to(dtype) for w in w_states + w_preds]))
@@ -403,8 +489,8 @@ class GeneralizedSolver(nn.Module):
         (strict JSON: a non-finite number, such as a NaN validation loss, is ``null``). It is the
         caller's ``metadata`` (e.g. teacher spec, training summary; ``run`` defaults to
         :func:`~gas_solver.runtime.run_metadata`) plus the solver's own fields, which take
-        precedence: ``format``, ``nfe``, ``t_eps``, ``schedule``, ``init_grid``, ``theory`` and
-        ``solver`` (:meth:`describe`). Both files are written atomically.
+        precedence: ``format``, ``nfe``, ``t_eps``, ``schedule``, ``init_grid``, ``theory``,
+        ``theory_solver`` and ``solver`` (:meth:`describe`). Both files are written atomically.
 
         Args:
             metadata: must contain ``"model"``, the ``identity()`` of the model the solver was
@@ -424,6 +510,7 @@ class GeneralizedSolver(nn.Module):
             "schedule": self.schedule_spec,
             "init_grid": self.init_grid,
             "theory": self.theory,
+            "theory_solver": self.theory_label,
             "solver": self.describe(),
         }
         tensors = {name: p.detach().cpu().contiguous() for name, p in self.state_dict().items()}
@@ -476,6 +563,7 @@ class GeneralizedSolver(nn.Module):
             t_eps=meta["t_eps"],
             init_grid=init if isinstance(init, str) else torch.tensor(init, dtype=torch.float64),
             theory=meta.get("theory", True),
+            theory_solver=_theory_solver(meta.get("theory_solver", "dpmpp3m")),
         )
         solver = solver.to(tensors["mu_logit"].dtype)
         try:
@@ -486,6 +574,11 @@ class GeneralizedSolver(nn.Module):
             ) from err
         solver.metadata = meta
         return solver
+
+
+def _theory_solver(text: str) -> SolverSpec | None:
+    """The stored :attr:`GeneralizedSolver.theory_label` as a constructor argument."""
+    return None if text == "dpmpp3m" else parse_solver_spec(text)
 
 
 __all__ = [

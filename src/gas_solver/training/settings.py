@@ -11,6 +11,7 @@ from ..schedules import GRID_KINDS
 from .discriminator import PRESET_CHOICES
 from .feature_discriminator import FEATURE_PRESET
 from .losses import DISTILLATION_LOSSES
+from .start import THEORIES
 
 METHODS = ("gs", "gas")
 MAX_GS_NFE = 100
@@ -49,11 +50,25 @@ class TrainSettings:
     distillation: str = option(
         "l1", "per-sample distillation distance", choices=sorted(DISTILLATION_LOSSES)
     )
-    init_grid: str = option("uniform", "initial time grid", choices=list(GRID_KINDS))
-    init_solver: str | None = option(
-        None,
-        "start from this trained solver's parameters (a solver.safetensors or its run folder, same "
-        "model and NFE) instead of DPM-Solver++(3M) on INIT_GRID, e.g. a GAS fine-tuning a GS",
+    init_solver: str = option(
+        "auto",
+        "where the GS starts: auto (the classic solver with the lowest distillation loss on "
+        "held-apart teacher pairs, on INIT_GRID or every grid kind), dpmpp3m (the paper's: "
+        "DPM-Solver++(3M) on INIT_GRID, default uniform), a classic solver, e.g. "
+        "'unipc:order=3,grid=uniform' (NFE: --nfe), or a trained solver (a solver.safetensors or "
+        "its run folder, same model and NFE), e.g. a GAS fine-tuning a GS",
+    )
+    init_grid: str | None = option(
+        None, "grid kind of the start (auto: the only grid tried)", choices=list(GRID_KINDS)
+    )
+    theory_solver: str = option(
+        "start",
+        "the theory the corrections are added to as the grid moves: start = the start solver's "
+        "own coefficients, dpmpp3m = DPM-Solver++(3M)'s (the paper's)",
+        choices=list(THEORIES),
+    )
+    init_pairs: int = option(
+        256, "auto: validation pairs (or training pairs without any) that rank the candidates"
     )
     learn: str = option(
         "all", "which solver parameters train (ablations; timesteps = an LD3-style baseline)",
@@ -61,8 +76,8 @@ class TrainSettings:
     )  # fmt: skip
     theory: bool = option(
         True,
-        "coefficients as corrections on DPM-Solver++(3M) at the current timesteps (the paper's "
-        "theoretical guidance); --no-theory: on its values at the initial grid, frozen (ablation)",
+        "coefficients as corrections on the theory (--theory-solver) at the current timesteps "
+        "(the paper's theoretical guidance); --no-theory: at the initial grid, frozen (ablation)",
     )
     t_eps: float | None = option(None, "last time of the student grid (default: the schedule's)")
     iterations: int = option(10000, "training iterations")
@@ -111,7 +126,13 @@ class TrainSettings:
         require(
             1 <= self.nfe <= MAX_GS_NFE, "nfe", f"must be from 1 to {MAX_GS_NFE}, got {self.nfe}"
         )
-        require(self.iterations >= 1, "iterations", f"must be >= 1, got {self.iterations}")
+        require(self.iterations >= 0, "iterations", f"must be >= 0, got {self.iterations}")
+        require(self.init_pairs >= 1, "init_pairs", f"must be >= 1, got {self.init_pairs}")
+        require(
+            self.theory_solver in THEORIES,
+            "theory_solver",
+            f"one of {list(THEORIES)}, got {self.theory_solver!r}",
+        )
         require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
         require(self.grad_clip >= 0, "grad_clip", f"must be >= 0, got {self.grad_clip}")

@@ -74,13 +74,25 @@ from ..runtime import (
     save_checkpoint_file,
     write_json,
 )
+from ..schedules import GRID_KINDS
 from ..solvers.generalized import SOLVER_FILE, GeneralizedSolver
+from ..solvers.registry import SolverSpec, parse_solver_spec
 from ..visualize import save_comparison_grid, save_scatter
 from .adversarial import Adversary, NonFiniteLossError
 from .discriminator import build_discriminator
 from .ema import EMA
 from .feature_discriminator import FEATURE_PRESET, FeatureDiscriminator
 from .losses import DISTILLATION_LOSSES, get_loss
+from .start import (
+    AUTO,
+    PAPER,
+    Start,
+    candidate_specs,
+    classic_start,
+    parse_start,
+    rank_candidates,
+    trained_start,
+)
 from .settings import LEARNED, RESUME_MAY_CHANGE, TrainSettings
 
 log = logging.getLogger(__name__)
@@ -114,15 +126,8 @@ class Trainer:
             # fresh noise of the fakes: its own generator, checkpointed (bit-exact resume)
             self.fake_noise = torch.Generator().manual_seed(config.seed * 1_000_003 + 777_767)
         self.noise, self.target, self.cond = teacher.noise, teacher.target, teacher.cond
-        self.solver = GeneralizedSolver(
-            config.nfe,
-            model.schedule,
-            t_eps=config.t_eps,
-            init_grid=config.init_grid,
-            theory=config.theory,
-        ).to(self.device)
-        if config.init_solver:
-            self._start_from(config.init_solver)
+        self.start = self._start()
+        self.solver = self.start.solver.to(self.device)
         for name, param in self.solver.named_parameters():  # the others keep their initial value
             param.requires_grad_(name in LEARNED[config.learn])
         self.optimizer = torch.optim.Adam(
@@ -130,12 +135,49 @@ class Trainer:
         )
         self.ema = EMA(self.solver.parameters(), config.ema_decay)
         self.iteration = 0
+        self.initial = {name: p.detach().clone() for name, p in self.solver.named_parameters()}
+        self.initial_validation: dict[str, float] = {}
         self.last_validation: dict[str, float] = {}
         self._writer = None
 
-    def _start_from(self, path: str) -> None:
-        """``--init-solver``: copy a trained solver's parameters (its EMA weights) into ours."""
-        self.solver.start_from(GeneralizedSolver.load(path, self.model, nfe=self.config.nfe), path)
+    def _start(self) -> Start:
+        """The initial solver of ``--init-solver`` (see :mod:`.start`); a resumed ``auto`` run
+        takes the choice its checkpoint recorded instead of ranking the candidates again."""
+        config, schedule = self.config, self.model.schedule
+        start = parse_start(config.init_solver, config.nfe, config.t_eps)
+        if start == AUTO and config.resume and (self.out / CHECKPOINT).is_file():
+            record = load_checkpoint_file(self.out / CHECKPOINT).get("start")
+            if record:
+                spec = parse_solver_spec(record["solver"])
+                solver = classic_start(spec, self.model, config.theory_solver, config.theory)
+                return Start(solver, record["solver"], record.get("candidates", {}))
+        if isinstance(start, SolverSpec):
+            return Start(classic_start(start, self.model, config.theory_solver, config.theory),
+                         start.to_string())  # fmt: skip
+        if start == AUTO:
+            return self._best_classic()
+        if start == PAPER:
+            solver = GeneralizedSolver(
+                config.nfe, schedule, t_eps=config.t_eps, init_grid=config.init_grid or "uniform",
+                theory=config.theory,
+            )  # fmt: skip
+            return Start(solver, f"{PAPER}:grid={solver.init_grid}")
+        return Start(trained_start(start, self.model, config.nfe, config.t_eps, config.theory), start)
+
+    def _best_classic(self) -> Start:
+        """``auto``: every candidate classic solver on the first ``init_pairs`` validation pairs
+        (training pairs if there is no validation split); the lowest distillation loss wins."""
+        config = self.config
+        pairs = (self.val_idx if len(self.val_idx) else self.train_idx)[: config.init_pairs]
+        grids = [config.init_grid] if config.init_grid else list(GRID_KINDS)
+        specs = candidate_specs(config.nfe, grids, config.t_eps)
+        noise, target, cond = self.batch(pairs)
+        losses = rank_candidates(self.model, specs, noise, target, cond, self.loss_fn)
+        best = min(specs, key=lambda spec: losses[spec.label])
+        log.info("init_solver auto: %s (loss %.4g on %d pairs)", best.label, losses[best.label],
+                 len(pairs))  # fmt: skip
+        solver = classic_start(best, self.model, config.theory_solver, config.theory)
+        return Start(solver, best.label, losses)
 
     def _discriminator(self, model: DiffusionModel) -> nn.Module:
         """GAS: an R3GAN discriminator (preset or file), or heads on the model's own features."""
@@ -304,6 +346,9 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "config": dataclasses.asdict(self.config),
+            "start": self.start.describe(),
+            "initial": self.initial,
+            "initial_validation": self.initial_validation,
         }
         if self.adversary is not None:
             state["adversary"] = self.adversary.state_dict()
@@ -335,6 +380,8 @@ class Trainer:
             self.adversary.load_state_dict(state["adversary"])
             self.fake_noise.set_state(state["fake_noise_rng"].cpu())
         self.solver.load_state_dict(state["solver"])
+        self.initial = state.get("initial", self.initial)
+        self.initial_validation = state.get("initial_validation", {})
         self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"].cpu())
@@ -435,7 +482,8 @@ class Trainer:
             atomic_write(self.out / "config.yaml", lambda tmp: tmp.write_text(text))
         self._open_tensorboard()
         if self.iteration == 0:
-            self.log({"initial": 1, **self.validate(picture=True)})
+            self.initial_validation = self.validate(picture=True)
+            self.log({"initial": 1, **self.initial_validation})
             self.warm_up_discriminator(progress)
         start, last = time.perf_counter(), self.iteration
         bar = tqdm(
@@ -468,9 +516,12 @@ class Trainer:
             if self._writer is not None:
                 self._writer.close()
         summary = {
+            "start": self.start.describe(),
+            "initial_validation": self.initial_validation,
             "final_validation": self.last_validation or self.validate(picture=False),
             "seconds": time.perf_counter() - start,
         }
+        summary["kept"] = self._keep_the_better(summary)
         path = self.out / SOLVER_FILE
         if is_main():
             write_json(self.out / "summary.json", {**summary, "timesteps": self._ema_timesteps()})
@@ -483,6 +534,27 @@ class Trainer:
                 f"solver's outputs hold NaN or infinity; check the teacher set before using {path}"
             )
         return path
+
+    def _keep_the_better(self, summary: dict[str, Any]) -> str:
+        """No silent regression: if the trained (EMA) solver validates worse than the start, the
+        start is what is saved. Returns ``trained``, ``start`` or ``trained (not checked)``."""
+        before = self.initial_validation.get("val_loss", math.nan)
+        after = summary["final_validation"].get("val_loss", math.nan)
+        if not (math.isfinite(before) and math.isfinite(after)):
+            return "trained (not checked)"
+        if after <= before:
+            return "trained"
+        log.warning(
+            "the trained solver validates worse than its start (%s: loss %.5g > %.5g); keeping "
+            "the start. Lower --lr, or train longer with more pairs.",
+            self.start.label, after, before,
+        )  # fmt: skip
+        with torch.no_grad():
+            for shadow, (name, _) in zip(self.ema.shadow, self.solver.named_parameters(), strict=True):
+                shadow.copy_(self.initial[name])
+        summary["trained_validation"] = summary["final_validation"]
+        summary["final_validation"] = dict(self.initial_validation)
+        return "start"
 
     def _ema_timesteps(self) -> list[float]:
         with self.ema_weights() as solver, torch.no_grad():
