@@ -1,8 +1,9 @@
 """The training protocol of the published mnist32 tables, shared by the benchmarks that retrain it
 (``ablations.py``, ``training_cost_curve.py``); ``gas-solver sweep``'s defaults are the same.
 
-GS: batch 16 on teacher pairs 0–999 (validation: the last 100), logSNR initial grid, L1, data-order
-seed 42, one validation at the end. GAS: from that GS, the ``model-features`` discriminator at
+GS: batch 16 on teacher pairs 0–999 (validation: the last 100), L1, data-order seed 42, one
+validation at the end; the start is ``train``'s (``auto``: the best classic solver) unless a script
+adds :data:`PAPER_START` (DPM-Solver++(3M) on the logSNR grid, the published tables' start). GAS: from that GS, the ``model-features`` discriminator at
 learning rate 1e-4 with Adam betas (0, 0.99), 100 discriminator-only warm-up steps, weight 0.3.
 """
 
@@ -16,9 +17,11 @@ from pathlib import Path
 from gas_solver.training.settings import R3GAN_BETAS
 
 GS_FLAGS = (
-    "--batch-size", "16", "--train-size", "1000", "--val-size", "100", "--init-grid", "logsnr",
+    "--batch-size", "16", "--train-size", "1000", "--val-size", "100",
     "--val-every", "0", "--seed", "42", "--device", "cpu",
 )  # fmt: skip
+PAPER_START = ("--init-solver", "dpmpp3m", "--init-grid", "logsnr")
+"""The start of the published tables before train's default became ``auto``."""
 DISCRIMINATOR_FLAGS = (
     "--disc-preset", "model-features", "--disc-lr", "1e-4",
     "--disc-beta1", str(R3GAN_BETAS["disc_beta1"]), "--disc-beta2", str(R3GAN_BETAS["disc_beta2"]),
@@ -40,9 +43,12 @@ def gas_solver(*args: str, launcher: str = "") -> None:
     subprocess.run([*prefix, "-m", "gas_solver.cli", *map(str, args)], check=True)
 
 
-def train_flags(teacher: str, nfe: int, iterations: int, out: Path) -> list[str]:
-    """``train`` flags of the GS protocol for one run (later flags override them)."""
+def train_flags(
+    teacher: str, nfe: int, iterations: int, out: Path, start: tuple[str, ...] = PAPER_START
+) -> list[str]:
+    """``train`` flags of the GS protocol for one run (later flags override them); ``start``: the
+    published tables' (default) or ``()`` for ``train``'s own."""
     return [
         "train", "--teacher", teacher, "--nfe", str(nfe), "--iterations", str(iterations),
-        *GS_FLAGS, "--checkpoint-every", str(iterations), "--out", str(out),
+        *GS_FLAGS, *start, "--checkpoint-every", str(iterations), "--out", str(out),
     ]  # fmt: skip

@@ -168,6 +168,29 @@ def test_compare_images_with_fid(digits_model, fid_cache, tmp_path, monkeypatch)
         compare("gmm-ring", "ddim:nfe=2", SEEDS, fid_ref="digits", progress=False)
 
 
+def test_compare_against_a_converged_reference(digits_model, fid_cache, tmp_path, monkeypatch):
+    """``reference``: each row's distance to a converged solve and FID against its samples; the
+    teacher's own error is in its row, the reference's row is last and at distance 0."""
+    monkeypatch.setenv("GAS_SOLVER_CACHE", str(fid_cache))
+    out = tmp_path / "cmp"
+    rows = compare(
+        str(digits_model), ["ddim:nfe=2", "unipc:nfe=2"], SEEDS, teacher="unipc:nfe=6",
+        reference="auto", fid_ref="digits", fid_ref_num=N, fid_method="eigh", out=out,
+        batch_size=N, device="cpu", progress=False,
+    ).rows  # fmt: skip
+    assert [row.kind for row in rows] == ["teacher", "classic", "classic", "reference"]
+    reference = rows[-1]
+    assert reference.nfe == 60 and reference.reference_l1 == 0 and reference.reference_fid < 1e-3
+    teacher, ddim = rows[0], rows[1]
+    assert 0 < teacher.reference_l1 < ddim.reference_l1
+    assert teacher.reference_fid < ddim.reference_fid
+    assert math.isclose(reference.l1, teacher.reference_l1, rel_tol=1e-6)  # the same distance
+    table = (out / "compare.md").read_text()
+    assert "L1 to reference" in table and "unipc:nfe=60" in table
+    saved = json.loads((out / "compare.json").read_text())
+    assert saved["rows"][1]["reference_fid"] == ddim.reference_fid
+
+
 def test_fid_command_on_sample_npz(digits_model, fid_cache, tmp_path):
     sample_config = load_config(
         SampleConfig,

@@ -16,7 +16,7 @@ from gas_solver.models.loading import load_model
 from gas_solver.solvers.generalized import GeneralizedSolver
 from gas_solver.solvers.linear_form import classic_history
 from gas_solver.solvers.registry import parse_solver_spec
-from gas_solver.training.start import CANDIDATES
+from gas_solver.training.start import CANDIDATES, FINALISTS
 from gas_solver.training.trainer import Trainer, TrainSettings
 
 SCHEDULES = {
@@ -161,7 +161,8 @@ def test_auto_starts_from_the_planted_best_and_records_it(planted_teacher, tmp_p
     start = summary["start"]
     assert start["solver"] == parse_solver_spec(PLANTED).label
     assert start["loss"] == min(start["candidates"].values()) < 1e-6
-    assert len(start["candidates"]) == len(CANDIDATES) * len(GRIDS)
+    assert len(start["screened"]) == len(CANDIDATES) * len(GRIDS)
+    assert len(start["candidates"]) == FINALISTS
     assert GeneralizedSolver.load(path).metadata["training"]["start"]["solver"] == start["solver"]
 
 

@@ -55,6 +55,12 @@ class CompareConfig:
     fid_method: str = option(
         "sqrtm", "FID matrix square root: sqrtm (as EDM) or eigh", choices=list(FID_METHODS)
     )
+    reference: str | None = option(
+        None,
+        "a converged solve of the same ODE, e.g. 'unipc:nfe=200,order=3,grid=uniform' (auto: the "
+        "teacher's solver with 10x its calls): adds each row's L1/PSNR to it and FID against its "
+        "samples, and a row of its own; none: no reference",
+    )
     batch_size: int = option(64, "samples per batch (and images per Inception call)")
     device: str = option("auto", "cpu, cuda, cuda:N or auto")
     out: str = option("runs/compare", "output folder")
@@ -63,6 +69,8 @@ class CompareConfig:
         require(self.nfe is None or self.nfe >= 1, "nfe", f"must be >= 1, got {self.nfe}")
         solvers = resolve_solvers(self.solvers, self.nfe)
         parse_solver_spec(self.teacher)
+        if self.reference not in (None, "auto"):
+            parse_solver_spec(self.reference)
         require(
             bool(self.model) or any(isinstance(s, TrainedSolver) for s in solvers),
             "model",
@@ -102,5 +110,5 @@ def run_compare(config: CompareConfig, progress: bool = True) -> Comparison:
         teacher_set=config.teacher_set, allow_seed_overlap=config.allow_seed_overlap,
         prompts=config.prompts,
         fid_ref=config.fid_ref, fid_ref_num=config.fid_ref_num, fid_method=config.fid_method,
-        out=config.out, batch_size=config.batch_size, device=device, progress=progress,
+        reference=config.reference, out=config.out, batch_size=config.batch_size, device=device, progress=progress,
     )  # fmt: skip

@@ -6,8 +6,9 @@ For each NFE of the sweep, on the same evaluation seeds and against the same tea
    separate seeds (``--grid-seeds``); the best grid is kept, and logSNR (the common default) too;
 2. the learned solvers, trained on one teacher set: ``timesteps`` (the GS grid alone on
    DPM-Solver++(3M) coefficients, an LD3-style baseline: ``train --learn timesteps``, from the
-   grid that solver found best), ``gs`` and
-   ``gas`` (which fine-tunes that NFE's GS, as the demo does);
+   grid that solver found best), ``gs`` (from ``--init-solver``, by default the best classic
+   solver), ``gs-3m`` (from the paper's DPM-Solver++(3M)) and ``gas``/``gas-3m`` (each
+   fine-tunes the GS row of its start, as the demo does);
 3. one :func:`~gas_solver.evaluation.compare` of all of them: FID (N = the evaluation
    seeds), L1 and PSNR to the teacher, seconds.
 
@@ -43,6 +44,7 @@ from ..schedules import GRID_KINDS
 from ..seeds import parse_seeds
 from ..solvers.registry import DEFAULT_TEACHER, parse_solver_spec
 from ..training.settings import R3GAN_BETAS
+from ..training.start import PAPER
 from ..training.trainer import train
 from ..visualize import save_series
 from .teacher import TeacherConfig, make_teacher_set
@@ -50,12 +52,23 @@ from .train import TrainConfig
 
 log = logging.getLogger(__name__)
 
-LEARNED_METHODS = {"timesteps": ("gs", "timesteps"), "gs": ("gs", "all"), "gas": ("gas", "all")}
-"""Learned rows: name → (``train --loss``, ``train --learn``)."""
+LEARNED_METHODS = {
+    "timesteps": ("gs", "timesteps"),
+    "gs": ("gs", "all"),
+    "gas": ("gas", "all"),
+    "gs-3m": ("gs", "all"),
+    "gas-3m": ("gas", "all"),
+}
+"""Learned rows: name → (``train --loss``, ``train --learn``). ``gs`` starts from
+``--init-solver`` (default: the best classic solver), ``gs-3m`` from the paper's DPM-Solver++(3M)
+on ``--init-grid``; each ``gas`` row fine-tunes the ``gs`` row of its start."""
 RESUME_MAY_CHANGE = {"out", "device", "batch_size", "nfes", "learned", "logsnr_rows"}
 """Settings a resumed sweep may change: where and how it runs, and which NFEs and rows it adds
 (rows already measured are kept; a row no longer asked for leaves the table)."""
-ROW_FIELDS = ("label", "kind", "nfe", "fid", "l1", "psnr", "seconds", "n_samples")
+ROW_FIELDS = (
+    "label", "kind", "nfe", "fid", "l1", "psnr", "seconds", "n_samples",
+    "reference_l1", "reference_psnr", "reference_fid",
+)  # fmt: skip
 THEORY_SPEC = "dpmpp:order=3"
 """The classic solver whose coefficients the ``timesteps`` row keeps (the GS's theory)."""
 
@@ -77,7 +90,11 @@ class SweepConfig:
     logsnr_rows: bool = option(
         True, "also a row on the logSNR grid for each classic solver whose best grid is another"
     )
-    learned: str = option("timesteps,gs,gas", "learned rows: timesteps (grid only), gs, gas")
+    learned: str = option(
+        "timesteps,gs,gas,gs-3m,gas-3m",
+        "learned rows: timesteps (grid only), gs and gas (from --init-solver), gs-3m and gas-3m "
+        "(from the paper's DPM-Solver++(3M) on --init-grid)",
+    )
     teacher: str = option(DEFAULT_TEACHER, "teacher solver spec")
     teacher_seeds: str = option("0-1099", "seeds of the teacher set (training pairs)")
     train_size: int = option(1000, "training pairs (the first of the teacher set)")
@@ -85,7 +102,10 @@ class SweepConfig:
     iterations: int = option(400, "training iterations of each learned solver")
     train_batch_size: int = option(16, "teacher pairs per training iteration")
     train_seed: int = option(42, "seed of the trainings' data order")
-    init_grid: str = option("logsnr", "initial grid of the gs and gas rows")
+    init_solver: str = option(
+        "auto", "start of the gs and gas rows (see `train --help`): auto or a classic solver"
+    )
+    init_grid: str = option("logsnr", "initial grid of the gs-3m and gas-3m rows")
     timesteps_grid: str = option(
         "best",
         "initial grid of the timesteps row: a grid kind, or best (the best grid of "
@@ -103,6 +123,11 @@ class SweepConfig:
     fid_ref: str | None = option("mnist", "FID reference (see `compare --help`); none: no FID")
     fid_ref_num: int | None = option(None, "use only the first FID_REF_NUM reference images")
     fid_method: str = option("eigh", "FID matrix square root: sqrtm or eigh")
+    reference: str | None = option(
+        None,
+        "a converged solve (see `compare --help`, e.g. auto): each row's L1/PSNR to it and FID "
+        "against its samples, in a table of their own",
+    )
     batch_size: int = option(64, "samples per batch")
     device: str = option("auto", "cpu, cuda, cuda:N or auto")
     out: str = option("runs/sweep", "output folder (resumed when it holds a sweep.json)")
@@ -206,18 +231,20 @@ def _sweep(config: SweepConfig, out: Path, progress: bool) -> Path:
             for name in names
             if name not in done
         }
-        if missing or "teacher" not in done:
+        if missing or "teacher" not in done or (config.reference and "reference" not in done):
             folder = _free_folder(out / f"nfe{nfe}" / "compare")
             barrier()  # torchrun: every rank has named the folder before rank 0 makes it
             rows = compare(
                 model, list(missing.values()), config.seeds, teacher=config.teacher,
                 teacher_set=teacher, fid_ref=config.fid_ref, fid_ref_num=config.fid_ref_num,
-                fid_method=config.fid_method, out=folder,
+                fid_method=config.fid_method, reference=config.reference, out=folder,
                 batch_size=config.batch_size, device=device, progress=progress,
             ).rows  # fmt: skip
-            for name, row in zip(["teacher", *missing], rows, strict=True):
-                done[name] = {"name": name, **{k: getattr(row, k) for k in ROW_FIELDS}}
-        state["rows"][key] = [done[name] for name in ["teacher", *names]]
+            measured = ["teacher", *missing, *(["reference"] if config.reference else [])]
+            for name, row in zip(measured, rows, strict=True):
+                done[name] = {"name": name, **{k: row.to_dict()[k] for k in ROW_FIELDS}}
+        extra = ["reference"] if "reference" in done else []
+        state["rows"][key] = [done[name] for name in ["teacher", *names, *extra]]
         save()
     for key, rows in state["rows"].items():  # the learned rows' training time, from their runs
         for row in rows:
@@ -284,17 +311,21 @@ def _trained(
     """The learned solver of one row, trained unless a finished run is in its folder. The
     ``timesteps`` row starts from its ``--timesteps-grid`` (by default the grid the classic
     DPM-Solver++(3M) row found best: a grid-only learner that starts where its solver is best),
-    ``gs`` and ``gas`` from ``--init-grid``."""
+    ``gs`` from ``--init-solver``, ``gs-3m`` from DPM-Solver++(3M) on ``--init-grid``, and a GAS
+    row from the GS row of its start."""
     folder = Path(config.out) / f"nfe{nfe}" / method
     if (folder / "summary.json").is_file():
         return folder
     loss, learn = LEARNED_METHODS[method]
-    init_grid = config.init_grid
+    init_solver, init_grid = config.init_solver, None
+    if method.endswith("-3m"):
+        init_solver, init_grid = PAPER, config.init_grid
     if method == "timesteps":
+        init_solver = PAPER
         init_grid = grids[THEORY_SPEC] if config.timesteps_grid == "best" else config.timesteps_grid
     overrides = {
         "teacher": str(teacher.path), "out": str(folder), "nfe": nfe, "loss": loss, "learn": learn,
-        "init_grid": init_grid, "iterations": config.iterations,
+        "init_solver": init_solver, "init_grid": init_grid, "iterations": config.iterations,
         "batch_size": config.train_batch_size, "train_size": config.train_size,
         "val_size": config.val_size, "val_every": 0, "checkpoint_every": config.iterations,
         "seed": config.train_seed, "device": config.device,
@@ -304,7 +335,10 @@ def _trained(
             adv_weight=config.adv_weight, disc_preset=config.disc_preset, disc_lr=config.disc_lr,
             **R3GAN_BETAS, disc_warmup=config.disc_warmup,
             iterations=config.gas_iterations, checkpoint_every=config.gas_iterations,
-            init_solver=str(_trained(config, model, teacher, nfe, grids, "gs", progress)),
+            init_grid=None,
+            init_solver=str(_trained(
+                config, model, teacher, nfe, grids, method.replace("gas", "gs"), progress
+            )),
         )  # fmt: skip
     train(load_config(TrainConfig, overrides=overrides), model, teacher, progress)
     barrier()  # torchrun: rank 0 has written the solver before any rank looks for it
@@ -341,12 +375,28 @@ def format_sweep(state: dict[str, Any]) -> str:
         trained = f" ({cell['train_seconds']:.0f})" if "train_seconds" in cell else ""
         return f"{cell['seconds']:.0f}{trained}"
 
+    def to_reference(cell: dict[str, Any]) -> str:
+        if cell.get("reference_l1") is None:
+            return "–"
+        fid = cell.get("reference_fid")
+        return ("–" if fid is None else f"{fid:.2f}") + f" ({cell['reference_l1']:.4f})"
+
     lines = [
         f"FID (N = {n}, {config['fid_ref']}, {config['fid_method']}) and, in brackets, L1 to the "
         f"teacher ({config['teacher']}); model {config['model']}.",
         "",
         *table(fid_l1),
         "",
+    ]  # fmt: skip
+    if config.get("reference"):
+        lines += [
+            f"Against the converged reference ({config['reference']}): FID against its samples "
+            "and, in brackets, L1 to them (the teacher's row is the teacher's own error):",
+            "",
+            *table(to_reference),
+            "",
+        ]
+    lines += [
         "Seconds to sample the N images and, in brackets, to train (GAS: after its GS):",
         "",
         *table(seconds),

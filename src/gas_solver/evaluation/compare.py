@@ -160,6 +160,19 @@ def _entries(
     return entries
 
 
+def _reference_entry(text: str, teacher: _Entry, model: DiffusionModel) -> _Entry:
+    """The converged ``reference`` row: a classic spec, or ``auto`` (the teacher's solver with
+    ten times its calls)."""
+    if text == "auto":
+        spec = dataclasses.replace(teacher.sampler, nfe=10 * teacher.nfe)
+    else:
+        spec = teacher_spec(text, model)
+    return _Entry(
+        "reference", "reference", spec, spec.nfe, _grid(spec, model),
+        {"solver": spec.name, **spec.to_dict()}, spec=spec.to_string(),
+    )  # fmt: skip
+
+
 def _grid(spec: SolverSpec, model: DiffusionModel) -> list[float]:
     return spec.make_grid(model.schedule).double().cpu().tolist()
 
@@ -194,6 +207,7 @@ def compare(
     fid_ref: Any = None,
     fid_ref_num: int | None = None,
     fid_method: str = "sqrtm",
+    reference: str | None = None,
     out: str | Path | None = None,
     batch_size: int = 64,
     device: str | torch.device | None = None,
@@ -222,6 +236,11 @@ def compare(
             use the decoded images, while L1/RMSE/PSNR stay on the latents (module docstring).
         fid_ref_num: use the first so many reference images.
         fid_method: ``sqrtm`` (EDM) or ``eigh``, see :func:`~gas_solver.metrics.frechet_distance`.
+        reference: a converged solve of the same ODE (a classic spec with many calls, e.g.
+            ``unipc:nfe=200,order=3,grid=uniform``; ``auto``: the teacher's solver with ten times
+            its calls). Every row then also gets its L1/PSNR to the reference's samples and FID
+            against them, and the reference is the last row: a solver is better at its job when
+            it is closer to the ODE's solution, which the teacher only approximates.
         out: folder for the table, JSON and pictures (see the module docstring); ``None``: none.
         batch_size: samples per batch, and images per Inception call.
         device: where the model (when given by name) and the Inception run; default: the
@@ -256,6 +275,7 @@ def compare(
         opened = teacher_set if isinstance(teacher_set, TeacherSet) else TeacherSet(teacher_set)
     check_seed_overlap(seed_list, teacher_seed_sets(solver_list, opened), allow=allow_seed_overlap)
     entries = _entries(model, solver_list, teacher, device)
+    converged = None if reference is None else _reference_entry(reference, entries[0], model)
     if opened is not None:
         _check_teacher_solver(entries[0], opened)
     is_image = makes_images(model)
@@ -287,14 +307,15 @@ def compare(
         "fid_reference": None if fid_ref is None else str(fid_ref),
         "fid_reference_num_images": None if ref_stats is None else ref_stats.num_images,
         "fid_method": fid_method,
+        "reference": None if converged is None else converged.spec,
         "batch_size": batch_size,
         "device": str(device),
     }
     n_batches = math.ceil(len(seed_list) / batch_size)
-    rows: list[Row] = []
-    kept: dict[str, Tensor] = {}  # the first images/points of each solver, for the pictures
-    reference: Tensor | None = None
-    for entry in entries:
+
+    def run(entry: _Entry) -> tuple[Tensor, Any, float, float]:
+        """Sample ``entry`` on the seeds: samples, Inception statistics (or ``None``), seconds,
+        model calls per sample."""
         log.info("compare: %s (%d seeds)", entry.label, len(seed_list))
         model.reset_nfe()
         start = time.perf_counter()
@@ -305,18 +326,40 @@ def compare(
         calls = all_sum(torch.tensor(float(model.nfe))).item() / n_batches  # torchrun: all ranks
         if calls != entry.nfe:
             log.warning("%s: %g model calls per sample, expected %d", entry.label, calls, entry.nfe)
-        if reference is None:
-            reference = samples
-        # fidelity where the paper measures it: the samples themselves (latents for LDM/SD)
-        summary = summarize_fidelity(per_sample_fidelity(samples, reference))
-        fid_value = None
+        stats = None
         if ref_stats is not None:  # latent models: decoded batch by batch into the Inception
             mine = own_batches(samples, batch_size)  # torchrun: each decodes and scores its own
             images = image_batches(model, mine, batch_size) if latent else mine
             stats = compute_statistics(
                 images, batch_size=batch_size, device=device, progress=progress, split=False
             )
-            fid_value = on_main(stats.frechet_distance, ref_stats, method=fid_method)
+        return samples, stats, seconds, calls
+
+    solved = None  # the converged reference: samples and statistics
+    if converged is not None:
+        solved = run(converged)
+    rows: list[Row] = []
+    kept: dict[str, Tensor] = {}  # the first images/points of each solver, for the pictures
+    teacher_samples: Tensor | None = None
+    for entry in [*entries, *([converged] if converged is not None else [])]:
+        samples, stats, seconds, calls = solved if entry is converged else run(entry)
+        if teacher_samples is None:
+            teacher_samples = samples
+        # fidelity where the paper measures it: the samples themselves (latents for LDM/SD)
+        summary = summarize_fidelity(per_sample_fidelity(samples, teacher_samples))
+        fid_value = (
+            None if stats is None else on_main(stats.frechet_distance, ref_stats, method=fid_method)
+        )
+        to_reference: dict[str, Any] = {}
+        if solved is not None:
+            fidelity = summarize_fidelity(per_sample_fidelity(samples, solved[0]))
+            to_reference = {
+                "reference_l1": fidelity.l1_mean,
+                "reference_psnr": fidelity.psnr_mean,
+                "reference_fid": None
+                if stats is None
+                else on_main(stats.frechet_distance, solved[1], method=fid_method),
+            }
         if out is not None:  # the pictures show images: latent models' decoded samples
             kept[entry.label] = (
                 to_images(model, samples[:GRID_IMAGES], batch_size)
@@ -344,6 +387,7 @@ def compare(
                 grid=entry.grid,
                 picture=None,
                 description=entry.description,
+                **to_reference,
             )
         )
     if out is not None and is_main():  # torchrun: every rank has the rows, rank 0 writes

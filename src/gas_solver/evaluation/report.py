@@ -42,6 +42,10 @@ class Row:
         seconds: wall-clock sampling time.
         grid: the time grid; ``picture``: the grid or scatter file written, or ``None``.
         description: how the solver was made (its spec, or the checkpoint's training).
+        reference_l1, reference_psnr: with a converged ``reference`` solve, the fidelity to it
+            (the ODE's solution, where the teacher is itself an approximation); and
+            ``reference_fid`` the FID against its samples (the teacher's distribution without
+            the teacher's error), else ``None``.
     """
 
     label: str
@@ -63,6 +67,9 @@ class Row:
     grid: list[float]
     picture: str | None
     description: dict[str, Any]
+    reference_l1: float | None = None
+    reference_psnr: float | None = None
+    reference_fid: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The row as ``compare.json`` and ``demo.json`` hold it."""
@@ -177,6 +184,11 @@ def format_table(rows: Sequence[Row], context: dict[str, Any] | None = None) -> 
             f"- seeds: {context.get('seeds')} (N={context.get('n_samples')}, the same noise for "
             "every solver)",
             f"- teacher: `{context.get('teacher')}` (reference of L1, RMSE, PSNR)",
+            *(
+                [f"- reference: `{context['reference']}` (a converged solve of the same ODE)"]
+                if context.get("reference")
+                else []
+            ),
             f"- FID reference: {ref_text}",
             *_space_notes(context),
             "- seconds: wall-clock sampling time, model calls included, FID excluded",
@@ -189,15 +201,26 @@ def format_table(rows: Sequence[Row], context: dict[str, Any] | None = None) -> 
         columns = "FID (N, decoded) | L1 to teacher (latents) | RMSE (latents) | PSNR (latents, dB)"
     else:
         columns = "FID (N) | L1 to teacher | RMSE | PSNR (dB)"
-    lines += [f"| solver | NFE | {columns} | seconds |", "|---|---:|---:|---:|---:|---:|---:|"]
+    referenced = any(row.reference_l1 is not None for row in rows)
+    if referenced:
+        columns += " | L1 to reference | PSNR to reference (dB) | FID vs reference samples"
+    lines += [
+        f"| solver | NFE | {columns} | seconds |",
+        "|---|" + "---:|" * (9 if referenced else 6),
+    ]
     for row in rows:
         fid_text = "–" if row.fid is None else f"{row.fid:.2f} ({row.n_samples})"
         label = row.label.replace("|", "\\|")
-        label = label if row.kind == "teacher" else f"`{label}`"
-        lines.append(
-            f"| {label} | {row.nfe} | {fid_text} | {row.l1:.4f} | {row.rmse:.4f} | "
-            f"{_number(row.psnr, '.2f')} | {row.seconds:.2f} |"
-        )
+        label = label if row.kind in ("teacher", "reference") else f"`{label}`"
+        cells = [label, str(row.nfe), fid_text, f"{row.l1:.4f}", f"{row.rmse:.4f}",
+                 _number(row.psnr, ".2f")]  # fmt: skip
+        if referenced:
+            cells += [
+                _number(row.reference_l1, ".4f"),
+                _number(row.reference_psnr, ".2f"),
+                _number(row.reference_fid, ".2f"),
+            ]
+        lines.append("| " + " | ".join([*cells, f"{row.seconds:.2f}"]) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -212,7 +235,9 @@ def _space_notes(context: dict[str, Any]) -> list[str]:
     ]
 
 
-def _number(value: float, fmt: str) -> str:
+def _number(value: float | None, fmt: str) -> str:
+    if value is None:
+        return "–"
     if math.isinf(value):
         return "∞" if value > 0 else "−∞"
     return "–" if math.isnan(value) else format(value, fmt)

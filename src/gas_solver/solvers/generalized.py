@@ -332,6 +332,7 @@ class GeneralizedSolver(nn.Module):
         """
         grid = self.initial_grid
         for k, (w, v) in enumerate(targets, start=1):
+
             def weights_of(corr: Tensor, k: int = k) -> Tensor:
                 (step,) = self._weights(schedule, grid, [(corr[:k], corr[k:])], k)
                 return torch.stack([*step[0], *step[1]])
@@ -348,7 +349,9 @@ class GeneralizedSolver(nn.Module):
         """The ``(w, v)`` of every step ``k = 1 … N`` of a solver on ``grid`` (its
         :meth:`timesteps`, in the dtype and on the device of the result): the theory's weights at
         ``grid`` (at the initial grid when ``theory`` is off) plus the corrections."""
-        corrections = [tuple(v.to(grid) for v in self.corrections(k)) for k in range(1, self.nfe + 1)]
+        corrections = [
+            tuple(v.to(grid) for v in self.corrections(k)) for k in range(1, self.nfe + 1)
+        ]
         return self._weights(schedule, grid, corrections)
 
     def _weights(
@@ -447,9 +450,7 @@ class GeneralizedSolver(nn.Module):
 
         def predict(y: Tensor, t: Tensor) -> Tensor:
             if checkpoint:
-                return activation_checkpoint(
-                    model.data_prediction, y, t, cond, use_reentrant=False
-                )
+                return activation_checkpoint(model.data_prediction, y, t, cond, use_reentrant=False)
             return model.data_prediction(y, t, cond)
 
         states, preds = [noise], []

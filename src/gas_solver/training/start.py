@@ -17,7 +17,9 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
+from ..distributed import all_sum, owns, show_progress
 from ..errors import ConfigError
 from ..models.base import DiffusionModel
 from ..solvers.generalized import GeneralizedSolver
@@ -52,6 +54,12 @@ THEORIES = ("start", PAPER)
 """``--theory-solver``: the start solver's own coefficients as the theory, or DPM-Solver++(3M)'s."""
 
 
+SCREEN_PAIRS, FINALISTS = 32, 8
+"""``auto`` screens every candidate on the first ``SCREEN_PAIRS`` pairs and ranks the
+``FINALISTS`` best of them on all ``--init-pairs``: a quarter of the model calls of ranking all of
+them on all pairs at the defaults, with the same choice where the screen is not a near tie."""
+
+
 @dataclass
 class Start:
     """The solver a run starts from and why.
@@ -59,18 +67,19 @@ class Start:
     Attributes:
         solver: the initial GS.
         label: what it is (a classic spec, ``dpmpp3m`` on a grid, or a checkpoint path).
-        losses: ``auto``: each candidate's mean distillation loss on the ranking pairs.
+        losses: ``auto``: the finalists' mean distillation loss on the ranking pairs.
+        screened: ``auto``: every candidate's on the screening pairs.
     """
 
     solver: GeneralizedSolver
     label: str
     losses: dict[str, float] = field(default_factory=dict)
+    screened: dict[str, float] = field(default_factory=dict)
 
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"solver": self.label, "theory": self.solver.theory_label}
         if self.losses:
-            out["loss"] = self.losses[self.label]
-            out["candidates"] = self.losses
+            out.update(loss=self.losses[self.label], candidates=self.losses, screened=self.screened)
         return out
 
 
@@ -92,22 +101,55 @@ def rank_candidates(
     cond: Any,
     loss_fn: DistillationLoss,
     batch_size: int = 64,
+    progress: bool = True,
 ) -> dict[str, float]:
     """Mean ``loss_fn`` to ``target`` of each classic solver from ``noise``, by its label.
+
+    Under torchrun rank ``r`` of ``K`` runs the candidates ``i mod K = r`` and the losses are
+    summed over ranks, so every rank ends with all of them.
 
     Args:
         noise, target: ``(M, *sample_shape)`` teacher pairs on the model's device.
         cond: ``None``, a ``(M, …)`` tensor or a dict of them.
     """
-    losses = {}
-    for spec in specs:
-        total = 0.0
+    totals = torch.zeros(len(specs), dtype=torch.float64)
+    bar = tqdm(specs, desc="rank starts", unit="solver", disable=not show_progress(progress))
+    for i, spec in enumerate(bar):
+        if not owns(i):
+            continue
         for start in range(0, noise.shape[0], batch_size):
             part = slice(start, start + batch_size)
             out = spec(model, noise[part], _rows(cond, part))
-            total += loss_fn(out, target[part]).sum().item()
-        losses[spec.label] = total / noise.shape[0]
-    return losses
+            totals[i] += loss_fn(out, target[part]).sum().item()
+    totals = all_sum(totals) / noise.shape[0]
+    return {spec.label: float(loss) for spec, loss in zip(specs, totals, strict=True)}
+
+
+def choose_classic(
+    model: DiffusionModel,
+    specs: Sequence[SolverSpec],
+    noise: Tensor,
+    target: Tensor,
+    cond: Any,
+    loss_fn: DistillationLoss,
+    progress: bool = True,
+) -> tuple[SolverSpec, dict[str, float], dict[str, float]]:
+    """The candidate with the lowest loss on the pairs, after a screen (:data:`SCREEN_PAIRS`).
+
+    Returns:
+        ``(best, losses, screened)``: the finalists' losses on all pairs and every candidate's
+        on the screening pairs, by label.
+    """
+    first = slice(0, SCREEN_PAIRS)
+    screened = rank_candidates(
+        model, specs, noise[first], target[first], _rows(cond, first), loss_fn, progress=progress
+    )
+    finalists = sorted(specs, key=lambda spec: screened[spec.label])[:FINALISTS]
+    losses = {spec.label: screened[spec.label] for spec in finalists}
+    if noise.shape[0] > SCREEN_PAIRS:
+        losses = rank_candidates(model, finalists, noise, target, cond, loss_fn, progress=progress)
+    best = min(finalists, key=lambda spec: losses[spec.label])
+    return best, losses, screened
 
 
 def classic_start(
@@ -150,7 +192,9 @@ def parse_start(text: str, nfe: int, t_eps: float | None) -> SolverSpec | str:
         return text
     spec = parse_solver_spec(text, nfe=nfe, **({} if t_eps is None else {"t_eps": t_eps}))
     if spec.nfe != nfe:
-        raise ConfigError(f"init_solver: {text!r} makes {spec.nfe} model calls, the run --nfe {nfe}")
+        raise ConfigError(
+            f"init_solver: {text!r} makes {spec.nfe} model calls, the run --nfe {nfe}"
+        )
     return spec
 
 
@@ -163,10 +207,13 @@ def _rows(cond: Any, part: slice) -> Any:
 __all__ = [
     "AUTO",
     "CANDIDATES",
+    "FINALISTS",
+    "SCREEN_PAIRS",
     "PAPER",
     "THEORIES",
     "Start",
     "candidate_specs",
+    "choose_classic",
     "classic_start",
     "parse_start",
     "rank_candidates",

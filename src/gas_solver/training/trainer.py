@@ -83,17 +83,17 @@ from .discriminator import build_discriminator
 from .ema import EMA
 from .feature_discriminator import FEATURE_PRESET, FeatureDiscriminator
 from .losses import DISTILLATION_LOSSES, get_loss
+from .settings import LEARNED, RESUME_MAY_CHANGE, TrainSettings
 from .start import (
     AUTO,
     PAPER,
     Start,
     candidate_specs,
+    choose_classic,
     classic_start,
     parse_start,
-    rank_candidates,
     trained_start,
 )
-from .settings import LEARNED, RESUME_MAY_CHANGE, TrainSettings
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +108,15 @@ class Trainer:
     """Owns the solver, its optimizer and EMA (GAS: the :class:`Adversary`), and the loop; see
     :func:`train`."""
 
-    def __init__(self, config: TrainSettings, model: DiffusionModel, teacher: TeacherSet) -> None:
+    def __init__(
+        self,
+        config: TrainSettings,
+        model: DiffusionModel,
+        teacher: TeacherSet,
+        progress: bool = True,
+    ) -> None:
         self.config = config
+        self.progress = progress
         self.out = Path(config.out)
         self.device = resolve_device(config.device)
         self.model = model.to(self.device).eval().requires_grad_(False)
@@ -150,7 +157,12 @@ class Trainer:
             if record:
                 spec = parse_solver_spec(record["solver"])
                 solver = classic_start(spec, self.model, config.theory_solver, config.theory)
-                return Start(solver, record["solver"], record.get("candidates", {}))
+                return Start(
+                    solver,
+                    record["solver"],
+                    record.get("candidates", {}),
+                    record.get("screened", {}),
+                )
         if isinstance(start, SolverSpec):
             return Start(classic_start(start, self.model, config.theory_solver, config.theory),
                          start.to_string())  # fmt: skip
@@ -162,22 +174,25 @@ class Trainer:
                 theory=config.theory,
             )  # fmt: skip
             return Start(solver, f"{PAPER}:grid={solver.init_grid}")
-        return Start(trained_start(start, self.model, config.nfe, config.t_eps, config.theory), start)
+        return Start(
+            trained_start(start, self.model, config.nfe, config.t_eps, config.theory), start
+        )
 
     def _best_classic(self) -> Start:
-        """``auto``: every candidate classic solver on the first ``init_pairs`` validation pairs
+        """``auto``: the candidate classic solvers on the first ``init_pairs`` validation pairs
         (training pairs if there is no validation split); the lowest distillation loss wins."""
         config = self.config
         pairs = (self.val_idx if len(self.val_idx) else self.train_idx)[: config.init_pairs]
         grids = [config.init_grid] if config.init_grid else list(GRID_KINDS)
         specs = candidate_specs(config.nfe, grids, config.t_eps)
         noise, target, cond = self.batch(pairs)
-        losses = rank_candidates(self.model, specs, noise, target, cond, self.loss_fn)
-        best = min(specs, key=lambda spec: losses[spec.label])
+        best, losses, screened = choose_classic(
+            self.model, specs, noise, target, cond, self.loss_fn, self.progress
+        )
         log.info("init_solver auto: %s (loss %.4g on %d pairs)", best.label, losses[best.label],
                  len(pairs))  # fmt: skip
         solver = classic_start(best, self.model, config.theory_solver, config.theory)
-        return Start(solver, best.label, losses)
+        return Start(solver, best.label, losses, screened)
 
     def _discriminator(self, model: DiffusionModel) -> nn.Module:
         """GAS: an R3GAN discriminator (preset or file), or heads on the model's own features."""
@@ -550,7 +565,9 @@ class Trainer:
             self.start.label, after, before,
         )  # fmt: skip
         with torch.no_grad():
-            for shadow, (name, _) in zip(self.ema.shadow, self.solver.named_parameters(), strict=True):
+            for shadow, (name, _) in zip(
+                self.ema.shadow, self.solver.named_parameters(), strict=True
+            ):
                 shadow.copy_(self.initial[name])
         summary["trained_validation"] = summary["final_validation"]
         summary["final_validation"] = dict(self.initial_validation)
@@ -565,4 +582,4 @@ def train(
     config: TrainSettings, model: DiffusionModel, teacher: TeacherSet, progress: bool = True
 ) -> Path:
     """Train a GS or GAS on ``teacher`` for ``model``; returns the path of the saved EMA solver."""
-    return Trainer(config, model, teacher).run(progress=progress)
+    return Trainer(config, model, teacher, progress).run(progress=progress)
