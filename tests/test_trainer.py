@@ -3,6 +3,7 @@ solvers at the same NFE; GAS (on an image-shaped mixture) must move the solver a
 discriminator; a resumed run must equal an uninterrupted one bit for bit."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -157,6 +158,22 @@ def test_learn_trains_only_its_parameters(teacher_dir, tmp_path, learn):
         moved = not torch.equal(param, initial[name])
         assert moved == (name in LEARNED[learn]), name
         assert torch.equal(getattr(saved, name).to(initial[name]), initial[name]) != moved, name
+
+
+def test_lr_times_and_the_cosine_schedule(teacher_dir, tmp_path):
+    """--lr-times sets the step of the logits and offsets alone; --lr-decay cosine scales every
+    group by ½(1 + cos(π i/I)) at iteration i (a pure function of it: resumes step alike)."""
+    (tmp_path / "teacher").symlink_to(teacher_dir)
+    config = _config(tmp_path, iterations=5, lr_times=1e-12, lr_decay="cosine")
+    trainer = Trainer(config, _model(), TeacherSet(teacher_dir))
+    initial = {n: p.detach().clone() for n, p in trainer.solver.named_parameters()}
+    trainer.run(progress=False)
+    moved = {n: (p - initial[n]).abs().max().item() for n, p in trainer.solver.named_parameters()}
+    assert moved["mu_logit"] < 1e-9 and moved["t_couple"] < 1e-9
+    assert moved["a_hat"] > 1e-4 and moved["c_hat"] > 1e-4
+    factor = 0.5 * (1 + math.cos(math.pi * 4 / 5))  # the last step, iteration 4 of 5
+    times, coefficients = (group["lr"] for group in trainer.optimizer.param_groups)
+    assert math.isclose(times, 1e-12 * factor) and math.isclose(coefficients, 1e-3 * factor)
 
 
 def test_init_solver_continues_from_a_trained_solver(teacher_dir, tmp_path):

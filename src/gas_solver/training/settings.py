@@ -14,6 +14,7 @@ from .losses import DISTILLATION_LOSSES
 from .start import THEORIES
 
 METHODS = ("gs", "gas")
+LR_SCHEDULES = ("constant", "cosine")
 MAX_GS_NFE = 100
 """Most model calls of a learned solver: it has ``nfe·(nfe+1)`` coefficients, and the paper's
 range is 4-10 calls."""
@@ -83,6 +84,15 @@ class TrainSettings:
     iterations: int = option(10000, "training iterations")
     batch_size: int = option(24, "teacher pairs per iteration")
     lr: float = option(1e-3, "Adam learning rate")
+    lr_times: float | None = option(
+        None, "learning rate of the timestep logits and the offsets (default: --lr)"
+    )
+    lr_decay: str = option(
+        "constant",
+        "learning-rate schedule over --iterations: constant, or cosine (to 0 at the last "
+        "iteration)",
+        choices=list(LR_SCHEDULES),
+    )
     grad_clip: float = option(1.0, "gradient-norm clip on the solver parameters (0 = off)")
     ema_decay: float = option(0.999, "EMA decay (with warm-up (1+n)/(10+n))")
     train_size: int = option(1400, "train on the first TRAIN_SIZE teacher pairs")
@@ -135,6 +145,16 @@ class TrainSettings:
         )
         require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        require(
+            self.lr_times is None or self.lr_times > 0,
+            "lr_times",
+            f"must be > 0, got {self.lr_times}",
+        )
+        require(
+            self.lr_decay in LR_SCHEDULES,
+            "lr_decay",
+            f"one of {list(LR_SCHEDULES)}, got {self.lr_decay!r}",
+        )
         require(self.grad_clip >= 0, "grad_clip", f"must be >= 0, got {self.grad_clip}")
         require(0 <= self.ema_decay < 1, "ema_decay", f"must be in [0, 1), got {self.ema_decay}")
         require(self.train_size >= 1, "train_size", f"must be >= 1, got {self.train_size}")

@@ -98,6 +98,8 @@ from .start import (
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
+TIME_PARAMETERS = ("mu_logit", "t_couple")
+"""The solver parameters that ``--lr-times`` sets the learning rate of: where it calls the model."""
 TRAIN_OUTPUTS = (
     CHECKPOINT, SOLVER_FILE, "solver.json", "metrics.jsonl", "summary.json", "config.yaml", "val",
     "tensorboard", "snapshots",
@@ -137,9 +139,16 @@ class Trainer:
         self.solver = self.start.solver.to(self.device)
         for name, param in self.solver.named_parameters():  # the others keep their initial value
             param.requires_grad_(name in LEARNED[config.learn])
+        times = [p for n, p in self.solver.named_parameters() if n in TIME_PARAMETERS]
+        coefficients = [p for n, p in self.solver.named_parameters() if n not in TIME_PARAMETERS]
         self.optimizer = torch.optim.Adam(
-            self.solver.parameters(), lr=config.lr, betas=(0.9, 0.999)
+            [
+                {"params": times, "lr": config.lr if config.lr_times is None else config.lr_times},
+                {"params": coefficients, "lr": config.lr},
+            ],
+            betas=(0.9, 0.999),
         )
+        self.base_lrs = [group["lr"] for group in self.optimizer.param_groups]
         self.ema = EMA(self.solver.parameters(), config.ema_decay)
         self.iteration = 0
         self.initial = {name: p.detach().clone() for name, p in self.solver.named_parameters()}
@@ -268,10 +277,20 @@ class Trainer:
         grad_norm = torch.nn.utils.clip_grad_norm_(
             self.solver.parameters(), clip if clip > 0 else math.inf
         )
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
+            group["lr"] = base * self._lr_factor()
         self.optimizer.step()
         self.ema.update()
         self.iteration += 1
         return mean_stats({"loss": loss.item(), "grad_norm": float(grad_norm), **stats})
+
+    def _lr_factor(self) -> float:
+        """The schedule's factor on the learning rates at this iteration (a pure function of
+        it, so a resumed run steps as an uninterrupted one): 1, or cosine
+        ``½(1 + cos(π·i/I))`` over ``I = --iterations``."""
+        if self.config.lr_decay == "constant":
+            return 1.0
+        return 0.5 * (1.0 + math.cos(math.pi * self.iteration / max(self.config.iterations, 1)))
 
     def _discriminator_step(self, noise: Tensor, target: Tensor, cond: Any) -> dict[str, float]:
         """Fakes from fresh noise (same conditions, no gradient) against the batch's targets."""
