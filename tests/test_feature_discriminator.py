@@ -70,3 +70,43 @@ def test_gas_trains_with_it(model_dir, tmp_path):
 def test_it_refuses_models_without_a_unet_encoder():
     with pytest.raises(ConfigError, match="UNet2DModel"):
         FeatureDiscriminator(load_model("gmm-digits"))
+
+
+# -- the same features as a distillation distance (--distillation model-features) ---------------
+
+
+def test_the_feature_distance_is_lpips_shaped_and_differentiable(model_dir):
+    """Zero on equal samples, symmetric, positive otherwise, bounded by 4 per level (unit
+    vectors), gradients reach the student and never the frozen UNet."""
+    from gas_solver.training.feature_distance import ModelFeatureDistance
+
+    model = load_model(str(model_dir))
+    distance = ModelFeatureDistance(model)
+    target = torch.randn(5, 1, 8, 8)
+    student = (target + 0.3 * torch.randn_like(target)).requires_grad_(True)
+    d = distance(student, target)
+    assert d.shape == (5,) and bool((d > 0).all()) and bool((d <= 4 * 3).all())
+    torch.testing.assert_close(distance(target, student.detach()), d.detach())
+    assert float(distance(target, target).abs().max()) < 1e-10
+    d.sum().backward()
+    assert student.grad is not None and float(student.grad.abs().sum()) > 0
+    assert all(p.grad is None for p in model.unet.parameters())
+    with pytest.raises(ConfigError, match="UNet2DModel"):
+        ModelFeatureDistance(load_model("gmm-digits"))
+
+
+def test_gs_trains_with_the_feature_distance(model_dir, tmp_path):
+    model = load_model(str(model_dir))
+    spec = parse_solver_spec("ddim:nfe=3")
+    teacher = generate_teacher_set(
+        model, tmp_path / "teacher", "0-11", spec, spec.to_dict(), progress=False
+    )
+    config = load_config(TrainSettings, overrides=dict(
+        teacher=str(tmp_path / "teacher"), out=str(tmp_path / "run"), nfe=2, train_size=8,
+        val_size=4, batch_size=4, iterations=3, val_every=0, checkpoint_every=3,
+        device="cpu", distillation="model-features", init_solver="dpmpp3m",
+    ))  # fmt: skip
+    trainer = Trainer(config, model, teacher)
+    before = trainer.solver.a_hat.detach().clone()
+    trainer.run(progress=False)
+    assert not torch.equal(trainer.solver.a_hat.detach(), before)

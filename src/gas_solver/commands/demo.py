@@ -30,8 +30,7 @@ from ..runtime import resolve_device, run_metadata, write_json
 from ..solvers.registry import DEFAULT_TEACHER
 from ..training.discriminator import PRESET_CHOICES
 from ..training.feature_discriminator import FEATURE_PRESET
-from ..training.losses import DISTILLATION_LOSSES
-from ..training.settings import R3GAN_BETAS
+from ..training.settings import DISTANCES, R3GAN_BETAS
 from ..training.trainer import train
 from .teacher import TeacherConfig, make_teacher_set
 from .train import TrainConfig
@@ -64,7 +63,7 @@ class DemoConfig:
         "train's default 1e-3, which measured better than 3e-3)",
     )
     distillation: str = option(
-        "l1", "per-sample distillation distance", choices=sorted(DISTILLATION_LOSSES)
+        "l1", "per-sample distillation distance (see `train --help`)", choices=DISTANCES
     )
     init_solver: str = option(
         "auto", "where the GS starts (see `train --help`): auto, dpmpp3m or a classic solver"

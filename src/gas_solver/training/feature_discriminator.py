@@ -51,6 +51,43 @@ class FeatureDiscriminatorArch:
         }
 
 
+def feature_unet(model: DiffusionModel, use: str) -> nn.Module:
+    """The unconditional diffusers ``UNet2DModel`` of ``model``, whose encoder ``use`` reads.
+
+    Raises:
+        ConfigError: ``model`` has no such UNet.
+    """
+    unet = model.unet if isinstance(model, DiffusersUNetModel) else None
+    if type(unet).__name__ != "UNet2DModel" or unet.class_embedding is not None:
+        raise ConfigError(
+            f"{use} reads the encoder of an unconditional diffusers UNet2DModel; this model has "
+            "none"
+        )
+    return unet
+
+
+def last_timestep(model: DiffusionModel) -> Tensor:
+    """The network timestep of the schedule's ``t_eps``, ``(1,)`` float32: where the encoder
+    reads samples (the solver's outputs are at ``t_eps``, no noise is added)."""
+    t_eps = torch.tensor(model.schedule.t_eps, dtype=torch.float64)
+    return model.schedule.timestep(t_eps).float().reshape(1)
+
+
+def encoder_features(unet: nn.Module, x: Tensor, timestep: Tensor) -> list[Tensor]:
+    """The activations of every down block and of the mid block of ``unet`` on ``x`` at
+    ``timestep`` ``(1,)``; differentiable in ``x`` (twice: the math attention kernel)."""
+    timesteps = timestep.to(x.device).expand(x.shape[0])
+    emb = unet.time_embedding(unet.time_proj(timesteps).to(x.dtype))
+    h, feats = unet.conv_in(x), []
+    # R1/R2 differentiate twice; only the math attention kernel has a double backward
+    with sdpa_kernel(SDPBackend.MATH):
+        for block in unet.down_blocks:
+            h, _ = block(hidden_states=h, temb=emb)
+            feats.append(h)
+        feats.append(unet.mid_block(h, emb))
+    return feats
+
+
 class FeatureDiscriminator(nn.Module):
     """Heads on the frozen UNet encoder of ``model``: ``(B, C, H, W)`` samples → ``(B,)`` logits.
 
@@ -62,15 +99,9 @@ class FeatureDiscriminator(nn.Module):
 
     def __init__(self, model: DiffusionModel, hidden: int = 32, seed: int = 0) -> None:
         super().__init__()
-        unet = model.unet if isinstance(model, DiffusersUNetModel) else None
-        if type(unet).__name__ != "UNet2DModel" or unet.class_embedding is not None:
-            raise ConfigError(
-                "disc_preset: 'model-features' reads the encoder of an unconditional diffusers "
-                "UNet2DModel; use an R3GAN preset for this model"
-            )
+        unet = feature_unet(model, "disc_preset 'model-features' (use an R3GAN preset instead)")
         self._model = (model,)  # outside the module tree: frozen, not saved, not optimised
-        timestep = model.schedule.timestep(torch.tensor(model.schedule.t_eps, dtype=torch.float64))
-        self.register_buffer("timestep", timestep.float().reshape(1), persistent=False)
+        self.register_buffer("timestep", last_timestep(model), persistent=False)
         widths = tuple(int(b.resnets[-1].out_channels) for b in unet.down_blocks)
         widths += (int(unet.mid_block.resnets[-1].out_channels),)
         self.arch = FeatureDiscriminatorArch(
@@ -94,17 +125,7 @@ class FeatureDiscriminator(nn.Module):
 
     def features(self, x: Tensor) -> list[Tensor]:
         """The frozen encoder's activations of every down block and the mid block."""
-        unet = self._model[0].unet
-        timesteps = self.timestep.to(x.device).expand(x.shape[0])
-        emb = unet.time_embedding(unet.time_proj(timesteps).to(x.dtype))
-        h, feats = unet.conv_in(x), []
-        # R1/R2 differentiate twice; only the math attention kernel has a double backward
-        with sdpa_kernel(SDPBackend.MATH):
-            for block in unet.down_blocks:
-                h, _ = block(hidden_states=h, temb=emb)
-                feats.append(h)
-            feats.append(unet.mid_block(h, emb))
-        return feats
+        return encoder_features(self._model[0].unet, x, self.timestep)
 
     def forward(self, x: Tensor) -> Tensor:
         logits = x.new_zeros(x.shape[0])

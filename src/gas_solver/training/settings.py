@@ -10,10 +10,13 @@ from ..config import option, require
 from ..schedules import GRID_KINDS
 from .discriminator import PRESET_CHOICES
 from .feature_discriminator import FEATURE_PRESET
+from .feature_distance import MODEL_FEATURES
 from .losses import DISTILLATION_LOSSES
 from .start import THEORIES
 
 METHODS = ("gs", "gas")
+DISTANCES = [*sorted(DISTILLATION_LOSSES), MODEL_FEATURES]
+"""``--distillation``: the per-sample losses, and the distance in the model's own features."""
 LR_SCHEDULES = ("constant", "cosine")
 MAX_GS_NFE = 100
 """Most model calls of a learned solver: it has ``nfe·(nfe+1)`` coefficients, and the paper's
@@ -49,7 +52,10 @@ class TrainSettings:
     nfe: int = option(4, "number of model calls of the learned solver")
     loss: str = option("gs", "method: gs (distillation) or gas (+ adversarial)", choices=METHODS)
     distillation: str = option(
-        "l1", "per-sample distillation distance", choices=sorted(DISTILLATION_LOSSES)
+        "l1",
+        "per-sample distillation distance (model-features: LPIPS-style in the frozen diffusers "
+        "UNet's own encoder features)",
+        choices=DISTANCES,
     )
     init_solver: str = option(
         "auto",
@@ -173,9 +179,9 @@ class TrainSettings:
             ),
         )
         require(
-            self.distillation in DISTILLATION_LOSSES,
+            self.distillation in DISTANCES,
             "distillation",
-            f"unknown distance {self.distillation!r}; known: {sorted(DISTILLATION_LOSSES)}",
+            f"unknown distance {self.distillation!r}; known: {DISTANCES}",
         )
         require(self.adv_weight >= 0, "adv_weight", f"must be >= 0, got {self.adv_weight}")
         require(self.disc_lr > 0, "disc_lr", f"must be > 0, got {self.disc_lr}")

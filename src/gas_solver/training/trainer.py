@@ -82,6 +82,7 @@ from .adversarial import Adversary, NonFiniteLossError
 from .discriminator import build_discriminator
 from .ema import EMA
 from .feature_discriminator import FEATURE_PRESET, FeatureDiscriminator
+from .feature_distance import MODEL_FEATURES, ModelFeatureDistance
 from .losses import DISTILLATION_LOSSES, get_loss
 from .settings import LEARNED, RESUME_MAY_CHANGE, TrainSettings
 from .start import (
@@ -126,7 +127,11 @@ class Trainer:
         teacher.check_model(model)
         self.train_idx, self.val_idx = teacher.split(config.train_size, config.val_size)
         per_rank(config.batch_size)  # torchrun: the global batch must split evenly
-        self.loss_fn = get_loss(config.distillation)
+        self.loss_fn = (
+            ModelFeatureDistance(self.model)
+            if config.distillation == MODEL_FEATURES
+            else get_loss(config.distillation)
+        )
         self.adversary: Adversary | None = None
         if config.loss == "gas":  # checked against the data before anything is trained
             disc = self._discriminator(model)
