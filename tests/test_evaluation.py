@@ -191,6 +191,32 @@ def test_compare_against_a_converged_reference(digits_model, fid_cache, tmp_path
     assert saved["rows"][1]["reference_fid"] == ddim.reference_fid
 
 
+def test_teacher_and_reference_samples_are_made_once(tmp_path, monkeypatch, caplog):
+    """A second comparison on the same model, teacher and seeds reads the teacher's and the
+    reference's samples back (their seconds are the first run's); a damaged file is ignored with
+    a warning and made again; other seeds or another teacher are other files."""
+    monkeypatch.setenv("GAS_SOLVER_CACHE", str(tmp_path / "cache"))
+
+    def rows(**kw):
+        options = dict(teacher="unipc:nfe=8", reference="auto", progress=False)
+        return compare("gmm-ring", "ddim:nfe=3", "50000-50099", **{**options, **kw}).rows
+
+    first, again = rows(), rows()
+    for i in (0, 2):  # the teacher and the reference
+        assert again[i].seconds == first[i].seconds and again[i].l1 == first[i].l1
+    assert again[1].seconds != first[1].seconds  # the solver itself is sampled again
+    files = sorted((tmp_path / "cache" / "samples").glob("*.safetensors"))
+    assert len(files) == 2
+    files[0].write_bytes(files[0].read_bytes()[:-8] + b"\0" * 8)  # a damaged sample
+    with caplog.at_level("WARNING"):
+        third = rows()
+    assert "ignoring the cached samples" in caplog.text and "checksum" in caplog.text
+    assert {third[0].l1, third[2].l1} == {first[0].l1, first[2].l1}
+    rows(teacher="unipc:nfe=9")  # another teacher, and so another reference (10× its calls)
+    rows(cache=False)
+    assert len(list((tmp_path / "cache" / "samples").glob("*.safetensors"))) == 4
+
+
 def test_fid_command_on_sample_npz(digits_model, fid_cache, tmp_path):
     sample_config = load_config(
         SampleConfig,

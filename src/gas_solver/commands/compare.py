@@ -61,6 +61,11 @@ class CompareConfig:
         "teacher's solver with 10x its calls): adds each row's L1/PSNR to it and FID against its "
         "samples, and a row of its own; none: no reference",
     )
+    cache: bool = option(
+        True,
+        "reuse the teacher's and the reference's samples and FID statistics of an earlier "
+        "comparison on the same model, spec, seeds and conditions ($GAS_SOLVER_CACHE/samples)",
+    )
     batch_size: int = option(64, "samples per batch (and images per Inception call)")
     device: str = option("auto", "cpu, cuda, cuda:N or auto")
     out: str = option("runs/compare", "output folder")
@@ -110,5 +115,5 @@ def run_compare(config: CompareConfig, progress: bool = True) -> Comparison:
         teacher_set=config.teacher_set, allow_seed_overlap=config.allow_seed_overlap,
         prompts=config.prompts,
         fid_ref=config.fid_ref, fid_ref_num=config.fid_ref_num, fid_method=config.fid_method,
-        reference=config.reference, out=config.out, batch_size=config.batch_size, device=device, progress=progress,
+        reference=config.reference, cache=config.cache, out=config.out, batch_size=config.batch_size, device=device, progress=progress,
     )  # fmt: skip

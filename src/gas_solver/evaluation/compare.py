@@ -43,6 +43,7 @@ Seeds are checked against teacher sets by :mod:`.seed_checks`.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import math
 import time
@@ -66,6 +67,14 @@ from ..seeds import format_seeds, parse_seeds
 from ..solvers.registry import DEFAULT_TEACHER, SolverSpec, teacher_spec
 from ..solvers.resolve import TrainedSolver, resolve_solver
 from .report import GRID_IMAGES, SCATTER_POINTS, Comparison, Row, write_report
+from .sample_cache import (
+    CachedSamples,
+    load_sample_statistics,
+    load_samples,
+    sample_key,
+    save_sample_statistics,
+    save_samples,
+)
 from .seed_checks import check_seed_overlap, teacher_seed_sets
 
 log = logging.getLogger(__name__)
@@ -208,6 +217,7 @@ def compare(
     fid_ref_num: int | None = None,
     fid_method: str = "sqrtm",
     reference: str | None = None,
+    cache: bool = True,
     out: str | Path | None = None,
     batch_size: int = 64,
     device: str | torch.device | None = None,
@@ -241,6 +251,9 @@ def compare(
             its calls). Every row then also gets its L1/PSNR to the reference's samples and FID
             against them, and the reference is the last row: a solver is better at its job when
             it is closer to the ODE's solution, which the teacher only approximates.
+        cache: take the teacher's and the reference's samples (and Inception statistics) from
+            an earlier comparison of the same model, solver, seeds and conditions on the same kind
+            of device, and keep them for the next (:mod:`.sample_cache`).
         out: folder for the table, JSON and pictures (see the module docstring); ``None``: none.
         batch_size: samples per batch, and images per Inception call.
         device: where the model (when given by name) and the Inception run; default: the
@@ -313,26 +326,41 @@ def compare(
     }
     n_batches = math.ceil(len(seed_list) / batch_size)
 
+    conditions = "default" if prompts is None else _file_digest(Path(prompts))
+
     def run(entry: _Entry) -> tuple[Tensor, Any, float, float]:
         """Sample ``entry`` on the seeds: samples, Inception statistics (or ``None``), seconds,
-        model calls per sample."""
+        model calls per sample; a teacher or reference row from the cache when it is there."""
         log.info("compare: %s (%d seeds)", entry.label, len(seed_list))
-        model.reset_nfe()
-        start = time.perf_counter()
-        samples = generate(model, entry.sampler, seed_list, batch_size, progress, cond_fn)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - start
-        calls = all_sum(torch.tensor(float(model.nfe))).item() / n_batches  # torchrun: all ranks
+        key = None
+        if cache and entry.kind in ("teacher", "reference"):
+            key = sample_key(model.identity(), entry.spec, seed_list, conditions, device.type)
+        hit = None if key is None else load_samples(key, (len(seed_list), *model.sample_shape))
+        if hit is not None:
+            samples, seconds, calls = hit.samples, hit.seconds, hit.calls
+        else:
+            model.reset_nfe()
+            start = time.perf_counter()
+            samples = generate(model, entry.sampler, seed_list, batch_size, progress, cond_fn)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            seconds = time.perf_counter() - start
+            calls = all_sum(torch.tensor(float(model.nfe))).item() / n_batches  # all ranks
+            if key is not None:
+                save_samples(key, CachedSamples(samples, seconds, calls))
         if calls != entry.nfe:
             log.warning("%s: %g model calls per sample, expected %d", entry.label, calls, entry.nfe)
         stats = None
-        if ref_stats is not None:  # latent models: decoded batch by batch into the Inception
+        if ref_stats is not None:
+            stats = None if key is None else load_sample_statistics(key)
+        if ref_stats is not None and stats is None:  # latent models: decoded batch by batch
             mine = own_batches(samples, batch_size)  # torchrun: each decodes and scores its own
             images = image_batches(model, mine, batch_size) if latent else mine
             stats = compute_statistics(
                 images, batch_size=batch_size, device=device, progress=progress, split=False
             )
+            if key is not None:
+                save_sample_statistics(key, stats)
         return samples, stats, seconds, calls
 
     solved = None  # the converged reference: samples and statistics
@@ -393,6 +421,11 @@ def compare(
     if out is not None and is_main():  # torchrun: every rank has the rows, rank 0 writes
         rows = write_report(Path(out), rows, kept, is_image, context)
     return Comparison(rows, context)
+
+
+def _file_digest(path: Path) -> str:
+    """SHA-256 of a file's bytes (the prompts of a comparison, in its cache key)."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _given_path(teacher_set: str | Path | TeacherSet) -> str | Path:

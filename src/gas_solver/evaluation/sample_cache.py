@@ -1,0 +1,136 @@
+"""Samples of many-step solvers, made once: the teacher and reference rows of ``compare``.
+
+A teacher or reference row is a pure function of the model, the solver, the seeds, their
+conditions and the device kind, and it is the costliest row of a comparison (20 to 200 model calls
+a sample). :func:`~gas_solver.evaluation.compare` keeps its samples, with how long they took, in
+``<cache_dir>/samples/<key>.safetensors`` and their Inception statistics in ``<key>.npz``
+(``cache_dir``: ``$GAS_SOLVER_CACHE`` or ``~/.cache/gas-solver``), where ``key`` is the SHA-256
+of those five things; the next comparison on the same seeds (another NFE of a sweep, a resumed
+sweep, a compare of new rows) reads them back instead.
+
+The cache is disposable: files are written atomically by rank 0, and a file that does not hold
+its key, whose samples do not match their SHA-256, or that has another shape or a non-finite value
+is ignored with a warning (and made again); deleting the folder is always safe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+from torch import Tensor
+
+from ..distributed import is_main
+from ..errors import GasSolverError
+from ..metrics.fid import FIDStatistics, cache_dir, load_statistics
+from ..runtime import atomic_write
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CachedSamples:
+    """A cached row: its samples ``(N, *sample_shape)`` (CPU, float32), the seconds they took and
+    the model calls per sample they made."""
+
+    samples: Tensor
+    seconds: float
+    calls: float
+
+
+def sample_key(
+    identity: dict[str, Any], spec: str, seeds: list[int], conditions: str, device: str
+) -> str:
+    """The SHA-256 (hex) naming a row's samples: model identity, solver spec text, seeds, a text
+    standing for their conditions (e.g. the prompts' SHA-256), device kind."""
+    text = json.dumps(
+        {"model": identity, "solver": spec, "seeds": seeds, "cond": conditions, "device": device},
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _path(key: str) -> Path:
+    return cache_dir() / "samples" / f"{key}.safetensors"
+
+
+def _digest(samples: Tensor) -> str:
+    return hashlib.sha256(samples.contiguous().numpy().tobytes()).hexdigest()
+
+
+def load_samples(key: str, shape: tuple[int, ...]) -> CachedSamples | None:
+    """The cached row of ``key`` if a valid one of ``shape`` is there, else ``None``."""
+    path = _path(key)
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        samples = load_file(str(path))["samples"]
+        problem = (
+            "another key" if meta.get("key") != key
+            else f"shape {tuple(samples.shape)}, not {shape}" if tuple(samples.shape) != shape
+            else "a checksum that does not match" if meta.get("sha256") != _digest(samples)
+            else "non-finite values" if not bool(torch.isfinite(samples).all())
+            else None
+        )  # fmt: skip
+        if problem is None:
+            log.info("samples of %s… read from the cache %s", key[:12], path)
+            return CachedSamples(samples, float(meta["seconds"]), float(meta["calls"]))
+    except (OSError, SafetensorError, KeyError, ValueError, RuntimeError) as err:
+        problem = f"an unreadable file ({err})"
+    log.warning("ignoring the cached samples %s: %s; making them again", path, problem)
+    return None
+
+
+def save_samples(key: str, row: CachedSamples) -> None:
+    """Cache a row's samples (rank 0; a failed write only warns: the cache is optional)."""
+    if not is_main():
+        return
+    samples = row.samples.detach().float().cpu().contiguous()
+    meta = {
+        "key": key,
+        "sha256": _digest(samples),
+        "seconds": repr(row.seconds),
+        "calls": repr(row.calls),
+    }
+    try:
+        atomic_write(_path(key), lambda tmp: save_file({"samples": samples}, str(tmp), meta))
+    except OSError as err:  # pragma: no cover - a full disk or a read-only cache
+        log.warning("could not cache samples in %s: %s", _path(key), err)
+
+
+def load_sample_statistics(key: str) -> FIDStatistics | None:
+    """The cached Inception statistics of ``key``'s samples, if any (a bad file: ``None``)."""
+    path = _path(key).with_suffix(".npz")
+    if not path.is_file():
+        return None
+    try:
+        return load_statistics(path)
+    except (GasSolverError, OSError, ValueError, KeyError) as err:
+        log.warning("ignoring the cached statistics %s: %s", path, err)
+        return None
+
+
+def save_sample_statistics(key: str, stats: FIDStatistics) -> None:
+    """Cache the Inception statistics of ``key``'s samples (rank 0)."""
+    if is_main():
+        stats.save(_path(key).with_suffix(".npz"))
+
+
+__all__ = [
+    "CachedSamples",
+    "load_sample_statistics",
+    "load_samples",
+    "sample_key",
+    "save_sample_statistics",
+    "save_samples",
+]
