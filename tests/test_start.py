@@ -197,3 +197,16 @@ def test_init_solver_names_its_own_nfe_or_is_refused(planted_teacher, tmp_path):
     settings = _settings(planted_teacher, tmp_path / "run", init_solver="ddim:nfe=5")
     with pytest.raises(ConfigError, match="makes 5 model calls, the run --nfe 3"):
         Trainer(settings, _ring(), planted_teacher)
+
+
+def test_readme_python_api_snippet_runs():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    snippet = text.split("## Python API\n", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict = {}
+    exec(snippet.replace("callback=print", "callback=None"), namespace)
+    model, noise = namespace["model"], namespace["noise"]
+    with torch.no_grad():
+        ours = namespace["gs_unipc"](model, noise)
+    assert relative(ours, namespace["unipc"](model, noise)) < 1e-5
