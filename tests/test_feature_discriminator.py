@@ -46,17 +46,25 @@ def test_only_the_heads_learn_and_gradients_reach_the_input(model_dir):
     assert not any(p.requires_grad for p in model.unet.parameters())
 
 
-def test_gas_trains_with_it(model_dir, tmp_path):
-    model = load_model(str(model_dir))
+def _tiny_run(model, tmp_path, **settings) -> tuple[TrainSettings, object]:
+    """Three iterations of a 2-call solver on a 12-pair DDIM-3 teacher set of ``model``."""
     spec = parse_solver_spec("ddim:nfe=3")
     teacher = generate_teacher_set(
         model, tmp_path / "teacher", "0-11", spec, spec.to_dict(), progress=False
     )
     config = load_config(TrainSettings, overrides=dict(
-        teacher=str(tmp_path / "teacher"), out=str(tmp_path / "run"), loss="gas", nfe=2, train_size=8,
+        teacher=str(tmp_path / "teacher"), out=str(tmp_path / "run"), nfe=2, train_size=8,
         val_size=4, batch_size=4, iterations=3, val_every=0, checkpoint_every=3, log_every=1,
-        device="cpu", disc_preset="model-features", disc_lr=1e-3, disc_warmup=2,
+        device="cpu", **settings,
     ))  # fmt: skip
+    return config, teacher
+
+
+def test_gas_trains_with_it(model_dir, tmp_path):
+    model = load_model(str(model_dir))
+    config, teacher = _tiny_run(
+        model, tmp_path, loss="gas", disc_preset="model-features", disc_lr=1e-3, disc_warmup=2
+    )
     Trainer(config, model, teacher).run(progress=False)
     resumed = Trainer(
         load_config(TrainSettings, overrides={**config.__dict__, "iterations": 4, "resume": True}),
@@ -97,15 +105,9 @@ def test_the_feature_distance_is_lpips_shaped_and_differentiable(model_dir):
 
 def test_gs_trains_with_the_feature_distance(model_dir, tmp_path):
     model = load_model(str(model_dir))
-    spec = parse_solver_spec("ddim:nfe=3")
-    teacher = generate_teacher_set(
-        model, tmp_path / "teacher", "0-11", spec, spec.to_dict(), progress=False
+    config, teacher = _tiny_run(
+        model, tmp_path, distillation="model-features", init_solver="dpmpp3m"
     )
-    config = load_config(TrainSettings, overrides=dict(
-        teacher=str(tmp_path / "teacher"), out=str(tmp_path / "run"), nfe=2, train_size=8,
-        val_size=4, batch_size=4, iterations=3, val_every=0, checkpoint_every=3,
-        device="cpu", distillation="model-features", init_solver="dpmpp3m",
-    ))  # fmt: skip
     trainer = Trainer(config, model, teacher)
     before = trainer.solver.a_hat.detach().clone()
     trainer.run(progress=False)
