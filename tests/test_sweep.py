@@ -103,3 +103,22 @@ def test_sweep_gas_row_fine_tunes_the_gs_of_its_nfe(tmp_path):
     assert gas["iteration"] == 2 and gas["config"]["init_solver"] == str(out / "nfe2" / "gs")
     names = [row["name"] for row in json.loads((out / "sweep.json").read_text())["rows"]["2"]]
     assert names[:2] == ["teacher", "gas"]
+
+
+def test_sweep_with_a_reference_and_both_starts(tmp_path):
+    """``--reference``: a row of its own and a table of every row against it; ``gs`` starts from
+    the best classic solver, ``gs-3m`` from the paper's DPM-Solver++(3M) on ``--init-grid``."""
+    out = tmp_path / "sweep"
+    toy = [*TOY]
+    toy[toy.index("--nfes") + 1] = "3"
+    toy[toy.index("--learned") + 1] = "gs,gs-3m"
+    assert main(["sweep", *toy, "--no-logsnr-rows", "--reference", "auto", "--out", str(out)]) == 0
+    rows = json.loads((out / "sweep.json").read_text())["rows"]["3"]
+    assert [row["name"] for row in rows][-1] == "reference" and rows[-1]["nfe"] == 80
+    assert rows[-1]["reference_l1"] == 0 and all(row["reference_l1"] is not None for row in rows)
+    assert "Against the converged reference" in (out / "sweep.md").read_text()
+    starts = {
+        name: json.loads((out / "nfe3" / name / "summary.json").read_text())["start"]["solver"]
+        for name in ("gs", "gs-3m")
+    }
+    assert starts["gs-3m"] == "dpmpp3m:grid=logsnr" and not starts["gs"].startswith("dpmpp3m")
