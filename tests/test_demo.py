@@ -47,6 +47,8 @@ def test_demo_writes_report_table_and_pictures(tmp_path):
     for solver in ("teacher", "GS-4", "GAS-4", "ddim", "dpmpp", "unipc", "ipndm"):
         assert solver in report
     assert "gas-solver demo --model" in report
+    start = json.loads((tmp_path / "demo" / "demo.json").read_text())["gs_start"]
+    assert f"The GS started as `{start['solver']}` (of 56 classic solvers" in report
     gas = json.loads((tmp_path / "demo" / "gas4" / "solver.json").read_text())["training"]
     assert gas["iteration"] == 2 and gas["config"]["init_solver"].endswith("gs4/solver.safetensors")
     rows = json.loads((tmp_path / "demo" / "demo.json").read_text())["rows"]

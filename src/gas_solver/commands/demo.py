@@ -17,10 +17,12 @@ Defaults fit a laptop CPU; every size has a flag to scale it up.
 from __future__ import annotations
 
 import dataclasses
+import json
 import shlex
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from ..config import load_config, option, require
 from ..evaluation.compare import compare, split_solvers
@@ -135,6 +137,7 @@ def run_demo(config: DemoConfig, progress: bool = True) -> Path:
         })  # fmt: skip
         learned.append(str(train(train_config, model, teacher, progress)))
         seconds[f"{method.upper()} training"] = time.perf_counter() - start
+    gs_summary = json.loads((out / f"gs{config.nfe}" / "summary.json").read_text())
 
     start = time.perf_counter()
     solvers = [*learned, *split_solvers(config.classic)]
@@ -148,6 +151,8 @@ def run_demo(config: DemoConfig, progress: bool = True) -> Path:
     summary = {
         "rows": [row.to_dict() for row in rows],
         "gap_closed": gap_closed((row.label, row.kind, row.fid) for row in rows),
+        "gs_start": gs_summary["start"],
+        "gs_kept": gs_summary["kept"],
         "seconds": seconds,
         "config": dataclasses.asdict(config),
         "run": run_metadata(),
@@ -155,7 +160,9 @@ def run_demo(config: DemoConfig, progress: bool = True) -> Path:
     write_json(out / "demo.json", summary)
     report = out / "report.md"
     table = format_table(rows, comparison.context)
-    report.write_text(format_report(config, rows, table, summary["gap_closed"], seconds))
+    report.write_text(
+        format_report(config, rows, table, summary["gap_closed"], seconds, gs_summary)
+    )
     return report
 
 
@@ -178,9 +185,11 @@ def format_report(
     table: str,
     gaps: dict[str, float] | None,
     seconds: dict[str, float],
+    gs_summary: dict[str, Any] | None = None,
 ) -> str:
-    """``report.md``: ``table`` (:func:`~gas_solver.evaluation.format_table` of ``rows``), the share
-    of the FID gap closed, the pictures, the time of each stage and the command that repeats it."""
+    """``report.md``: ``table`` (:func:`~gas_solver.evaluation.format_table` of ``rows``), where
+    the GS started (``gs_summary``: its run's ``summary.json``), the share of the FID gap closed,
+    the pictures, the time of each stage and the command that repeats it."""
     table = table.split("\n", 2)[2]  # the table and its context, without the title
     lines = [
         f"# gas-solver demo: {config.model} at {config.nfe} model calls",
@@ -197,6 +206,25 @@ def format_report(
         table.rstrip(),
         "",
     ]
+    if gs_summary and "start" in gs_summary:
+        start, kept = gs_summary["start"], gs_summary.get("kept", "trained")
+        picked = (
+            f" (of {len(start['screened'])} classic solvers and grids, the lowest "
+            f"{config.distillation} to the teacher on the validation pairs: {start['loss']:.4f})"
+            if "screened" in start
+            else ""
+        )
+        lines += [
+            f"The GS started as `{start['solver']}`{picked} and trained from there; "
+            + (
+                "training made it worse on validation, so the start was kept."
+                if kept == "start"
+                else f"its validation {config.distillation}: "
+                f"{gs_summary['initial_validation'].get('val_loss', float('nan')):.4f} → "
+                f"{gs_summary['final_validation'].get('val_loss', float('nan')):.4f}."
+            ),
+            "",
+        ]
     if gaps:
         best = min((r for r in rows if r.kind == "classic"), key=lambda r: r.fid)
         lines.append(
