@@ -575,13 +575,23 @@ class Trainer:
         return path
 
     def _keep_the_better(self, summary: dict[str, Any]) -> str:
-        """No silent regression: if the trained (EMA) solver validates worse than the start, the
-        start is what is saved. Returns ``trained``, ``start`` or ``trained (not checked)``."""
+        """No silent regression: if the trained (EMA) GS validates worse than its start, the start
+        is what is saved. A GAS is kept as trained (its objective trades some distillation loss
+        for the adversarial term; a worse validation is reported). Returns ``trained``, ``start``
+        or ``trained (not checked)``."""
         before = self.initial_validation.get("val_loss", math.nan)
         after = summary["final_validation"].get("val_loss", math.nan)
         if not (math.isfinite(before) and math.isfinite(after)):
             return "trained (not checked)"
         if after <= before:
+            return "trained"
+        if self.adversary is not None:
+            log.warning(
+                "the GAS validates worse than its start in distillation loss (%.5g > %.5g); kept: "
+                "the adversarial term trades fidelity to the teacher for what the discriminator "
+                "sees, so compare them by FID",
+                after, before,
+            )  # fmt: skip
             return "trained"
         log.warning(
             "the trained solver validates worse than its start (%s: loss %.5g > %.5g); keeping "
