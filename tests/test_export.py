@@ -31,14 +31,26 @@ from gas_solver.models.edm import EDMModel  # noqa: E402
 from gas_solver.models.edm_networks import VPPrecond  # noqa: E402
 from gas_solver.models.loading import ASSETS, load_model  # noqa: E402
 from gas_solver.solvers.generalized import GeneralizedSolver  # noqa: E402
+from gas_solver.solvers.registry import parse_solver_spec  # noqa: E402
 from tiny_text import clip_text_parts  # noqa: E402
 
 TOLERANCE = 1e-5
 
 
-def trained_looking(nfe: int, schedule, seed: int = 0, theory: bool = True) -> GeneralizedSolver:
-    """A GS with every parameter non-zero: moved times, offsets below each time, corrections."""
-    gs = GeneralizedSolver(nfe, schedule, init_grid="logsnr", theory=theory)
+UNIPC = "unipc:order=3,grid=uniform"
+"""A start other than DPM-Solver++(3M): the GS made equal to UniPC-3, its own theory."""
+
+
+def trained_looking(
+    nfe: int, schedule, seed: int = 0, theory: bool = True, start: str | None = None
+) -> GeneralizedSolver:
+    """A GS with every parameter non-zero: moved times, offsets below each time, corrections;
+    from DPM-Solver++(3M) on logSNR, or from the classic solver ``start``."""
+    if start is None:
+        gs = GeneralizedSolver(nfe, schedule, init_grid="logsnr", theory=theory)
+    else:
+        spec = parse_solver_spec(start, nfe=nfe)
+        gs = GeneralizedSolver.from_classic(spec, schedule, theory=theory)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         gs.mu_logit.add_(0.2 * torch.randn(gs.mu_logit.shape, generator=gen))
@@ -55,11 +67,12 @@ def relative_error(ours, theirs) -> float:
 
 
 # -- diffusers: DDPMPipeline on the bundled models (flow matching; DDPM schedule, v-prediction) ----
+@pytest.mark.parametrize("start", [None, UNIPC])
 @pytest.mark.parametrize("name", ["mnist32", "mnist32-vp"])
 @pytest.mark.parametrize("nfe", [4, 6])
-def test_ddpm_pipeline_with_the_exported_scheduler_equals_gs(tmp_path, nfe, name):
+def test_ddpm_pipeline_with_the_exported_scheduler_equals_gs(tmp_path, nfe, name, start):
     model = load_model(name)
-    gs = trained_looking(nfe, model.schedule, seed=nfe)
+    gs = trained_looking(nfe, model.schedule, seed=nfe, start=start)
     scheduler = GeneralizedSolverScheduler.from_table(
         solver_table(gs, model, {"test": True}), model.prediction_type
     )
@@ -197,10 +210,11 @@ def edm_model():
     return EDMModel(net.eval(), (3, 8, 8))
 
 
+@pytest.mark.parametrize("start", [None, UNIPC])
 @pytest.mark.parametrize("theory", [True, False])
 @pytest.mark.parametrize("nfe", [4, 6])
-def test_sample_gs_on_a_karras_denoiser_equals_gs(tmp_path, edm_model, nfe, theory):
-    gs = trained_looking(nfe, edm_model.schedule, seed=20 + nfe, theory=theory)
+def test_sample_gs_on_a_karras_denoiser_equals_gs(tmp_path, edm_model, nfe, theory, start):
+    gs = trained_looking(nfe, edm_model.schedule, seed=20 + nfe, theory=theory, start=start)
     noise = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         ours = gs(edm_model, noise)
