@@ -26,6 +26,7 @@ ROWS = {
     "start": ("the auto start, untrained", ["--iterations", "0"]),
     "gs": ("GS from the auto start, its own theory, lr 1e-3", []),
     "gs-theory-3m": ("the same, DPM-Solver++(3M) as the theory", ["--theory-solver", "dpmpp3m"]),
+    "gs-lr5e-4": ("lr 5e-4", ["--lr", "5e-4"]),
     "gs-lr3e-3": ("lr 3e-3", ["--lr", "3e-3"]),
     "gs-lr2e-3-cos": ("lr 2e-3, cosine decay", ["--lr", "2e-3", "--lr-decay", "cosine"]),
     "gs-lr2e-3-t5e-4-cos": (
