@@ -225,7 +225,8 @@ def test_train_presets_carry_the_papers_values(setting, method):
     gas = method == "gas"
     assert config.loss == method
     assert config.nfe == 4
-    assert config.init_grid == "uniform"  # GS starts as DPM-Solver++(3M) on a time-uniform grid
+    # the paper's start: DPM-Solver++(3M) on a time-uniform grid (train's own default is auto)
+    assert config.init_solver == "dpmpp3m" and config.init_grid == "uniform"
     assert config.t_eps == pytest.approx(expected.t_eps)
     assert config.iterations == expected.iterations[gas]
     assert config.batch_size == expected.batch_size
