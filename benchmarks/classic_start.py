@@ -10,7 +10,8 @@ DPM-Solver++(3M)'s, at other learning rates and schedules, and the paper's start
 ``start`` is that row untrained (``--iterations 0``). Runs already in ``--out`` are not trained
 again. Then one ``gas-solver compare`` of the teacher, the rows and ``--classic`` on ``--seeds``
 (L1/PSNR to the teacher; FID with ``--fid-ref``; fidelity to a converged solve with
-``--reference``), and a markdown table with each row's L1 against the best classic solver's.
+``--reference``; measured once, a rerun reads it back), and a markdown table with each row's L1
+against the best classic solver's.
 """
 
 from __future__ import annotations
@@ -61,13 +62,14 @@ def main() -> None:
             flags = train_flags(args.teacher, args.nfe, args.iterations, folder, start=())
             gas_solver(*flags, *ROWS[name][1])
     classic = [f"{spec},nfe={args.nfe}" for spec in args.classic.split(";") if spec.strip()]
-    compare = out / "compare"
-    gas_solver(
-        "compare", "--model", args.model, "--seeds", args.seeds, "--fid-ref", args.fid_ref,
-        "--fid-method", "eigh", "--device", "cpu", "--out", compare,
-        "--solvers", ";".join([*(str(out / name) for name in rows), *classic]),
-        *(["--reference", args.reference] if args.reference else []),
-    )  # fmt: skip
+    compare = out / "compare"  # measured once: a rerun prints the same table
+    if not (compare / "compare.json").is_file():
+        gas_solver(
+            "compare", "--model", args.model, "--seeds", args.seeds, "--fid-ref", args.fid_ref,
+            "--fid-method", "eigh", "--device", "cpu", "--out", compare,
+            "--solvers", ";".join([*(str(out / name) for name in rows), *classic]),
+            *(["--reference", args.reference] if args.reference else []),
+        )  # fmt: skip
     measured = json.loads((compare / "compare.json").read_text())["rows"]
     best = min(row["l1"] for row in measured if row["kind"] == "classic")
     table = [
@@ -82,10 +84,11 @@ def main() -> None:
         start = summary.get("start", {}).get("solver", "")
         what = ROWS.get(name, ("",))[0]
         fid = "–" if row["fid"] is None else f"{row['fid']:.2f}"
+        psnr = "∞" if row["psnr"] is None else f"{row['psnr']:.2f}"  # the teacher's: null
         seconds = f"{summary['seconds']:.0f}" if "seconds" in summary else ""
         table.append(
             f"| {name} | {what} | {start} | {row['l1']:.4f} | {row['l1'] / best:.2f} | "
-            f"{row['psnr']:.2f} | {fid} | {seconds} |"
+            f"{psnr} | {fid} | {seconds} |"
         )
         results.append({"name": name, "what": what, "start": start, **row, "summary": summary})
     print("\n".join(table))
