@@ -191,11 +191,11 @@ def test_compare_against_a_converged_reference(digits_model, fid_cache, tmp_path
     assert saved["rows"][1]["reference_fid"] == ddim.reference_fid
 
 
-def test_teacher_and_reference_samples_are_made_once(tmp_path, monkeypatch, caplog):
+def test_teacher_and_reference_samples_are_made_once(caplog):
     """A second comparison on the same model, teacher and seeds reads the teacher's and the
     reference's samples back (their seconds are the first run's); a damaged file is ignored with
     a warning and made again; other seeds or another teacher are other files."""
-    monkeypatch.setenv("GAS_SOLVER_CACHE", str(tmp_path / "cache"))
+    from gas_solver.evaluation.sample_cache import samples_dir
 
     def rows(**kw):
         options = dict(teacher="unipc:nfe=8", reference="auto", progress=False)
@@ -205,7 +205,7 @@ def test_teacher_and_reference_samples_are_made_once(tmp_path, monkeypatch, capl
     for i in (0, 2):  # the teacher and the reference
         assert again[i].seconds == first[i].seconds and again[i].l1 == first[i].l1
     assert again[1].seconds != first[1].seconds  # the solver itself is sampled again
-    files = sorted((tmp_path / "cache" / "samples").glob("*.safetensors"))
+    files = sorted(samples_dir().glob("*.safetensors"))
     assert len(files) == 2
     files[0].write_bytes(files[0].read_bytes()[:-8] + b"\0" * 8)  # a damaged sample
     with caplog.at_level("WARNING"):
@@ -214,7 +214,7 @@ def test_teacher_and_reference_samples_are_made_once(tmp_path, monkeypatch, capl
     assert {third[0].l1, third[2].l1} == {first[0].l1, first[2].l1}
     rows(teacher="unipc:nfe=9")  # another teacher, and so another reference (10× its calls)
     rows(cache=False)
-    assert len(list((tmp_path / "cache" / "samples").glob("*.safetensors"))) == 4
+    assert len(list(samples_dir().glob("*.safetensors"))) == 4
 
 
 def test_fid_command_on_sample_npz(digits_model, fid_cache, tmp_path):

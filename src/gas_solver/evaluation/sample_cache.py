@@ -4,7 +4,8 @@ A teacher or reference row is a pure function of the model, the solver, the seed
 conditions and the device kind, and it is the costliest row of a comparison (20 to 200 model calls
 a sample). :func:`~gas_solver.evaluation.compare` keeps its samples, with how long they took, in
 ``<cache_dir>/samples/<key>.safetensors`` and their Inception statistics in ``<key>.npz``
-(``cache_dir``: ``$GAS_SOLVER_CACHE`` or ``~/.cache/gas-solver``), where ``key`` is the SHA-256
+(``cache_dir``: ``$GAS_SOLVER_CACHE`` or ``~/.cache/gas-solver``; the folder itself can be set
+with ``$GAS_SOLVER_SAMPLES``), where ``key`` is the SHA-256
 of those five things; the next comparison on the same seeds (another NFE of a sweep, a resumed
 sweep, a compare of new rows) reads them back instead.
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,8 +60,18 @@ def sample_key(
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+SAMPLES_ENV = "GAS_SOLVER_SAMPLES"
+
+
+def samples_dir() -> Path:
+    """Where cached rows live: ``$GAS_SOLVER_SAMPLES`` (e.g. a larger disk for latent models), else
+    ``<cache_dir>/samples``."""
+    folder = os.environ.get(SAMPLES_ENV)
+    return Path(folder).expanduser() if folder else cache_dir() / "samples"
+
+
 def _path(key: str) -> Path:
-    return cache_dir() / "samples" / f"{key}.safetensors"
+    return samples_dir() / f"{key}.safetensors"
 
 
 def _digest(samples: Tensor) -> str:
@@ -127,10 +139,12 @@ def save_sample_statistics(key: str, stats: FIDStatistics) -> None:
 
 
 __all__ = [
+    "SAMPLES_ENV",
     "CachedSamples",
     "load_sample_statistics",
     "load_samples",
     "sample_key",
     "save_sample_statistics",
     "save_samples",
+    "samples_dir",
 ]
