@@ -10,7 +10,7 @@ of those five things; the next comparison on the same seeds (another NFE of a sw
 sweep, a compare of new rows) reads them back instead.
 
 The cache is disposable: files are written atomically by rank 0, and a file that does not hold
-its key, whose samples do not match their SHA-256, or that has another shape or a non-finite value
+its key, whose samples and metadata do not match their checksum, or that has another shape or a non-finite value
 is ignored with a warning (and made again); deleting the folder is always safe.
 """
 
@@ -26,13 +26,13 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import safe_open, save_file
 from torch import Tensor
 
 from ..distributed import is_main
 from ..errors import GasSolverError
 from ..metrics.fid import FIDStatistics, cache_dir, load_statistics
-from ..runtime import atomic_write
+from ..runtime import atomic_write, tensors_digest
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +74,11 @@ def _path(key: str) -> Path:
     return samples_dir() / f"{key}.safetensors"
 
 
-def _digest(samples: Tensor) -> str:
-    return hashlib.sha256(samples.contiguous().numpy().tobytes()).hexdigest()
+def _checksum(meta: dict[str, str], samples: Tensor) -> str:
+    """The project's checksum of a safetensors file (:func:`~gas_solver.runtime.tensors_digest`)
+    over the metadata other than the checksum itself and the samples."""
+    text = json.dumps({k: v for k, v in meta.items() if k != "sha256"}, sort_keys=True)
+    return tensors_digest(text, {"samples": samples})
 
 
 def load_samples(key: str, shape: tuple[int, ...]) -> CachedSamples | None:
@@ -85,12 +88,11 @@ def load_samples(key: str, shape: tuple[int, ...]) -> CachedSamples | None:
         return None
     try:
         with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        samples = load_file(str(path))["samples"]
+            meta, samples = f.metadata() or {}, f.get_tensor("samples")
         problem = (
             "another key" if meta.get("key") != key
             else f"shape {tuple(samples.shape)}, not {shape}" if tuple(samples.shape) != shape
-            else "a checksum that does not match" if meta.get("sha256") != _digest(samples)
+            else "a checksum that does not match" if meta.get("sha256") != _checksum(meta, samples)
             else "non-finite values" if not bool(torch.isfinite(samples).all())
             else None
         )  # fmt: skip
@@ -108,12 +110,8 @@ def save_samples(key: str, row: CachedSamples) -> None:
     if not is_main():
         return
     samples = row.samples.detach().float().cpu().contiguous()
-    meta = {
-        "key": key,
-        "sha256": _digest(samples),
-        "seconds": repr(row.seconds),
-        "calls": repr(row.calls),
-    }
+    meta = {"key": key, "seconds": repr(row.seconds), "calls": repr(row.calls)}
+    meta["sha256"] = _checksum(meta, samples)
     try:
         atomic_write(_path(key), lambda tmp: save_file({"samples": samples}, str(tmp), meta))
     except OSError as err:  # pragma: no cover - a full disk or a read-only cache
