@@ -137,13 +137,7 @@ def _entries(
     teacher: str,
     device: torch.device,
 ) -> list[_Entry]:
-    spec = teacher_spec(teacher, model)
-    entries = [
-        _Entry(
-            "teacher", "teacher", spec, spec.nfe, _grid(spec, model),
-            {"solver": spec.name, **spec.to_dict()}, spec=spec.to_string(),
-        )
-    ]  # fmt: skip
+    entries = [_spec_entry("teacher", "teacher", teacher_spec(teacher, model), model)]
     for solver in solvers:
         if isinstance(solver, TrainedSolver):
             gs = solver.build(model, device)
@@ -156,12 +150,7 @@ def _entries(
                 )
             )  # fmt: skip
         else:
-            entries.append(
-                _Entry(
-                    solver.label, "classic", solver, solver.nfe, _grid(solver, model),
-                    solver.describe(), spec=solver.to_string(),
-                )
-            )  # fmt: skip
+            entries.append(_spec_entry(solver.label, "classic", solver, model))
     labels = [e.label for e in entries]
     dup = next((label for label in labels if labels.count(label) > 1), None)
     if dup is not None:
@@ -176,14 +165,13 @@ def _reference_entry(text: str, teacher: _Entry, model: DiffusionModel) -> _Entr
         spec = dataclasses.replace(teacher.sampler, nfe=10 * teacher.nfe)
     else:
         spec = teacher_spec(text, model)
-    return _Entry(
-        "reference", "reference", spec, spec.nfe, _grid(spec, model),
-        {"solver": spec.name, **spec.to_dict()}, spec=spec.to_string(),
-    )  # fmt: skip
+    return _spec_entry("reference", "reference", spec, model)
 
 
-def _grid(spec: SolverSpec, model: DiffusionModel) -> list[float]:
-    return spec.make_grid(model.schedule).double().cpu().tolist()
+def _spec_entry(label: str, kind: str, spec: SolverSpec, model: DiffusionModel) -> _Entry:
+    """The row of a classic spec (the teacher, a classic solver, the reference) on ``model``."""
+    grid = spec.make_grid(model.schedule).double().cpu().tolist()
+    return _Entry(label, kind, spec, spec.nfe, grid, spec.describe(), spec=spec.to_string())
 
 
 def _check_teacher_solver(entry: _Entry, teacher_set: TeacherSet) -> None:
