@@ -338,10 +338,10 @@ def compare(
                 save_samples(key, CachedSamples(samples, seconds, calls))
         if calls != entry.nfe:
             log.warning("%s: %g model calls per sample, expected %d", entry.label, calls, entry.nfe)
-        stats = None
-        if ref_stats is not None:
-            stats = None if key is None else load_sample_statistics(key)
-        if ref_stats is not None and stats is None:  # latent models: decoded batch by batch
+        if ref_stats is None:
+            return samples, None, seconds, calls
+        stats = None if key is None else load_sample_statistics(key)
+        if stats is None:  # latent models: decoded batch by batch into the Inception
             mine = own_batches(samples, batch_size)  # torchrun: each decodes and scores its own
             images = image_batches(model, mine, batch_size) if latent else mine
             stats = compute_statistics(
