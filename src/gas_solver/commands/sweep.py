@@ -242,7 +242,7 @@ def _sweep(config: SweepConfig, out: Path, progress: bool) -> Path:
             ).rows  # fmt: skip
             measured = ["teacher", *missing, *(["reference"] if config.reference else [])]
             for name, row in zip(measured, rows, strict=True):
-                done[name] = {"name": name, **{k: row.to_dict()[k] for k in ROW_FIELDS}}
+                done[name] = {"name": name, **{k: getattr(row, k) for k in ROW_FIELDS}}
         extra = ["reference"] if "reference" in done else []
         state["rows"][key] = [done[name] for name in ["teacher", *names, *extra]]
         save()
