@@ -71,6 +71,9 @@ from .solver_file import (
     write_solver_file,
 )
 
+PAPER_THEORY = "dpmpp3m"
+"""The name of the paper's theory, DPM-Solver++(3M), in solver files and on the command line."""
+
 MU_EPS = 1e-5
 """Offset keeping every stick-breaking fraction μ in [1e-5, 1 − 1e-5] (``eps_mu_offset``)."""
 
@@ -267,7 +270,7 @@ class GeneralizedSolver(nn.Module):
     @property
     def theory_label(self) -> str:
         """The theory's solver as text: ``dpmpp3m`` (the paper's) or a classic spec."""
-        return "dpmpp3m" if self.theory_solver is None else self.theory_solver.to_string()
+        return PAPER_THEORY if self.theory_solver is None else self.theory_solver.to_string()
 
     # -- parameters seen as solver quantities ----------------------------------------------------
     def timesteps(self) -> Tensor:
@@ -564,7 +567,7 @@ class GeneralizedSolver(nn.Module):
             t_eps=meta["t_eps"],
             init_grid=init if isinstance(init, str) else torch.tensor(init, dtype=torch.float64),
             theory=meta.get("theory", True),
-            theory_solver=_theory_solver(meta.get("theory_solver", "dpmpp3m")),
+            theory_solver=_theory_solver(meta.get("theory_solver", PAPER_THEORY)),
         )
         solver = solver.to(tensors["mu_logit"].dtype)
         try:
@@ -579,12 +582,13 @@ class GeneralizedSolver(nn.Module):
 
 def _theory_solver(text: str) -> SolverSpec | None:
     """The stored :attr:`GeneralizedSolver.theory_label` as a constructor argument."""
-    return None if text == "dpmpp3m" else parse_solver_spec(text)
+    return None if text == PAPER_THEORY else parse_solver_spec(text)
 
 
 __all__ = [
     "CHECKPOINT_FORMAT",
     "MU_EPS",
+    "PAPER_THEORY",
     "SOLVER_FILE",
     "GeneralizedSolver",
     "grid_from_logits",

@@ -22,14 +22,14 @@ from tqdm.auto import tqdm
 from ..distributed import all_sum, owns, show_progress
 from ..errors import ConfigError
 from ..models.base import DiffusionModel
-from ..solvers.generalized import GeneralizedSolver
+from ..solvers.generalized import PAPER_THEORY, GeneralizedSolver
 from ..solvers.registry import SolverSpec, parse_solver_spec
 from ..solvers.resolve import is_checkpoint
 from .losses import DistillationLoss
 
 log = logging.getLogger(__name__)
 
-AUTO, PAPER = "auto", "dpmpp3m"
+AUTO, PAPER = "auto", PAPER_THEORY
 """The two named starts: the best classic solver, and DPM-Solver++(3M) on ``--init-grid``."""
 
 CANDIDATES = (
