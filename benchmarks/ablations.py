@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 
 from gas_solver.runtime import run_metadata, write_json
-from protocol import gas_flags, gas_solver, train_flags
+from protocol import gas_flags, gas_solver, train_unless_done
 
 GS_ROWS = {
     "gs": ("the GS (400 iterations)", []),
@@ -49,10 +49,7 @@ LARGE_TEACHER_ROWS = ("train-1400", "train-5000")
 
 def train(args, folder: Path, iterations: int, *extra: str) -> None:
     """Train into ``folder`` unless a finished run is there."""
-    if not (folder / "summary.json").is_file():
-        gas_solver(
-            *train_flags(args.teacher, args.nfe, iterations, folder), *extra, launcher=args.launcher
-        )
+    train_unless_done(args.teacher, args.nfe, iterations, folder, *extra, launcher=args.launcher)
 
 
 def base_of(name: str, names: list[str]) -> str | None:

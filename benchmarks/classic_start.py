@@ -21,7 +21,7 @@ import json
 from pathlib import Path
 
 from gas_solver.runtime import run_metadata, write_json
-from protocol import PAPER_START, gas_solver, train_flags
+from protocol import PAPER_START, gas_solver, train_unless_done
 
 ROWS = {
     "start": ("the auto start, untrained", ["--iterations", "0"]),
@@ -57,10 +57,9 @@ def main() -> None:
 
     out, rows = Path(args.out), [r.strip() for r in args.rows.split(",") if r.strip()]
     for name in rows:
-        folder = out / name
-        if not (folder / "summary.json").is_file():
-            flags = train_flags(args.teacher, args.nfe, args.iterations, folder, start=())
-            gas_solver(*flags, *ROWS[name][1])
+        train_unless_done(
+            args.teacher, args.nfe, args.iterations, out / name, *ROWS[name][1], start=()
+        )
     classic = [f"{spec},nfe={args.nfe}" for spec in args.classic.split(";") if spec.strip()]
     compare = out / "compare"  # measured once: a rerun prints the same table
     if not (compare / "compare.json").is_file():

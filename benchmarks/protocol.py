@@ -52,3 +52,19 @@ def train_flags(
         "train", "--teacher", teacher, "--nfe", str(nfe), "--iterations", str(iterations),
         *GS_FLAGS, *start, "--checkpoint-every", str(iterations), "--out", str(out),
     ]  # fmt: skip
+
+
+def train_unless_done(
+    teacher: str,
+    nfe: int,
+    iterations: int,
+    out: Path,
+    *extra: str,
+    start: tuple[str, ...] = PAPER_START,
+    launcher: str = "",
+) -> None:
+    """Train one run of the protocol (``extra``: flags on top) into ``out``, unless a finished
+    run (its ``summary.json``) is there."""
+    if not (out / "summary.json").is_file():
+        flags = train_flags(teacher, nfe, iterations, out, start=start)
+        gas_solver(*flags, *extra, launcher=launcher)
