@@ -64,7 +64,8 @@ class CompareConfig:
     cache: bool = option(
         True,
         "reuse the teacher's and the reference's samples and FID statistics of an earlier "
-        "comparison on the same model, spec, seeds and conditions ($GAS_SOLVER_CACHE/samples)",
+        "comparison on the same model, spec, seeds and conditions ($GAS_SOLVER_SAMPLES, default "
+        "$GAS_SOLVER_CACHE/samples)",
     )
     batch_size: int = option(64, "samples per batch (and images per Inception call)")
     device: str = option("auto", "cpu, cuda, cuda:N or auto")
