@@ -102,11 +102,14 @@ def _not_an_int(text: str) -> bool:
     return re.fullmatch(r"[+-]?[0-9]+", text) is None and text.lower() not in ("none", "null")
 
 
+LONG_NUMBERS = st.integers(min_value=20, max_value=6000).map(lambda n: "9" * n)
+"""Integer text over int64, up to past the 4300 digits Python's ``int()`` refuses to read."""
 BAD_INTS = st.one_of(
     TEXT.filter(_not_an_int),
     st.integers(min_value=2**63).map(str),
     st.floats(allow_nan=True).filter(lambda x: not float(x).is_integer()).map(repr),
     st.integers(min_value=0, max_value=99).map(lambda n: f"{n}".translate(ARABIC)),
+    LONG_NUMBERS,
 )
 ARABIC = str.maketrans("0123456789", "٠١٢٣٤٥٦٧٨٩")
 
@@ -165,6 +168,8 @@ SEEDS = r"\s*[0-9]+\s*(-\s*[0-9]+\s*)?"
         ),
         st.integers(0, 10**6).map(lambda n: f"{n},{n}"),  # a seed twice
         st.integers(min_value=2**63).map(str),
+        LONG_NUMBERS,
+        LONG_NUMBERS.map(lambda n: f"0-{n}"),
     ),
 )
 def test_bad_seed_lists_are_refused(command, value):
@@ -203,6 +208,7 @@ NOT_INT = st.one_of(
     st.lists(YAML_SCALARS, max_size=2),
     st.dictionaries(TEXT, YAML_SCALARS, min_size=1, max_size=2),
     TEXT.filter(_not_an_int),
+    LONG_NUMBERS,
 )
 NOT_FLOAT = st.one_of(
     st.booleans(),

@@ -7,9 +7,15 @@ field.
 
 Values are taken as their field's type and nothing else: YAML ``true`` is not an int, a mapping or
 list is not text, ``1e20`` is not an int, numbers are finite and written in ASCII digits, ints fit
-in int64. Two fields that several commands share are checked here, by name, for every command:
+in int64. Fields that several commands share are checked here, by name, for every command:
 ``device`` (:func:`gas_solver.runtime.resolve_device`: ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or
-``auto``, present on this machine) and ``batch_size`` (1 to :data:`MAX_BATCH_SIZE`).
+``auto``, present on this machine), ``batch_size`` (1 to :data:`MAX_BATCH_SIZE`), and ``seeds``
+and ``*_seeds`` (counted without being expanded, at most :data:`gas_solver.seeds.MAX_SEEDS`).
+
+Inputs are bounded before they are read (see docs/RELIABILITY.md, "Bad inputs"): a config file
+holds at most :data:`MAX_CONFIG_BYTES`, nests at most :data:`MAX_CONFIG_DEPTH` deep, has no
+anchors or aliases and no key twice; integer text longer than :data:`MAX_INT_DIGITS` is refused
+before ``int()`` reads it; a message quotes at most :data:`EXCERPT` characters of any value.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 import re
 import types
 import typing
@@ -36,8 +43,38 @@ model, so a mistyped value (``640000``) would otherwise allocate until the kerne
 process; 4096 is above any batch the paper's settings use (at most a few hundred) and still fits
 the small models' memory."""
 
+MAX_INT_DIGITS = 19
+"""Digits of the largest int64 (a leading sign and leading zeros aside). Longer integer text is
+out of range whatever it says and is refused before ``int()`` reads it: Python refuses text of
+over 4300 digits with a ``ValueError``, and reading a long one costs quadratic time."""
+_INT_RANGES = {"batch_size": (1, MAX_BATCH_SIZE)}
+"""Integer fields whose range is checked here for every command (others: int64 here, then their
+command's ``validate``); a number beyond int64 gets this range's message too."""
+MAX_CONFIG_BYTES = 1_000_000
+"""Largest ``--config`` file. The presets are under 2 KB; a larger file is not a configuration,
+and the pure-Python YAML reader would spend seconds on it."""
+MAX_CONFIG_DEPTH = 32
+"""Deepest nesting of lists and mappings in a config file. Fields are scalars (a few take a short
+list); deeper documents are refused before the YAML reader's recursion fails."""
+EXCERPT = 200
+"""Most characters of a value that an error message quotes (one readable line, whatever was
+given)."""
+
 _INT = re.compile(r"[+-]?[0-9]+")
 _FLOAT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
+
+
+def excerpt(value: Any, limit: int = EXCERPT) -> str:
+    """``repr(value)`` as :func:`shorten` cuts it: what an error message quotes of a value. Never
+    fails: an int too long to print is described by its size."""
+    if isinstance(value, int) and value.bit_length() > 4 * limit:  # repr would be over limit
+        return f"<an integer of about {int(value.bit_length() * math.log10(2)) + 1} digits>"
+    return shorten(repr(value), limit)
+
+
+def shorten(text: str, limit: int = EXCERPT) -> str:
+    """``text`` cut to ``limit`` characters, saying how long it was."""
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
 
 
 def option(default: Any, help: str, **kwargs: Any) -> Any:  # noqa: A002 - mirrors argparse
@@ -51,22 +88,17 @@ def load_config(
     """Build ``cls`` from a YAML file and overrides (``None`` values in overrides are ignored)."""
     data: dict[str, Any] = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise MissingAssetError(f"config file not found: {path}")
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except (yaml.YAMLError, UnicodeDecodeError) as err:
-            raise ConfigError(f"{path}: not valid YAML ({' '.join(str(err).split())})") from None
+        loaded = read_config_file(path) or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: a config file must be a mapping of field: value")
         data.update(loaded)
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(data) - set(names))
+    unknown = sorted(map(str, set(data) - set(names)))
     if unknown:
-        raise ConfigError(f"unknown field(s) {', '.join(unknown)}; valid: {', '.join(names)}")
+        given = shorten(", ".join(unknown))  # YAML keys can be anything
+        raise ConfigError(f"unknown field(s) {given}; valid: {', '.join(names)}")
     values = {name: _coerce(name, data[name], hints[name]) for name in names if name in data}
     config = cls(**values)
     _check_common_fields(config)
@@ -76,8 +108,88 @@ def load_config(
     for f in dataclasses.fields(cls):  # flags check their choices in argparse, YAML values here
         choices = f.metadata.get("choices")
         if choices and f.name in values and values[f.name] not in choices:
-            raise ConfigError(f"{f.name}: one of {list(choices)}, got {values[f.name]!r}")
+            raise ConfigError(f"{f.name}: one of {list(choices)}, got {excerpt(values[f.name])}")
     return config
+
+
+def read_config_file(path: str | Path) -> Any:
+    """The YAML document of a ``--config`` file, read within the limits of the module docstring.
+
+    Raises:
+        MissingAssetError: no such file.
+        ConfigError: unreadable, too large, not valid YAML, or using what configs do not use
+            (anchors and aliases, nesting over :data:`MAX_CONFIG_DEPTH`, a key given twice).
+    """
+    if not os.path.isfile(path):  # False, not OSError, for a name too long to be a file
+        raise MissingAssetError(f"config file not found: {shorten(str(path))}")
+    try:
+        with open(path, "rb") as file:
+            raw = file.read(MAX_CONFIG_BYTES + 1)
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read it ({err.strerror or err})") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES:,} bytes; not a config file")
+    try:
+        return yaml.load(raw.decode("utf-8"), Loader=_ConfigLoader)  # noqa: S506 - a SafeLoader
+    except _Refused as err:
+        raise ConfigError(f"{path}: {err}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        reason = shorten(" ".join(str(err).split()))
+        raise ConfigError(f"{path}: not valid YAML ({reason})") from None
+    except (RecursionError, MemoryError):  # the limits above should come first
+        raise ConfigError(f"{path}: too large or too deeply nested to read") from None
+
+
+class _Refused(yaml.YAMLError):
+    """What configs do not use, met while reading one (the message says what and where)."""
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` without anchors and aliases (a few lines can expand to gigabytes),
+    nesting over :data:`MAX_CONFIG_DEPTH`, duplicate keys (YAML would keep the last silently) or
+    decimal integers too long to read (kept as text: the field then says what is wrong)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        line = event.start_mark.line + 1
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            raise _Refused(f"line {line}: YAML anchors and aliases (&name, *name) are not allowed")
+        if self._depth == MAX_CONFIG_DEPTH:
+            raise _Refused(f"line {line}: nested deeper than {MAX_CONFIG_DEPTH} levels")
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        first: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<:` (no use without aliases): the base class merges it
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                earlier = first.setdefault(key, key_node)
+            except TypeError:  # an unhashable key: the base class refuses it
+                continue
+            if earlier is not key_node:
+                raise _Refused(
+                    f"line {key_node.start_mark.line + 1}: key {excerpt(key)} given twice "
+                    f"(first on line {earlier.start_mark.line + 1})"
+                )
+        return super().construct_mapping(node, deep=deep)
+
+    def construct_yaml_int(self, node: Any) -> Any:
+        if len(node.value.lstrip("+-").lstrip("0_")) > 4 * MAX_INT_DIGITS:
+            return self.construct_scalar(node)  # too long for any int form of int64
+        return super().construct_yaml_int(node)
+
+
+_ConfigLoader.add_constructor("tag:yaml.org,2002:int", _ConfigLoader.construct_yaml_int)
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
@@ -127,6 +239,15 @@ def _check_common_fields(config: Any) -> None:
     batch_size = getattr(config, "batch_size", None)
     if isinstance(batch_size, int) and not 1 <= batch_size <= MAX_BATCH_SIZE:
         raise ConfigError(f"batch_size: must be from 1 to {MAX_BATCH_SIZE}, got {batch_size}")
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if (f.name == "seeds" or f.name.endswith("_seeds")) and isinstance(value, str):
+            from .seeds import count_seeds  # torch: imported only when a command runs
+
+            try:
+                count_seeds(value)  # checked as counted, nothing expanded
+            except ConfigError as err:
+                raise ConfigError(f"{f.name}{str(err).removeprefix('seeds')}") from None
 
 
 def _base_type(hint: Any) -> Any:
@@ -146,10 +267,29 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
         raise ConfigError(f"{name}: a value is required")
     kind = _base_type(hint)
     coerced = _as_kind(value, kind)
+    if coerced is None and kind is int and name in _INT_RANGES and _is_integer(value):
+        low, high = _INT_RANGES[name]  # beyond int64: the field's own range says what is wrong
+        raise ConfigError(f"{name}: must be from {low} to {high}, got {excerpt(value)}")
     if coerced is None:
         what = {bool: "true or false", int: "an integer", float: "a finite number", str: "text"}
-        raise ConfigError(f"{name}: expected {what.get(kind, kind.__name__)}, got {value!r}")
+        raise ConfigError(f"{name}: expected {what.get(kind, kind.__name__)}, got {excerpt(value)}")
     return coerced
+
+
+def _is_integer(value: Any) -> bool:
+    """An int (not a bool) or integer text, of any size."""
+    if isinstance(value, str):
+        return _INT.fullmatch(value) is not None
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _read_int(text: str) -> int | None:
+    """Integer text as an int if it has at most :data:`MAX_INT_DIGITS` digits; longer text is not
+    read at all (``None``)."""
+    digits = text.lstrip("+-").lstrip("0")  # Python's limit counts leading zeros too
+    if len(digits) > MAX_INT_DIGITS:
+        return None
+    return -int(digits or "0") if text.startswith("-") else int(digits or "0")
 
 
 def _as_kind(value: Any, kind: Any) -> Any:
@@ -164,7 +304,7 @@ def _as_kind(value: Any, kind: Any) -> Any:
         return None  # YAML's true is not 1, and a mapping is not text
     if kind is int:
         if isinstance(value, str) and _INT.fullmatch(value):
-            value = int(value)
+            value = _read_int(value)
         if isinstance(value, float) and value.is_integer():
             value = int(value)
         return value if isinstance(value, int) and -(2**63) <= value < 2**63 else None

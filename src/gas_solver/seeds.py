@@ -15,17 +15,25 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Sequence, Sized
 
 import torch
 from torch import Tensor
 
+from .config import excerpt
 from .errors import ConfigError
 
 TEACHER_SEEDS = "0-49999"
 EVAL_SEEDS = "50000-99999"
 
 MAX_SEED = 2**63 - 1  # seeds are stored as int64
+MAX_SEEDS = 10_000_000
+"""Most seeds one list may hold. Text is counted range by range before anything is expanded, so
+``0-999999999`` is refused at once instead of building a list of 10**9 ints (tens of GB). The
+paper's largest protocol uses 50k seeds; a list of 10**7 ints takes a few hundred MB."""
+_MAX_SEED_DIGITS = 19
+"""Digits of :data:`MAX_SEED`. Longer numbers are refused before ``int()`` reads them (Python
+refuses text of over 4300 digits with a ``ValueError``, and reading it costs time)."""
 _PART = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$", re.ASCII)  # ASCII digits only
 
 
@@ -37,8 +45,11 @@ def parse_seeds(seeds: str | int | Iterable[int]) -> list[int]:
 
     Raises:
         ConfigError: on an empty list, a part that is not ``N`` or ``A-B`` with ``A <= B``, a
-            negative or too large seed, or a seed listed twice.
+            negative or too large seed, a seed listed twice, or more than :data:`MAX_SEEDS`
+            seeds (text is checked before it is expanded).
     """
+    if isinstance(seeds, str):
+        return _expand(_seed_ranges(seeds))
     out = _seed_list(seeds)
     if not out:
         raise ConfigError("seeds: empty seed list (expected e.g. '0-49999' or '0,5,10-19')")
@@ -46,6 +57,12 @@ def parse_seeds(seeds: str | int | Iterable[int]) -> list[int]:
         dup = next(seed for seed, count in Counter(out).items() if count > 1)
         raise ConfigError(f"seeds: seed {dup} is listed more than once")
     return out
+
+
+def count_seeds(text: str) -> int:
+    """How many seeds EDM-style ``text`` lists, checked as :func:`parse_seeds` checks it but
+    without expanding its ranges (what a configuration's validation runs)."""
+    return sum(stop - start + 1 for start, stop in _seed_ranges(text))
 
 
 def format_seeds(seeds: Iterable[int]) -> str:
@@ -103,36 +120,71 @@ def seeded_noise(
     return out.to(device=device, dtype=dtype)
 
 
+def _seed_ranges(text: str) -> list[tuple[int, int]]:
+    """The inclusive ranges of EDM-style ``text``, each checked, with no seed in two of them
+    and at most :data:`MAX_SEEDS` seeds in all; nothing is expanded."""
+    if not text.strip():
+        raise ConfigError("seeds: empty seed list (expected e.g. '0-49999' or '0,5,10-19')")
+    ranges = []
+    for part in text.split(","):
+        match = _PART.match(part)
+        if match is None:
+            raise ConfigError(
+                f"seeds: cannot read {excerpt(part.strip())} in {excerpt(text)}; expected "
+                "comma-separated non-negative integers or inclusive ranges like '0-49999'"
+            )
+        start, stop = (_seed_text(match.group(1)), _seed_text(match.group(2) or match.group(1)))
+        if stop < start:
+            raise ConfigError(f"seeds: range {excerpt(part.strip())} goes downwards (start > end)")
+        ranges.append((start, stop))
+    total = sum(stop - start + 1 for start, stop in ranges)
+    if total > MAX_SEEDS:
+        raise ConfigError(f"seeds: {total} seeds, more than the {MAX_SEEDS:,} one list may hold")
+    ordered = sorted(ranges)
+    for (_, stop), (start, _) in zip(ordered, ordered[1:], strict=False):
+        if start <= stop:
+            raise ConfigError(f"seeds: seed {start} is listed more than once")
+    return ranges
+
+
+def _seed_text(digits: str) -> int:
+    """ASCII ``digits`` as a checked seed; the length is checked before ``int()`` runs."""
+    digits = digits.lstrip("0") or "0"  # Python's limit counts leading zeros too
+    if len(digits) > _MAX_SEED_DIGITS:
+        raise ConfigError(f"seeds: {excerpt(digits, 40)} is out of range (0 to 2**63 - 1)")
+    return _check_range(int(digits))
+
+
+def _expand(ranges: list[tuple[int, int]]) -> list[int]:
+    """The seeds of checked ``ranges`` (at most :data:`MAX_SEEDS`), in order."""
+    try:
+        return [seed for start, stop in ranges for seed in range(start, stop + 1)]
+    except MemoryError:  # only under a memory limit tighter than MAX_SEEDS allows for
+        count = sum(stop - start + 1 for start, stop in ranges)
+        raise ConfigError(f"seeds: not enough memory for a list of {count} seeds") from None
+
+
 def _seed_list(seeds: str | int | Iterable[int]) -> list[int]:
-    """Seeds as a list of checked ints (duplicates and an empty list allowed here)."""
+    """Seeds as a list of checked ints (duplicates allowed here; an empty list too, except as
+    text)."""
     if isinstance(seeds, str):
-        if not seeds.strip():
-            raise ConfigError("seeds: empty seed list (expected e.g. '0-49999' or '0,5,10-19')")
-        out: list[int] = []
-        for part in seeds.split(","):
-            match = _PART.match(part)
-            if match is None:
-                raise ConfigError(
-                    f"seeds: cannot read {part.strip()!r} in {seeds!r}; expected comma-separated "
-                    "non-negative integers or inclusive ranges like '0-49999'"
-                )
-            start = int(match.group(1))
-            stop = start if match.group(2) is None else int(match.group(2))
-            if stop < start:
-                raise ConfigError(f"seeds: range {part.strip()!r} goes downwards (start > end)")
-            _check_range(stop)
-            out.extend(range(start, stop + 1))
-        return out
+        return _expand(_seed_ranges(seeds))
     if isinstance(seeds, Tensor):
         if seeds.dim() > 1 or seeds.is_floating_point() or seeds.is_complex():
             raise ConfigError("seeds: a seed tensor must be 0-D or 1-D with an integer dtype")
         seeds = seeds.tolist()
     if isinstance(seeds, int) and not isinstance(seeds, bool):
         seeds = [seeds]
+    if isinstance(seeds, Sized) and len(seeds) > MAX_SEEDS:  # a range(10**12), say
+        raise ConfigError(
+            f"seeds: {len(seeds)} seeds, more than the {MAX_SEEDS:,} one list may hold"
+        )
     try:
         return [_check_range(_as_seed(s)) for s in seeds]
     except TypeError as err:
-        raise ConfigError(f"seeds: expected text, an int or integers, got {seeds!r}") from err
+        raise ConfigError(
+            f"seeds: expected text, an int or integers, got {excerpt(seeds)}"
+        ) from err
 
 
 def _as_seed(seed: object) -> int:
@@ -143,7 +195,7 @@ def _as_seed(seed: object) -> int:
 
 def _check_range(seed: int) -> int:
     if not 0 <= seed <= MAX_SEED:
-        raise ConfigError(f"seeds: {seed} is out of range (0 to 2**63 - 1)")
+        raise ConfigError(f"seeds: {excerpt(seed, 40)} is out of range (0 to 2**63 - 1)")
     return seed
 
 

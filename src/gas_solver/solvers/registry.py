@@ -29,6 +29,7 @@ from typing import Any
 
 from torch import Tensor
 
+from ..config import excerpt
 from ..errors import ConfigError
 from ..models.base import DiffusionModel
 from ..schedules import (
@@ -115,7 +116,7 @@ class SolverSpec:
         info = SOLVERS.get(self.name) if isinstance(self.name, str) else None
         if info is None:
             raise ConfigError(
-                f"solver: unknown solver {self.name!r}, choose one of {list(SOLVERS)}"
+                f"solver: unknown solver {excerpt(self.name)}, choose one of {list(SOLVERS)}"
             )
         set_ = self._set
         grid = self.grid
@@ -124,14 +125,14 @@ class SolverSpec:
         if isinstance(grid, str):
             if grid not in GRID_KINDS:
                 raise ConfigError(
-                    f"grid: must be one of {GRID_KINDS} or a list of times, got {grid!r}"
+                    f"grid: must be one of {GRID_KINDS} or a list of times, got {excerpt(grid)}"
                 )
             if self.grid_unit != "t":
                 raise ConfigError("grid_unit: applies only to an explicit grid, not to a grid kind")
         elif isinstance(grid, Sequence) and all(_is_number(v) for v in grid):
             if len(grid) < 2:
                 raise ConfigError(
-                    f"grid: an explicit grid needs at least 2 values, got {list(grid)}"
+                    f"grid: an explicit grid needs at least 2 values, got {excerpt(list(grid))}"
                 )
             set_("grid", tuple(float(v) for v in grid))
             if self.t_eps is not None:
@@ -147,13 +148,19 @@ class SolverSpec:
                     f"{steps * info.calls_per_step} model calls, but nfe={self.nfe}"
                 )
         else:
-            raise ConfigError(f"grid: must be a grid kind or a list of numbers, got {grid!r}")
+            raise ConfigError(
+                f"grid: must be a grid kind or a list of numbers, got {excerpt(grid)}"
+            )
         if self.grid_unit not in GRID_UNITS:
-            raise ConfigError(f"grid_unit: must be one of {GRID_UNITS}, got {self.grid_unit!r}")
+            raise ConfigError(
+                f"grid_unit: must be one of {GRID_UNITS}, got {excerpt(self.grid_unit)}"
+            )
         if self.nfe is None:
-            raise ConfigError(f"nfe: required for {self.name} with grid kind {self.grid!r}")
+            raise ConfigError(f"nfe: required for {self.name} with grid kind {excerpt(self.grid)}")
         if not _is_int(self.nfe) or not 1 <= self.nfe <= MAX_NFE:
-            raise ConfigError(f"nfe: must be an integer from 1 to {MAX_NFE}, got {self.nfe!r}")
+            raise ConfigError(
+                f"nfe: must be an integer from 1 to {MAX_NFE}, got {excerpt(self.nfe)}"
+            )
         set_("nfe", int(self.nfe))
         if self.nfe % info.calls_per_step:
             raise ConfigError(
@@ -162,15 +169,19 @@ class SolverSpec:
             )
         order = info.default_order if self.order is None else self.order
         if not _is_int(order) or order not in info.orders:
-            raise ConfigError(f"order: {self.name} supports orders {info.orders}, got {order!r}")
+            raise ConfigError(
+                f"order: {self.name} supports orders {info.orders}, got {excerpt(order)}"
+            )
         set_("order", int(order))
         if info.variants:
             variant = info.variants[0] if self.variant is None else self.variant
             if variant not in info.variants:
-                raise ConfigError(f"variant: {self.name} supports {info.variants}, got {variant!r}")
+                raise ConfigError(
+                    f"variant: {self.name} supports {info.variants}, got {excerpt(variant)}"
+                )
             set_("variant", variant)
         elif self.variant is not None:
-            raise ConfigError(f"variant: {self.name} has no variants, got {self.variant!r}")
+            raise ConfigError(f"variant: {self.name} has no variants, got {excerpt(self.variant)}")
         if info.lower_order_final is None:
             if self.lower_order_final is not None:
                 raise ConfigError(f"lower_order_final: not an option of {self.name}")
@@ -179,12 +190,12 @@ class SolverSpec:
                 info.lower_order_final if self.lower_order_final is None else self.lower_order_final
             )
             if not isinstance(lof, bool):
-                raise ConfigError(f"lower_order_final: must be true or false, got {lof!r}")
+                raise ConfigError(f"lower_order_final: must be true or false, got {excerpt(lof)}")
             set_("lower_order_final", lof)
         if self.t_eps is not None and not (_is_number(self.t_eps) and 0 < self.t_eps < 1):
-            raise ConfigError(f"t_eps: must be a number in (0, 1), got {self.t_eps!r}")
+            raise ConfigError(f"t_eps: must be a number in (0, 1), got {excerpt(self.t_eps)}")
         if not (_is_number(self.rho) and 0 < self.rho < math.inf):
-            raise ConfigError(f"rho: must be a positive number, got {self.rho!r}")
+            raise ConfigError(f"rho: must be a positive number, got {excerpt(self.rho)}")
         set_("rho", float(self.rho))
         if self.t_eps is not None:
             set_("t_eps", float(self.t_eps))
@@ -312,17 +323,21 @@ def parse_solver_spec(text: str, **defaults: Any) -> SolverSpec:
     text = "".join(str(text).split())
     name, _, rest = text.partition(":")
     if not name:
-        raise ConfigError(f"solver spec {text!r}: missing solver name, e.g. 'unipc:nfe=8'")
+        raise ConfigError(f"solver spec {excerpt(text)}: missing solver name, e.g. 'unipc:nfe=8'")
     keys = {f.name for f in dataclasses.fields(SolverSpec)} - {"name"}
     values: dict[str, Any] = {}
     for item in _split_top_level(rest) if rest else []:
         key, eq, raw = item.partition("=")
         if not eq or not key or not raw:
-            raise ConfigError(f"solver spec {text!r}: expected KEY=VALUE, got {item!r}")
+            raise ConfigError(
+                f"solver spec {excerpt(text)}: expected KEY=VALUE, got {excerpt(item)}"
+            )
         if key not in keys:
-            raise ConfigError(f"solver spec {text!r}: unknown key {key!r}, known: {sorted(keys)}")
+            raise ConfigError(
+                f"solver spec {excerpt(text)}: unknown key {excerpt(key)}, known: {sorted(keys)}"
+            )
         if key in values:
-            raise ConfigError(f"solver spec {text!r}: {key} given twice")
+            raise ConfigError(f"solver spec {excerpt(text)}: {key} given twice")
         values[key] = _parse_value(key, raw, text)
     if isinstance(values.get("grid"), tuple):
         defaults = {k: v for k, v in defaults.items() if k != "nfe"}
@@ -385,7 +400,9 @@ def _parse_value(key: str, raw: str, text: str) -> Any:
                 raise ValueError(raw)
             return tuple(float(v) for v in raw[1:-1].split(","))
     except (ValueError, KeyError):
-        raise ConfigError(f"solver spec {text!r}: bad value for {key}: {raw!r}") from None
+        raise ConfigError(
+            f"solver spec {excerpt(text)}: bad value for {key}: {excerpt(raw)}"
+        ) from None
     return raw
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from pathlib import Path
+import os
 from typing import Any
 
 import torch
@@ -22,9 +22,16 @@ from .registry import SolverSpec, parse_solver_spec
 
 
 def is_checkpoint(text: str) -> bool:
-    """A GS checkpoint: a ``.safetensors`` path, an existing file, or a training run folder."""
-    path = Path(text)
-    return text.endswith(".safetensors") or path.is_file() or (path / SOLVER_FILE).is_file()
+    """A GS checkpoint: a ``.safetensors`` path, an existing file, or a training run folder.
+
+    Text that cannot name a file (too long, a NUL) is not one: ``os.path.isfile`` says False
+    where ``Path.is_file`` raises ``OSError`` (a 21-time explicit grid spec is longer than a file
+    name may be)."""
+    return (
+        text.endswith(".safetensors")
+        or os.path.isfile(text)
+        or os.path.isfile(os.path.join(text, SOLVER_FILE))
+    )
 
 
 @dataclasses.dataclass(frozen=True)
