@@ -25,7 +25,8 @@ import json
 import sys
 from pathlib import Path
 
-from gas_solver.runtime import run_metadata, write_json
+from gas_solver.outputs import write_json
+from gas_solver.runtime import run_metadata
 from protocol import gas_flags, gas_solver, train_unless_done
 
 GS_ROWS = {

@@ -20,7 +20,8 @@ import argparse
 import json
 from pathlib import Path
 
-from gas_solver.runtime import run_metadata, write_json
+from gas_solver.outputs import write_json
+from gas_solver.runtime import run_metadata
 from protocol import PAPER_START, gas_solver, train_unless_done
 
 ROWS = {

@@ -1,13 +1,19 @@
 """Fault matrix: what the commands that write files do when things go wrong around them.
 
-For ``teacher``, ``train`` (a GS and a GAS run) and ``sample``, on the exact mixture of 8×8
-digits (``gmm-digits``, no weights to load), it tries:
+For every command that writes (``teacher``, ``train`` (a GS and a GAS run), ``sample``,
+``compare``, ``sweep``, ``export``, ``fid --out``), on the exact mixture of 8×8 digits
+(``gmm-digits``, no weights to load), it tries:
 
-* **SIGKILL at a random point**: the command runs in its own process, is killed at a random time
-  after it took its output folder's lock (up to the work time of an uninterrupted run), then the
-  same command runs again (``train``: with ``--resume`` when a checkpoint was written). Survived:
-  the result equals the uninterrupted run's (teacher: shard bytes; train: the solver's tensors;
-  sample: the samples and PNG bytes) and no temporary file is left.
+* **SIGKILL and SIGINT at a random point**: the command runs in its own process, is killed (or
+  interrupted, as Ctrl-C does) at a random time after it took its output folder's lock (up to the
+  work time of an uninterrupted run), then the same command runs again (``train``: with
+  ``--resume`` when a checkpoint was written). Survived: the result equals the uninterrupted run's
+  (teacher: shard bytes; train: the solver's tensors; sample: the samples and PNG bytes; compare,
+  sweep, export: their JSON without timings and dates) and no temporary file is left; after SIGINT
+  also exit code 130 and one line saying it was interrupted, no traceback.
+* **outputs that cannot be written**: for each command, its output is a file where a folder is
+  wanted (a folder where a file is), a link to nothing, a FIFO, a link to the user's own file.
+  Survived: exit 2, one line naming the output, and the thing under that name is as it was.
 * **corruption**: each file kind the project writes and later trusts (teacher ``manifest.json``
   and shard, ``checkpoint.pt``, ``solver.safetensors``, ``samples.npz``, a sample PNG) is
   truncated at a random length, has a random bit of its first 8 bytes flipped (header) or a random
@@ -19,7 +25,7 @@ digits (``gmm-digits``, no weights to load), it tries:
   PID and changes nothing, and the first run's result equals an uninterrupted run's.
 * **full disk**, two ways. (a) The n-th atomic write (n random among the run's writes) fails
   with ENOSPC after writing half its bytes (``os.fsync`` patched inside
-  :func:`gas_solver.runtime.atomic_write`; runs anywhere). (b) Where this process may mount (root
+  :func:`gas_solver.outputs.atomic_write`; runs anywhere). (b) Where this process may mount (root
   with the capability), the output folder is a tmpfs of 10-90 % of the output's size, so the
   disk fills wherever the writing happens to be; then it is remounted larger. Survived: exit 2
   with one line naming a file in the output folder and "No space left on device", no temporary
@@ -45,6 +51,7 @@ import argparse
 import contextlib
 import dataclasses
 import io
+import json
 import logging
 import os
 import random
@@ -64,9 +71,9 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from gas_solver import runtime
+from gas_solver import outputs, runtime
 from gas_solver.cli import main as cli_main
-from gas_solver.runtime import LOCK_FILE
+from gas_solver.outputs import LOCK_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "RELIABILITY.md"
@@ -88,6 +95,11 @@ class Sizes:
 
 FULL = Sizes("0-1199", 100, 100, 30, 1000, 100, "50000-50499")
 QUICK = Sizes("0-199", 50, 8, 4, 150, 50, "50000-50049")
+
+COMMANDS = ("teacher", "train GS", "train GAS", "sample", "compare", "sweep", "export")
+"""The commands of the kill and interrupt scenarios (and of the full disk, with ``fid``)."""
+FILE_OUTPUTS = ("export", "fid")
+"""Commands whose output is one file (no folder lock: one atomic rename)."""
 
 
 @dataclasses.dataclass
@@ -135,11 +147,26 @@ class Commands:
             "sample": ["sample", "--solver", str(self.ref / "train GS" / "solver.safetensors"),
                        "--seeds", s.sample_seeds, "--batch-size", "25", "--out", str(out),
                        "--device", "cpu"],
+            "compare": ["compare", "--solvers", f"{self.ref / 'train GS'};ddim:nfe=4",
+                        "--seeds", s.sample_seeds, "--batch-size", "25", "--no-cache",
+                        "--out", str(out), "--device", "cpu"],
+            "sweep": ["sweep", "--model", "gmm-digits", "--nfes", "2,3", "--classic", "ddim;unipc",
+                      "--grids", "uniform,logsnr", "--no-logsnr-rows", "--learned", "gs",
+                      "--teacher-seeds", s.teacher_seeds, "--train-size", str(s.train_size),
+                      "--val-size", str(s.val_size), "--iterations", str(s.gas_iterations),
+                      "--train-batch-size", "16", "--init-solver", "dpmpp3m", "--timesteps-grid", "uniform",
+                      "--seeds", s.sample_seeds, "--grid-seeds", "60000-60031", "--fid-ref", "none",
+                      "--batch-size", "25", "--out", str(out), "--device", "cpu"],
+            "export": ["export", "--solver", str(self.ref / "train GS"), "--format",
+                       "k-diffusion", "--out", str(out / "solver.json")],
+            "fid": ["fid", "--images", str(self.ref / "sample"), "--ref", "digits", "--ref-num",
+                    "16", "--num-images", "16", "--method", "eigh", "--out", str(out / "fid.json"),
+                    "--device", "cpu"],
         }[name]  # fmt: skip
 
     def make_references(self) -> None:
-        for name in ("teacher", "train GS", "train GAS", "sample"):
-            with count_atomic_writes() as counter:
+        for name in (*COMMANDS, "fid"):
+            with count_atomic_writes(self.ref / name) as counter:
                 start = time.perf_counter()
                 code, err = run_in_process(self.argv(name, self.ref / name))
                 self.work_seconds[name] = time.perf_counter() - start
@@ -157,6 +184,15 @@ class Commands:
     def same_result(self, name: str, out: Path) -> str | None:
         """``None`` if ``out`` holds what the uninterrupted run made, else what differs."""
         ref = self.ref / name
+        if name in JSON_RESULTS:
+            file = JSON_RESULTS[name]
+            if not (out / file).is_file():
+                return f"no {file}"
+            mine, theirs = (
+                _untimed(json.loads((f / file).read_text().replace(str(f), "OUT")))
+                for f in (out, ref)
+            )  # the same, wherever the run wrote it
+            return None if mine == theirs else f"{file} differs"
         if name == "teacher":
             for shard in sorted(ref.glob("shard-*.safetensors")):
                 mine = out / shard.name
@@ -182,6 +218,21 @@ class Commands:
         ):
             return "the PNGs differ"
         return None
+
+
+JSON_RESULTS = {"compare": "compare.json", "sweep": "sweep.json", "export": "solver.json",
+                "fid": "fid.json"}  # fmt: skip
+"""The result file of the commands whose result is a JSON (compared without timings and dates)."""
+_TIMED = {"seconds", "train_seconds", "run", "exported", "created", "command"}
+
+
+def _untimed(value: object) -> object:
+    """A JSON value without its timings, dates and command lines (which differ run to run)."""
+    if isinstance(value, dict):
+        return {k: _untimed(v) for k, v in value.items() if k not in _TIMED}
+    if isinstance(value, list):
+        return [_untimed(v) for v in value]
+    return value
 
 
 # -- running ----------------------------------------------------------------------------------
@@ -242,7 +293,10 @@ def start(argv: list[str], log: Path) -> Child:
 
 
 def wait_for_lock(proc: Child, out: Path, timeout: float = 120) -> bool:
-    """Wait until ``proc`` holds ``out``'s lock (its PID in the lock file); False if it ended."""
+    """Wait until ``proc`` holds ``out``'s lock (its PID in the lock file); False if it ended.
+    A single-file output (``export``) takes no lock: its work starts at once."""
+    if out.suffix == ".json" or out.name in FILE_OUTPUTS:
+        return proc.poll() is None
     deadline = time.monotonic() + timeout
     lock = out / LOCK_FILE
     while time.monotonic() < deadline:
@@ -272,15 +326,22 @@ def temporaries(out: Path) -> list[str]:
     return [str(p) for p in out.rglob("*") if p.name.endswith(".tmp")]
 
 
+def _output_write(fd: int, out: Path) -> bool:
+    """Whether an fsync of ``fd`` is :func:`gas_solver.outputs.atomic_write` writing under
+    ``out`` (not a cache: those only warn when they cannot be written)."""
+    return sys._getframe(2).f_code is outputs.atomic_write.__code__ and os.readlink(
+        f"/proc/self/fd/{fd}"
+    ).startswith(str(out))
+
+
 @contextlib.contextmanager
-def count_atomic_writes() -> Iterator[list[int]]:
-    """Count the fsyncs :func:`gas_solver.runtime.atomic_write` makes (one per file written)."""
+def count_atomic_writes(out: Path) -> Iterator[list[int]]:
+    """Count the files :func:`gas_solver.outputs.atomic_write` writes under ``out``."""
     counter = [0]
     real = os.fsync
 
     def fsync(fd: int) -> None:
-        if sys._getframe(1).f_code is runtime.atomic_write.__code__:
-            counter[0] += 1
+        counter[0] += _output_write(fd, out)
         real(fd)
 
     os.fsync = fsync
@@ -291,12 +352,13 @@ def count_atomic_writes() -> Iterator[list[int]]:
 
 
 @contextlib.contextmanager
-def disk_full_at(n: int) -> Iterator[None]:
-    """The n-th atomic write finds the disk full: half its bytes are on disk, then ENOSPC."""
+def disk_full_at(n: int, out: Path) -> Iterator[None]:
+    """The n-th atomic write under ``out`` finds the disk full: half its bytes are on disk, then
+    ENOSPC."""
     real, seen = os.fsync, [0]
 
     def fsync(fd: int) -> None:
-        if sys._getframe(1).f_code is runtime.atomic_write.__code__:
+        if _output_write(fd, out):
             seen[0] += 1
             if seen[0] == n:
                 path = os.readlink(f"/proc/self/fd/{fd}")
@@ -312,22 +374,31 @@ def disk_full_at(n: int) -> Iterator[None]:
 
 
 # -- scenarios --------------------------------------------------------------------------------
-def kills(commands: Commands, name: str, trials: int, rng: random.Random) -> Row:
-    row = Row(f"SIGKILL at a random point, then the same command: {name}")
+def kills(
+    commands: Commands, name: str, trials: int, rng: random.Random, sig: int = signal.SIGKILL
+) -> Row:
+    """``sig`` (SIGKILL, or SIGINT as Ctrl-C) at random points of ``name``, then its rerun."""
+    kind = "SIGKILL" if sig == signal.SIGKILL else "SIGINT (Ctrl-C)"
+    row = Row(f"{kind} at a random point, then the same command: {name}")
+    stopped = -signal.SIGKILL if sig == signal.SIGKILL else 128 + signal.SIGINT
     for trial in range(trials):
         for attempt in range(5):  # a kill that comes after the end is tried again, earlier
-            out = commands.work / f"kill-{name}-{trial}-{attempt}"
-            log = commands.work / f"kill-{name}-{trial}-{attempt}.log"
+            tag = f"{kind.split()[0]}-{name}-{trial}-{attempt}"
+            out, log = commands.work / tag / name, commands.work / f"{tag}.log"
             proc = start(commands.argv(name, out), log)
             if not wait_for_lock(proc, out):
                 raise SystemExit(f"{name} ended before taking its lock: {log.read_text()}")
             time.sleep(rng.uniform(0, 0.9 * commands.work_seconds[name] / (attempt + 1)))
-            proc.send_signal(signal.SIGKILL)
+            proc.send_signal(sig)
             proc.wait()
-            if proc.returncode == -signal.SIGKILL:
+            if proc.returncode == stopped:
                 break
         else:
             row.add(False, "every kill came after the run ended")
+            continue
+        said = log.read_text(errors="replace")
+        if sig != signal.SIGKILL and ("Traceback" in said or "interrupted; " not in said):
+            row.add(False, f"after SIGINT: {said.strip()[-300:]!r}")
             continue
         code, err = commands.rerun(name, out)
         why = (
@@ -482,15 +553,51 @@ def two_writers(commands: Commands, name: str) -> Row:
     return row
 
 
+def unwritable_outputs(commands: Commands, name: str) -> Row:
+    """The output of ``name`` is something gas-solver must not write over or into."""
+    row = Row(
+        f"output not writable (a file or folder in the way, dangling link, FIFO, link): {name}"
+    )
+    base = commands.work / f"outputs-{name}"
+    base.mkdir()
+    mine = base / "mine"
+    mine.write_text("the user's own file")
+
+    def file_in_the_way(path: Path) -> None:
+        path.mkdir() if name in FILE_OUTPUTS else path.write_text("x")
+
+    cases = {
+        "in the way": file_in_the_way,
+        "dangling link": lambda path: path.symlink_to(base / "nowhere"),
+        "FIFO": os.mkfifo,
+        "link to a file": lambda path: path.symlink_to(mine),
+    }
+    for case, make in cases.items():
+        if case in ("FIFO", "link to a file") and name not in FILE_OUTPUTS:
+            continue  # a folder output: the first two cases are the ones that apply
+        out = base / case.replace(" ", "-")
+        argv = commands.argv(name, out)
+        target = Path(argv[argv.index("--out") + 1])
+        target.parent.mkdir(parents=True, exist_ok=True)
+        make(target)
+        before = (os.lstat(target).st_mode, _listing(base), mine.read_text())
+        code, err = run_in_process(argv)
+        after = (os.lstat(target).st_mode, _listing(base), mine.read_text())
+        why = f"{case}: exit {code}" if code != 2 else error_line(err, target)
+        row.add(why is None and before == after, f"{case}: {why or 'changed'}")
+    return row
+
+
 def _listing(folder: Path) -> list[tuple[str, int, int]]:
-    return sorted((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*"))
+    stats = ((p, os.lstat(p)) for p in folder.rglob("*"))
+    return sorted((str(p), info.st_size, info.st_mtime_ns) for p, info in stats)
 
 
 def disk_full(commands: Commands, name: str, trials: int, rng: random.Random) -> Row:
     row = Row(f"full disk (ENOSPC) at a random write, then the same command: {name}")
     for trial in range(trials):
         out = commands.work / f"enospc-{name}-{trial}"
-        with disk_full_at(rng.randint(1, commands.writes[name])):
+        with disk_full_at(rng.randint(1, commands.writes[name]), out):
             code, err = run_in_process(commands.argv(name, out))
         why = f"exit {code}" if code != 2 else error_line(err, out, "No space left on device")
         if why is None and temporaries(out):
@@ -597,14 +704,18 @@ def main(argv: list[str] | None = None) -> int:
         work.mkdir(parents=True, exist_ok=True)
         commands = Commands(work.resolve(), QUICK if args.quick else FULL)
         commands.make_references()
-        names = ("teacher", "train GS", "train GAS", "sample")
+        names = COMMANDS[:4] if args.quick else COMMANDS
         rows = timed(lambda: [kills(commands, name, trials, rng) for name in names])
+        stops = ("compare",) if args.quick else COMMANDS
+        rows += timed(lambda: [kills(commands, n, trials, rng, signal.SIGINT) for n in stops])
         rows += timed(lambda: corruption(commands, trials, rng, every_mode=not args.quick))
-        writers = names[1:2] if args.quick else names
+        writers = ("train GS", "compare") if args.quick else COMMANDS[:-1]
         rows += timed(lambda: [two_writers(commands, name) for name in writers])
-        rows += timed(lambda: [disk_full(commands, name, trials, rng) for name in names])
+        full = (*COMMANDS, "fid")
+        rows += timed(lambda: [disk_full(commands, name, trials, rng) for name in full])
+        rows += timed(lambda: [unwritable_outputs(commands, name) for name in full])
         if not args.quick and can_mount():
-            rows += timed(lambda: [small_disk(commands, name, trials, rng) for name in names])
+            rows += timed(lambda: [small_disk(commands, name, trials, rng) for name in full])
         elif not args.quick:
             print("full disk on a tmpfs: not tried (mounting is not allowed here)")
     seconds = time.perf_counter() - started

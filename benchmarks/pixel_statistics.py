@@ -19,7 +19,8 @@ import torch
 from gas_solver.data.datasets import load_dataset
 from gas_solver.evaluation.compare import resolve_solvers
 from gas_solver.models.loading import load_model
-from gas_solver.runtime import run_metadata, write_json
+from gas_solver.outputs import write_json
+from gas_solver.runtime import run_metadata
 from gas_solver.sampling import generate
 from gas_solver.seeds import parse_seeds
 from gas_solver.solvers.registry import DEFAULT_TEACHER, teacher_spec

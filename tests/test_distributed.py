@@ -25,7 +25,8 @@ import torch
 from gas_solver import distributed
 from gas_solver.cli import main
 from gas_solver.errors import ConfigError
-from gas_solver.runtime import LOCK_FILE, load_checkpoint_file
+from gas_solver.outputs import LOCK_FILE
+from gas_solver.runtime import load_checkpoint_file
 
 # a slow enough teacher (200 steps, 10 shards) that a kill lands between its rounds of shards
 TEACHER = (

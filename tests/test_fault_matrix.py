@@ -1,6 +1,7 @@
-"""The short form of ``benchmarks/fault_matrix.py`` (issue: reliability): one SIGKILL, one
-damaged file of each kind, two writers on a training folder and one full disk per command, on
-small runs. Everything must survive: identical results after a rerun, refused corrupt files, a
+"""The short form of ``benchmarks/fault_matrix.py`` (issue: reliability): one SIGKILL per
+training/teacher/sample command, one SIGINT of a comparison, one damaged file of each kind, two
+writers on a training and a comparison folder, one full disk and the unwritable outputs of every
+command that writes, on small runs. Everything must survive: identical results after a rerun, refused corrupt files, a
 refused second writer, one-line errors."""
 
 import os
@@ -21,5 +22,5 @@ def test_quick_fault_matrix_loses_nothing(tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     assert "LOST" not in result.stdout and ", 0 lost," in result.stdout, result.stdout
-    for scenario in ("SIGKILL", "corruption", "two writers", "full disk"):
+    for scenario in ("SIGKILL", "SIGINT", "corruption", "two writers", "full disk", "not writable"):
         assert scenario in result.stdout

@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from gas_solver.runtime import atomic_write
+from gas_solver.outputs import atomic_write
 
 
 def test_atomic_write_gives_umask_permissions(tmp_path) -> None:

@@ -7,9 +7,12 @@ Each command is a validated config dataclass (its fields are the flags and the Y
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NoReturn
 
 from . import distributed
@@ -122,6 +125,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+RESUME_HINTS = {
+    "teacher": "the finished shards are kept: run the same command again to make the rest",
+    "sweep": "the finished rows are kept: run the same command again to resume",
+    "demo": "the finished steps' files are kept: run the same command again",
+    "train": "the last checkpoint is kept: run the same command with --resume to continue",
+    "train-model": "the last checkpoint is kept: run the same command with --resume to continue",
+}
+"""What an interrupted command kept and how to go on (other commands: run them again)."""
+
+
+def _interrupted(signum: int, _frame: Any) -> NoReturn:
+    raise KeyboardInterrupt(signum)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """While a command runs, SIGTERM stops it as Ctrl-C does (the same clean-up, one line)."""
+    if threading.current_thread() is not threading.main_thread():  # only there can it be set
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, _interrupted)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -139,7 +170,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"their work over processes: {', '.join(sorted(DISTRIBUTED_COMMANDS))})"
             )
         distributed.init()
-        result = args.action(config)
+        with _sigterm_as_interrupt():
+            result = args.action(config)
         # torchrun: no process leaves the group while another still works (rank 0 writing its
         # outputs); a peer closing its connections early can abort Gloo's threads at exit
         distributed.barrier()
@@ -147,12 +179,30 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(result)
         return 0
     except GasSolverError as err:
-        message = " ".join(str(err).splitlines())  # one line, whatever the message holds
-        where = f" (rank {distributed.rank()})" if distributed.world_size() > 1 else ""
-        print(f"gas-solver {args.command}{where}: error: {message}", file=sys.stderr)
+        _say(args.command, f"error: {' '.join(str(err).splitlines())}")  # one line, always
+        return 2
+    except KeyboardInterrupt as err:  # every file is written atomically: nothing torn is left
+        signum = err.args[0] if err.args else signal.SIGINT
+        hint = RESUME_HINTS.get(args.command, "nothing half-written was left: run it again")
+        _say(args.command, f"interrupted; {hint}")
+        return 128 + signum
+    except (MemoryError, RecursionError) as err:  # an input too large or too deep for a check
+        if args.verbose:
+            raise
+        what = "out of memory" if isinstance(err, MemoryError) else "an input nested too deeply"
+        _say(
+            args.command,
+            f"error: {what}; check the sizes in the command and its files (-v: traceback)",
+        )
         return 2
     finally:
         distributed.close()
+
+
+def _say(command: str, message: str) -> None:
+    """The one line on stderr that ends a command that did not finish (with its rank under torchrun)."""
+    where = f" (rank {distributed.rank()})" if distributed.world_size() > 1 else ""
+    print(f"gas-solver {command}{where}: {message}", file=sys.stderr)
 
 
 if __name__ == "__main__":

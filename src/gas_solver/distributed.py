@@ -35,7 +35,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from .errors import ConfigError
-from .runtime import folder_lock
+from .outputs import folder_lock
 
 log = logging.getLogger(__name__)
 
@@ -117,10 +117,12 @@ def owned(items: Sequence[T]) -> list[T]:
     return list(items[rank() :: world_size()])
 
 
-def main_lock(folder: str | os.PathLike) -> contextlib.AbstractContextManager[Path]:
-    """Rank 0: :func:`~gas_solver.runtime.folder_lock` on ``folder`` (one writer per folder);
+def main_lock(
+    folder: str | os.PathLike, fresh: bool = False
+) -> contextlib.AbstractContextManager[Path]:
+    """Rank 0: :func:`~gas_solver.outputs.folder_lock` on ``folder`` (one writer per folder);
     other ranks: no lock, they write nothing there or only what rank 0 dealt them."""
-    return folder_lock(folder) if is_main() else contextlib.nullcontext(Path(folder))
+    return folder_lock(folder, fresh) if is_main() else contextlib.nullcontext(Path(folder))
 
 
 def own_batches(items: Tensor, batch_size: int) -> Tensor:

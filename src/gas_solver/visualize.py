@@ -18,7 +18,7 @@ from PIL import Image
 from torch import Tensor
 
 from .errors import ConfigError
-from .runtime import atomic_write
+from .outputs import atomic_write
 
 LABEL_WIDTH = 90
 """Characters per line of a row label in :func:`save_comparison_grid` (10-inch figure, 9 pt)."""

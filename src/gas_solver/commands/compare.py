@@ -7,11 +7,13 @@ import dataclasses
 from pathlib import Path
 
 from ..config import option, require
+from ..distributed import main_lock
 from ..errors import ConfigError
 from ..evaluation.compare import COMPARE_SEEDS, compare, resolve_solvers
 from ..evaluation.report import Comparison
 from ..metrics.fid import FID_METHODS
 from ..models.loading import load_model
+from ..outputs import check_output
 from ..runtime import resolve_device
 from ..seeds import parse_seeds
 from ..solvers.registry import DEFAULT_TEACHER, parse_solver_spec
@@ -72,6 +74,7 @@ class CompareConfig:
     out: str = option("runs/compare", "output folder")
 
     def validate(self) -> None:
+        check_output(self.out, "folder")
         require(self.nfe is None or self.nfe >= 1, "nfe", f"must be >= 1, got {self.nfe}")
         solvers = resolve_solvers(self.solvers, self.nfe)
         parse_solver_spec(self.teacher)
@@ -111,10 +114,12 @@ def run_compare(config: CompareConfig, progress: bool = True) -> Comparison:
         source = first.model_source
         if not source:
             raise ConfigError(f"model: {first.path} does not name its model; pass --model")
-    return compare(
-        load_model(source, device), solvers, config.seeds, nfe=config.nfe, teacher=config.teacher,
-        teacher_set=config.teacher_set, allow_seed_overlap=config.allow_seed_overlap,
-        prompts=config.prompts,
-        fid_ref=config.fid_ref, fid_ref_num=config.fid_ref_num, fid_method=config.fid_method,
-        reference=config.reference, cache=config.cache, out=config.out, batch_size=config.batch_size, device=device, progress=progress,
-    )  # fmt: skip
+    with main_lock(config.out, fresh=True):  # one comparison per folder; refused before any work
+        return compare(
+            load_model(source, device), solvers, config.seeds, nfe=config.nfe,
+            teacher=config.teacher, teacher_set=config.teacher_set,
+            allow_seed_overlap=config.allow_seed_overlap, prompts=config.prompts,
+            fid_ref=config.fid_ref, fid_ref_num=config.fid_ref_num, fid_method=config.fid_method,
+            reference=config.reference, cache=config.cache, out=config.out,
+            batch_size=config.batch_size, device=device, progress=progress,
+        )  # fmt: skip

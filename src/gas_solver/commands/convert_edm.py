@@ -9,6 +9,7 @@ from pathlib import Path
 from ..config import option, require
 from ..models.edm_folder import save_edm_folder
 from ..models.edm_pickle import RELEASE_URL, load_edm_pickle
+from ..outputs import check_output
 
 
 @dataclasses.dataclass
@@ -23,7 +24,7 @@ class ConvertEDMConfig:
     def validate(self) -> None:
         require(bool(self.pkl), "pkl", "the EDM .pkl file to convert is required")
         require(bool(self.out), "out", "an output folder is required")
-        require(not Path(self.out).is_file(), "out", f"{self.out} is a file, not a folder")
+        check_output(self.out, "folder")
 
 
 def run_convert_edm(config: ConvertEDMConfig) -> str:

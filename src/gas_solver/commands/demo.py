@@ -28,7 +28,8 @@ from ..config import load_config, option, require
 from ..evaluation.compare import compare, split_solvers
 from ..evaluation.report import Row, format_table, gap_closed
 from ..models.loading import load_model
-from ..runtime import resolve_device, run_metadata, write_json
+from ..outputs import check_output, folder_lock, write_json, write_text
+from ..runtime import resolve_device, run_metadata
 from ..solvers.registry import DEFAULT_TEACHER
 from ..training.discriminator import PRESET_CHOICES
 from ..training.feature_discriminator import FEATURE_PRESET
@@ -94,6 +95,7 @@ class DemoConfig:
     device: str = option("auto", "cpu, cuda, cuda:N or auto")
 
     def validate(self) -> None:
+        check_output(self.out, "folder")
         require(self.nfe >= 1, "nfe", "must be >= 1")
         require(
             self.train_size >= 1 and self.val_size >= 1,
@@ -106,8 +108,12 @@ class DemoConfig:
 
 
 def run_demo(config: DemoConfig, progress: bool = True) -> Path:
-    """Run every step; returns the path of ``report.md``."""
-    out = Path(config.out)
+    """Run every step (the output folder locked); returns the path of ``report.md``."""
+    with folder_lock(config.out) as out:
+        return _demo(config, out, progress)
+
+
+def _demo(config: DemoConfig, out: Path, progress: bool) -> Path:
     device = resolve_device(config.device)
     model = load_model(config.model, device)
     seconds: dict[str, float] = {}
@@ -160,10 +166,8 @@ def run_demo(config: DemoConfig, progress: bool = True) -> Path:
     write_json(out / "demo.json", summary)
     report = out / "report.md"
     table = format_table(rows, comparison.context)
-    report.write_text(
-        format_report(config, rows, table, summary["gap_closed"], seconds, gs_summary)
-    )
-    return report
+    text = format_report(config, rows, table, summary["gap_closed"], seconds, gs_summary)
+    return write_text(report, text)
 
 
 def reproduce_command(config: DemoConfig) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import Any
 
 from ..config import option, require
@@ -13,6 +12,7 @@ from ..export.table import solver_table
 from ..models.diffusers import DiffusersUNetModel
 from ..models.diffusers_flow import DiffusersFlowModel
 from ..models.loading import load_model
+from ..outputs import check_output, clear_earlier_run, folder_lock, write_files
 from ..runtime import run_metadata
 from ..sampling import load_sampler
 
@@ -33,15 +33,9 @@ class ExportConfig:
     def validate(self) -> None:
         require(bool(self.solver), "solver", "the trained solver to export is required")
         require(bool(self.out), "out", "an output path is required")
-        if self.format == "diffusers":
-            require(
-                not Path(self.out).is_file(),
-                "out",
-                f"{self.out} is a file; diffusers needs a folder",
-            )
-        else:
+        if self.format == "k-diffusion":
             require(self.out.endswith(".json"), "out", "a k-diffusion solver is a .json file")
-            require(not Path(self.out).is_dir(), "out", f"{self.out} is a folder")
+        check_output(self.out, "folder" if self.format == "diffusers" else "file")
 
 
 def run_export(config: ExportConfig) -> str:
@@ -83,7 +77,9 @@ def run_export(config: ExportConfig) -> str:
     )
     guidance = model.guidance_scale if conditional else None
     scheduler = GeneralizedSolverScheduler.from_table(table, model.prediction_type, guidance)
-    scheduler.save_pretrained(config.out)
+    with folder_lock(config.out, fresh=True) as out:  # the folder is replaced file by file
+        clear_earlier_run(out)
+        write_files(out, scheduler.save_pretrained)
     return (
         f"{config.out}: {description['solver'].upper()}-{solver.nfe} as a diffusers scheduler; "
         f"pipe.scheduler = GeneralizedSolverScheduler.from_pretrained({config.out!r}), then call "

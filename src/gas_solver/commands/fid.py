@@ -24,7 +24,8 @@ from ..errors import ConfigError, MissingAssetError
 from ..images import image_batches, makes_images
 from ..metrics.fid import FID_METHODS
 from ..models.loading import load_model
-from ..runtime import json_safe, reading, resolve_device, run_metadata, write_json
+from ..outputs import check_output, json_safe, write_json
+from ..runtime import reading, resolve_device, run_metadata
 from ..sampling import generate, load_sampler, seed_cond_fn
 from ..seeds import EVAL_SEEDS, format_seeds, parse_seeds
 from ..solvers.resolve import TrainedSolver, resolve_solver
@@ -94,6 +95,9 @@ class FIDConfig:
             "save_ref",
             f"must be an .npz path, got {self.save_ref!r}",
         )
+        for output in (self.save_ref, self.out):
+            if output:
+                check_output(output, "file")
         if self.prompts is not None:
             require(Path(self.prompts).is_file(), "prompts", f"{self.prompts} is not a file")
         if self.solver:

@@ -17,15 +17,15 @@ from ..distributed import is_main
 from ..images import image_batches, makes_images
 from ..models.base import DiffusionModel
 from ..models.loading import load_model
-from ..runtime import (
+from ..outputs import (
     atomic_write,
+    check_output,
+    clear_earlier_run,
     folder_lock,
-    remove_outputs,
-    resolve_device,
-    run_metadata,
     save_npz,
     write_json,
 )
+from ..runtime import resolve_device, run_metadata
 from ..sampling import CondFn, Sampler, generate, load_sampler, seed_cond_fn
 from ..seeds import parse_seeds
 from ..solvers.registry import SolverSpec
@@ -33,8 +33,6 @@ from ..solvers.resolve import resolve_solver
 from ..visualize import save_image_grid, save_scatter, to_uint8
 
 log = logging.getLogger(__name__)
-
-SAMPLE_OUTPUTS = ("images", "samples.npz", "grid.png", "scatter.png", "sample.json")
 
 
 @dataclasses.dataclass
@@ -56,7 +54,7 @@ class SampleConfig:
     def validate(self) -> None:
         parse_seeds(self.seeds)
         require(self.batch_size >= 1, "batch_size", "must be >= 1")
-        require(not Path(self.out).is_file(), "out", f"{self.out} is a file, not a folder")
+        check_output(self.out, "folder")
         if isinstance(resolve_solver(self.solver), SolverSpec):
             require(bool(self.model), "model", "required with a classic solver")
 
@@ -82,7 +80,7 @@ def run_sample(config: SampleConfig, progress: bool = True) -> Path:
             for _ in image_batches(model, samples, config.batch_size, shared=True):
                 pass
         return Path(config.out)
-    with folder_lock(config.out) as out:  # only once the model, solver and prompts are good
+    with folder_lock(config.out, fresh=True) as out:  # once the model, solver and prompts are good
         return _sample_into(config, out, model, sampler, description, cond_fn, progress)
 
 
@@ -97,7 +95,7 @@ def _sample_into(
 ) -> Path:
     seeds = parse_seeds(config.seeds)
     samples = generate(model, sampler, seeds, config.batch_size, progress, cond_fn)
-    remove_outputs(out, SAMPLE_OUTPUTS)  # nothing of an earlier run is left to be read as ours
+    clear_earlier_run(out)  # nothing of an earlier run is left to be read as ours
     arrays = {"samples": samples.numpy(), "seeds": np.asarray(seeds, dtype=np.int64)}
     if makes_images(model):
         keep_decoded = model.is_latent and config.npz  # latents are stored, and their images

@@ -16,7 +16,9 @@ Everything lands in ``OUT``: the teacher set, each NFE's trainings and compariso
 ``sweep.json`` (the configuration, the grids chosen and every row), ``sweep.md`` (FID and L1 per
 method and NFE) and ``sweep.png`` (FID against NFE, one line per method, log scale). A rerun of
 the same command resumes: grid choices, trainings and measured rows are not recomputed (a row in
-the table is not trained again even when its run folder is gone, e.g. on another machine); a rerun
+the table is not trained again even when its run folder is gone, e.g. on another machine; a
+training counts as done when its ``summary.json`` is there and its solver loads, else it is run
+again); ``sweep.json`` is checked against :data:`STATE_SCHEMA` when it is read back; a rerun
 with other ``--nfes``, ``--learned`` or ``--logsnr-rows`` adds those NFEs and rows to the same
 table (one comparison of the missing rows, beside a fresh teacher row).
 
@@ -27,7 +29,6 @@ global training batch, sampling and Inception batches); rank 0 writes the sweep'
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -36,16 +37,31 @@ from typing import Any
 from ..config import load_config, option, require
 from ..data.teacher_set import TeacherSet
 from ..distributed import barrier, is_main, main_lock
-from ..errors import ConfigError
+from ..errors import ConfigError, CorruptFileError, GasSolverError
 from ..evaluation.compare import compare, split_solvers
 from ..models.loading import load_model
-from ..runtime import resolve_device, run_metadata, write_json
+from ..outputs import check_output, write_json, write_text
+from ..runtime import reading, resolve_device, run_metadata
 from ..schedules import GRID_KINDS
 from ..seeds import parse_seeds
+from ..solvers.generalized import SOLVER_FILE, load_metadata
 from ..solvers.registry import DEFAULT_TEACHER, parse_solver_spec
 from ..training.settings import R3GAN_BETAS
 from ..training.start import PAPER
 from ..training.trainer import train
+from ..validation import (
+    BIG,
+    dict_of,
+    integer,
+    list_of,
+    mapping,
+    nullable,
+    number,
+    parse_json,
+    rule,
+    text,
+    validate,
+)
 from ..visualize import save_series
 from .teacher import TeacherConfig, make_teacher_set
 from .train import TrainConfig
@@ -133,6 +149,7 @@ class SweepConfig:
     out: str = option("runs/sweep", "output folder (resumed when it holds a sweep.json)")
 
     def validate(self) -> None:
+        check_output(self.out, "folder")
         require(len(self.nfe_list) >= 1, "nfes", "give at least one NFE")
         require(all(1 <= n <= 100 for n in self.nfe_list), "nfes", "each must be in 1..100")
         unknown_grids = sorted(set(self.grid_list) - set(GRID_KINDS))
@@ -250,20 +267,93 @@ def _sweep(config: SweepConfig, out: Path, progress: bool) -> Path:
         for row in rows:
             summary = out / f"nfe{key}" / row["name"] / "summary.json"
             if row["name"] in LEARNED_METHODS and summary.is_file():
-                row["train_seconds"] = json.loads(summary.read_text())["seconds"]
+                seconds = _train_seconds(summary)
+                if seconds is not None:
+                    row["train_seconds"] = seconds
     save()
     report = out / "sweep.md"
     if is_main():
-        report.write_text(format_sweep(state))
+        write_text(report, format_sweep(state))
         _plot(state, out / "sweep.png")
     return report
+
+
+_NUMBER = number()
+_ROW = mapping(
+    {
+        "name": text(200),
+        "label": text(),
+        "kind": text(64),
+        "nfe": number(0, BIG),
+        "n_samples": integer(0, BIG),
+        "fid": nullable(_NUMBER),
+        "l1": _NUMBER,
+        "seconds": _NUMBER,
+        "reference_l1?": nullable(_NUMBER),
+        "reference_psnr?": nullable(_NUMBER),
+        "reference_fid?": nullable(_NUMBER),
+        "train_seconds?": _NUMBER,
+    }
+)
+_NFE_KEY = rule(lambda key: [] if key.isdigit() and len(key) <= 3 else [("", "must be an NFE")])
+STATE_SCHEMA = mapping({
+    "config": mapping(),
+    "grids": dict_of(dict_of(text(64)), keys=_NFE_KEY),
+    "grid_l1?": dict_of(dict_of(dict_of(nullable(_NUMBER))), keys=_NFE_KEY),
+    "rows": dict_of(list_of(_ROW), keys=_NFE_KEY),
+})  # fmt: skip
+"""``sweep.json`` as a rerun reads it: the grid choices and every measured row with the fields
+the table (``sweep.md``) and the plot use."""
+
+
+def read_state(path: Path) -> dict[str, Any]:
+    """The sweep state in ``path``, checked against :data:`STATE_SCHEMA`.
+
+    Raises:
+        CorruptFileError: naming the file (and the field); delete it to start the sweep afresh.
+    """
+    with reading(path, "a sweep state"):
+        text = path.read_bytes()
+    try:
+        state = parse_json(text, path, max_bytes=64 << 20)
+        validate(state, STATE_SCHEMA, path)
+    except CorruptFileError as err:
+        raise CorruptFileError(
+            f"{err}; delete it to run the sweep afresh (the trained rows in their folders are kept)"
+        ) from None
+    return state
+
+
+def _train_seconds(summary: Path) -> float | None:
+    """The training seconds that ``summary.json`` (a file for people) records, if readable."""
+    try:
+        seconds = parse_json(summary.read_bytes(), summary).get("seconds")
+    except (OSError, CorruptFileError, AttributeError):
+        seconds = None
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        log.warning("%s records no training seconds; the table leaves them out", summary)
+        return None
+    return float(seconds)
+
+
+def _finished(folder: Path) -> bool:
+    """A learned row's run is finished when it wrote its summary and its solver loads (the
+    checksum and the metadata check out); a run killed or damaged is trained again."""
+    if not (folder / "summary.json").is_file():
+        return False
+    try:
+        load_metadata(folder / SOLVER_FILE)
+    except GasSolverError as err:
+        log.warning("sweep: %s; training it again", err)
+        return False
+    return True
 
 
 def _resumed_state(path: Path, config: SweepConfig) -> dict[str, Any]:
     settings = dataclasses.asdict(config)
     if not path.is_file():
         return {"config": settings, "grids": {}, "grid_l1": {}, "rows": {}}
-    state = json.loads(path.read_text())
+    state = read_state(path)
     changed = [
         f"{k}: stored {state['config'].get(k)!r}, given {v!r}"
         for k, v in settings.items()
@@ -278,10 +368,15 @@ def _resumed_state(path: Path, config: SweepConfig) -> dict[str, Any]:
 
 
 def _free_folder(path: Path) -> Path:
-    """``path``, or ``path-2``, ``path-3``, … (the first that does not exist): a comparison of
-    rows added later does not overwrite the first one's report and pictures."""
+    """``path``, or ``path-2``, ``path-3``, … (the first without a finished comparison): a
+    comparison of rows added later does not overwrite the first one's report and pictures, and a
+    killed one's folder is made again rather than left beside the next."""
     index = 1
-    while (found := path if index == 1 else path.with_name(f"{path.name}-{index}")).exists():
+    while (
+        (found := path if index == 1 else path.with_name(f"{path.name}-{index}"))
+        .joinpath("compare.json")
+        .exists()
+    ):
         index += 1
     return found
 
@@ -314,7 +409,7 @@ def _trained(
     ``gs`` from ``--init-solver``, ``gs-3m`` from DPM-Solver++(3M) on ``--init-grid``, and a GAS
     row from the GS row of its start."""
     folder = Path(config.out) / f"nfe{nfe}" / method
-    if (folder / "summary.json").is_file():
+    if _finished(folder):
         return folder
     loss, learn = LEARNED_METHODS[method]
     init_solver, init_grid = config.init_solver, None

@@ -13,6 +13,7 @@ from ..data.teacher_set import TeacherSet
 from ..distributed import main_lock
 from ..models.base import DiffusionModel
 from ..models.loading import load_model
+from ..outputs import check_output
 from ..runtime import resolve_device
 from ..sampling import seed_cond_fn
 from ..seeds import parse_seeds
@@ -40,6 +41,7 @@ class TeacherConfig:
 
     def validate(self) -> None:
         require(bool(self.model), "model", "a model name or path is required")
+        check_output(self.out, "folder")
         if self.prompts is not None:
             require(Path(self.prompts).is_file(), "prompts", f"{self.prompts} is not a file")
         parse_seeds(self.seeds)

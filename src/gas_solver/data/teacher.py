@@ -33,7 +33,8 @@ from tqdm.auto import tqdm
 from ..distributed import all_gather, barrier, broadcast, is_main, rank, show_progress, world_size
 from ..errors import CheckpointMismatchError, ConfigError, GasSolverError
 from ..models.base import DiffusionModel
-from ..runtime import LOCK_FILE, atomic_write, resolve_device, run_metadata
+from ..outputs import LOCK_FILE, RUN_RECORD, atomic_write
+from ..runtime import resolve_device, run_metadata
 from ..sampling import CondFn, Sampler, cond_to
 from ..seeds import format_seeds, parse_seeds, seeded_noise
 from .teacher_format import (
@@ -324,7 +325,7 @@ def _open_or_start(
                 raise
             logger.warning("overwrite: replacing the unreadable %s", manifest_path)
             _remove_set_files(out)
-    elif any(p.name != LOCK_FILE for p in out.iterdir()):  # the command's lock may be there
+    elif any(p.name not in (LOCK_FILE, RUN_RECORD) for p in out.iterdir()):  # the command's own
         raise ConfigError(
             f"{out} is not empty and has no {MANIFEST_NAME}, so it is not a teacher set; "
             "choose an empty or new directory"

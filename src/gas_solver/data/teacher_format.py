@@ -37,14 +37,32 @@ import datetime as _dt
 import hashlib
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from ..errors import ConfigError, GasSolverError
-from ..runtime import atomic_write
+from ..errors import ConfigError, CorruptFileError, GasSolverError
+from ..outputs import atomic_write
+from ..validation import (
+    BIG,
+    Invalid,
+    all_of,
+    boolean,
+    choice,
+    dict_of,
+    field_problem,
+    integer,
+    list_of,
+    mapping,
+    nullable,
+    parse_json,
+    quote,
+    rule,
+    text,
+)
 
 FORMAT = "gas-solver-teacher-set"
 FORMAT_VERSION = 1
@@ -66,73 +84,127 @@ def shard_metadata(index: int) -> dict[str, str]:
 
 
 def read_manifest(path: Path) -> dict[str, Any]:
-    """The manifest at ``path``, or a :class:`GasSolverError` saying why it cannot be used."""
+    """The manifest at ``path``, or a :class:`GasSolverError` saying why it cannot be used: JSON
+    read by :func:`~gas_solver.validation.parse_json`, then checked against
+    :data:`MANIFEST_SCHEMA`."""
     try:
-        manifest = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        text = path.read_bytes()
+    except OSError as err:
         raise GasSolverError(f"cannot read teacher set manifest {path}: {err}") from err
+    try:
+        manifest = parse_json(text, path, max_bytes=MANIFEST_MAX_BYTES)
+    except CorruptFileError as err:
+        raise CorruptFileError(f"cannot read teacher set manifest {err}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise GasSolverError(f"{path} is not a gas-solver teacher set manifest")
     version = manifest.get("format_version")
     if version != FORMAT_VERSION:
         raise GasSolverError(
-            f"{path} has teacher-set format version {version}; this gas-solver reads version "
-            f"{FORMAT_VERSION}"
+            f"{path} has teacher-set format version {quote(version)}; this gas-solver reads "
+            f"version {FORMAT_VERSION}"
         )
-    problem = _manifest_problem(manifest)
-    if problem is not None:
-        raise GasSolverError(
-            f"{path} is damaged ({problem}); make the set again (same call with --overwrite)"
-        )
+    try:
+        MANIFEST_SCHEMA(manifest)
+    except Invalid as err:
+        raise CorruptFileError(
+            f"{path} is damaged ({field_problem(err)}); make the set again (same call with "
+            "--overwrite)"
+        ) from None
     return manifest
 
 
-_MANIFEST_TYPES: dict[str, type | tuple[type, ...]] = {
-    "complete": bool, "num_samples": int, "shard_size": int, "seeds": str, "sample_shape": list,
-    "fields": (dict, type(None)), "shards": list, "model": dict, "solver": dict,
+SAFETENSORS_DTYPES = {
+    "float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16", "int64": "I64",
+    "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL",
 }  # fmt: skip
-_SHARD_TYPES: dict[str, type] = {
-    "index": int, "file": str, "start": int, "count": int, "seeds": str, "sha256": str, "bytes": int,
-}  # fmt: skip
+"""The dtypes a shard may hold: manifest name → the name in a safetensors header."""
+MAX_ITEMS = 2**40
+"""Far more items than any teacher set holds (the paper's have 50 000)."""
+MANIFEST_MAX_BYTES = 64 << 20
 
 
-def _manifest_problem(manifest: dict[str, Any]) -> str | None:
-    """What makes a manifest unusable (a missing or mistyped key, a shard entry that is not
-    where the layout puts it), or ``None``. Entries must name their own file, so a manifest
-    cannot point outside its folder."""
-    for key, kind in _MANIFEST_TYPES.items():
-        if not _has_type(manifest.get(key), kind):
-            return f"key {key!r} is missing or has the wrong type"
+def _shards_in_place(manifest: dict[str, Any]) -> Iterator[tuple[str, str]]:
+    """Each shard entry where the layout puts it: its own file name (so no entry points outside
+    the folder), first item and count, no index twice."""
     size, total = manifest["shard_size"], manifest["num_samples"]
-    if size < 1 or total < 1:
-        return "shard_size and num_samples must be positive"
     seen = set()
-    for entry in manifest["shards"]:
-        if not isinstance(entry, dict):
-            return "a shard entry is not a mapping"
-        for key, kind in _SHARD_TYPES.items():
-            if not _has_type(entry.get(key), kind):
-                return f"a shard entry's {key!r} is missing or not a {kind.__name__}"
+    for number, entry in enumerate(manifest["shards"]):
         index = entry["index"]
-        expected_count = min(size, total - index * size)
         if (
             index in seen
-            or not 0 <= index < math.ceil(total / size)
+            or index >= math.ceil(total / size)
             or entry["file"] != shard_name(index)
             or entry["start"] != index * size
-            or entry["count"] != expected_count
+            or entry["count"] != min(size, total - index * size)
         ):
-            return (
-                f"shard entry {index} ({entry['file']}, start {entry['start']}, count "
-                f"{entry['count']}) is not shard {index} of {size} items out of {total}"
+            yield (
+                f"shards[{number}]",
+                f"holds shard entry {index} ({quote(entry['file'], 40)}, start {entry['start']}, "
+                f"count {entry['count']}), which is not shard {index} of {size} items out of {total}",
             )
         seen.add(index)
-    return None
 
 
-def _has_type(value: Any, kind: type | tuple[type, ...]) -> bool:
-    """``isinstance``, except that a JSON ``true`` is not an int."""
-    return isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
+def _fields_agree(manifest: dict[str, Any]) -> Iterator[tuple[str, str]]:
+    """A finished layout (``fields`` set) has seed, noise and target, noise and target of
+    ``sample_shape``, and a ``cond_kind`` that names its condition fields."""
+    fields = manifest["fields"]
+    if fields is None:
+        return
+    for key in ("seed", "noise", "target"):
+        if key not in fields:
+            yield "fields", f"lacks {key!r}"
+            return
+    if fields["seed"] != {"shape": [], "dtype": "int64"}:
+        yield (
+            "fields.seed",
+            f"must be {{'shape': [], 'dtype': 'int64'}}, got {quote(fields['seed'])}",
+        )
+    for key in ("noise", "target"):
+        if fields[key]["shape"] != manifest["sample_shape"]:
+            yield (
+                f"fields.{key}.shape",
+                f"must equal sample_shape {quote(manifest['sample_shape'])}",
+            )
+    kind = (
+        "tensor"
+        if "cond" in fields
+        else "dict"
+        if any(k.startswith("cond.") for k in fields)
+        else "none"
+    )
+    if manifest.get("cond_kind") != kind:
+        yield "cond_kind", f"must be {kind!r} for fields {quote(sorted(fields))}"
+
+
+_SHAPE = list_of(integer(1, MAX_ITEMS), 0, 8)
+MANIFEST_SCHEMA = all_of(
+    mapping({
+        "complete": boolean,
+        "num_samples": integer(1, MAX_ITEMS),
+        "shard_size": integer(1, MAX_ITEMS),
+        "seeds": text(),
+        "sample_shape": _SHAPE,
+        "fields": nullable(dict_of(
+            mapping({"shape": _SHAPE, "dtype": choice(*SAFETENSORS_DTYPES)}), keys=text(64)
+        )),
+        "cond_kind?": nullable(choice("none", "tensor", "dict")),
+        "shards": list_of(mapping({
+            "index": integer(0, MAX_ITEMS), "file": text(64), "start": integer(0, MAX_ITEMS),
+            "count": integer(1, MAX_ITEMS), "seeds": text(), "sha256": text(64),
+            "bytes": integer(1, BIG),
+        })),
+        "model": mapping(),
+        "solver": mapping(),
+        "dtype?": choice("float64", "float32", "float16", "bfloat16"),
+        "model_source?": nullable(text(4096)),
+    }),
+    rule(_shards_in_place),
+    rule(_fields_agree),
+)  # fmt: skip
+"""What :func:`read_manifest` accepts: every key a reader uses with its type and range, the shard
+entries in their places, and a consistent per-item layout (``fields``). That the shards hold
+what it says is :class:`~gas_solver.data.teacher_set.TeacherSet`'s check when it opens the set."""
 
 
 def write_manifest(out: Path, manifest: dict[str, Any]) -> None:
@@ -176,7 +248,7 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 def dtype_from_name(name: str) -> torch.dtype:
     """``"float32"`` → ``torch.float32``; an unknown name is a damaged manifest."""
-    dtype = getattr(torch, name, None)
+    dtype = getattr(torch, name, None) if name in SAFETENSORS_DTYPES else None
     if not isinstance(dtype, torch.dtype):
         raise GasSolverError(f"unknown dtype {name!r} in a teacher set manifest")
     return dtype

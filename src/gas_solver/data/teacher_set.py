@@ -1,13 +1,18 @@
 """Reading a finished teacher set (:class:`TeacherSet`; the format is in :mod:`.teacher_format`).
 
-Reading trusts nothing: the manifest is validated when the set is opened, and every shard's size
-and sha256 are checked once, before the first tensor is read. The protocol follows the paper
+Reading trusts nothing. When the set is opened, the manifest is validated
+(:data:`~.teacher_format.MANIFEST_SCHEMA`) and checked against the shards' safetensors headers
+(every field's rows, per-item shape and dtype) and their stored seeds, before anything is
+allocated. Once, before the first tensor is read, every shard's size and sha256 are checked and
+its floating-point tensors are checked for NaN and infinity (:meth:`TeacherSet.verify`). The protocol follows the paper
 (spec §3.3–3.4): training on the *first* ``train_size`` items and validation on the *last*
 ``val_size`` (:meth:`TeacherSet.split`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 from pathlib import Path
@@ -19,9 +24,12 @@ from torch import Tensor
 
 from ..errors import CheckpointMismatchError, ConfigError, GasSolverError, MissingAssetError
 from ..models.base import DiffusionModel
-from ..seeds import parse_seeds
+from ..seeds import format_seeds, parse_seeds
+from ..validation import quote
 from .teacher_format import (
+    IDENTITY_KEYS,
     MANIFEST_NAME,
+    SAFETENSORS_DTYPES,
     dtype_from_name,
     jsonable,
     read_manifest,
@@ -64,15 +72,20 @@ class TeacherSet:
                 "same generation again to complete it"
             )
         indices = [entry["index"] for entry in self.manifest["shards"]]
-        if indices != list(range(total)) or not isinstance(self.manifest["fields"], dict):
-            missing = sorted(set(range(total)) - set(indices))
+        if (
+            len(indices) != total
+            or indices != list(range(total))
+            or not isinstance(self.manifest["fields"], dict)
+        ):
+            missing = sorted(set(range(min(total, len(indices) + 10))) - set(indices))
             raise GasSolverError(
-                f"{manifest_path} says the set is complete but lists shards {indices} of "
-                f"{total} (missing {missing}) or no fields; the manifest is damaged: make the set "
+                f"{manifest_path} says the set is complete but lists shards {quote(indices)} of "
+                f"{total} (missing {quote(missing)}) or no fields; the manifest is damaged: make the set "
                 "again (same call with --overwrite)"
             )
         self._cache: dict[str, Tensor] = {}
         self._verified = False
+        self._check_shards()
 
     def __len__(self) -> int:
         return int(self.manifest["num_samples"])
@@ -95,6 +108,27 @@ class TeacherSet:
     @property
     def solver_spec(self) -> dict[str, Any]:
         return self.manifest["solver"]
+
+    @property
+    def digest(self) -> str:
+        """SHA-256 (hex) of the set's identity (model, solver, seeds, shard size, dtype) and of
+        every shard's sha256: equal digests, equal data (the shards are checked against their
+        sha256 before use)."""
+        identity = {key: self.manifest.get(key) for key in IDENTITY_KEYS}
+        text = json.dumps(identity, sort_keys=True) + "".join(
+            "\n" + entry["sha256"] for entry in self.manifest["shards"]
+        )
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def provenance(self) -> dict[str, Any]:
+        """What a solver trained on this set records of it: ``path``, ``solver``, ``seeds`` (so
+        evaluation seeds can avoid them) and ``sha256`` (:attr:`digest`)."""
+        return {
+            "path": str(self.path),
+            "solver": self.manifest.get("solver"),
+            "seeds": self.manifest.get("seeds"),
+            "sha256": self.digest,
+        }
 
     @property
     def seeds(self) -> Tensor:
@@ -155,14 +189,17 @@ class TeacherSet:
         return torch.arange(train_size), torch.arange(n - val_size, n)
 
     def verify(self) -> None:
-        """Check every shard's size and sha256 against the manifest.
+        """Check every shard's size and sha256 against the manifest, and every floating-point
+        value in it for NaN and infinity (one pass over the data).
 
         Reading a field does this once per :class:`TeacherSet` (on the first field read), so
-        a damaged shard is never used; call it directly to check a set without loading it.
+        a damaged shard, or an item a diverged teacher left non-finite, is never used; call it
+        directly to check a set without loading it.
 
         Raises:
             MissingAssetError: a shard file is missing (its path is named).
-            GasSolverError: a shard's size or checksum differs (its path is named).
+            GasSolverError: a shard's size or checksum differs, or it holds a non-finite value
+                (the shard, field, item and seed are named).
         """
         for entry in self.manifest["shards"]:
             problem = shard_problem(self.path, entry)
@@ -170,7 +207,86 @@ class TeacherSet:
                 path = self.path / entry["file"]
                 error = MissingAssetError if not path.exists() else GasSolverError
                 raise error(f"{problem}; make the set again (same call with overwrite=True)")
+            self._check_finite(entry)
         self._verified = True
+
+    def _check_finite(self, entry: dict[str, Any]) -> None:
+        path = self.path / entry["file"]
+        with safe_open(str(path), framework="pt") as f:
+            for key in sorted(self.manifest["fields"]):
+                value = f.get_tensor(key)
+                if not value.is_floating_point():
+                    continue
+                bad = ~torch.isfinite(value.reshape(len(value), -1)).all(dim=1)
+                if bool(bad.any()):
+                    row = int(bad.nonzero()[0])
+                    seed = int(f.get_tensor("seed")[row])
+                    raise GasSolverError(
+                        f"teacher set shard {path}: {key!r} of item {entry['start'] + row} "
+                        f"(seed {seed}; {int(bad.sum())} item(s) in this shard) is NaN or "
+                        "infinite: the teacher solver diverged there. Make the set again with "
+                        "a more stable teacher (--solver) or without those seeds"
+                    )
+
+    def _check_shards(self) -> None:
+        """The shards hold what the manifest says, read from their safetensors headers (no
+        tensor data but the seeds): exactly the ``fields``, each with ``count`` rows of its
+        per-item shape and dtype, and the seeds of the entry's ``seeds``, which in shard order
+        are the manifest's ``seeds``.
+
+        Raises:
+            MissingAssetError: a shard file is missing.
+            GasSolverError: a shard that cannot be read or does not match (file and field named).
+        """
+        manifest_path, fields = self.path / MANIFEST_NAME, self.manifest["fields"]
+        stored = []
+        for entry in self.manifest["shards"]:
+            path = self.path / entry["file"]
+            if not path.is_file():
+                raise MissingAssetError(
+                    f"teacher set shard missing: {path}; make the set again (same call with "
+                    "--overwrite)"
+                )
+            try:
+                with safe_open(str(path), framework="pt") as f:
+                    layout = {
+                        key: (f.get_slice(key).get_shape(), f.get_slice(key).get_dtype())
+                        for key in f.keys()  # noqa: SIM118 (not a dict)
+                    }
+                    expected = {
+                        key: ([entry["count"], *spec["shape"]], SAFETENSORS_DTYPES[spec["dtype"]])
+                        for key, spec in fields.items()
+                    }
+                    if layout != expected:
+                        key = next(
+                            k for k in sorted(set(layout) | set(expected))
+                            if layout.get(k) != expected.get(k)
+                        )  # fmt: skip
+                        raise GasSolverError(
+                            f"teacher set shard {path}: {key!r} is {_show(layout.get(key))}, "
+                            f"but {manifest_path} (fields, shards[{entry['index']}].count) says "
+                            f"{_show(expected.get(key))}: the shard or the manifest is damaged; "
+                            "make the set again (same call with --overwrite)"
+                        )
+                    seeds = f.get_tensor("seed").tolist()
+            except (SafetensorError, OSError, ValueError) as err:
+                raise GasSolverError(
+                    f"teacher set shard {path} cannot be read ({quote(str(err))}); make the set "
+                    "again (same call with --overwrite)"
+                ) from err
+            if format_seeds(seeds) != entry["seeds"]:
+                raise GasSolverError(
+                    f"{manifest_path}: key 'shards[{entry['index']}].seeds' says "
+                    f"{quote(entry['seeds'])}, but {path} holds seeds {quote(format_seeds(seeds))}"
+                    ": the manifest or the shard is damaged; make the set again"
+                )
+            stored += seeds
+        if format_seeds(stored) != self.manifest["seeds"]:
+            raise GasSolverError(
+                f"{manifest_path}: key 'seeds' says {quote(self.manifest['seeds'])}, but the "
+                f"shards hold seeds {quote(format_seeds(stored))}: the manifest was changed or "
+                "is damaged; make the set again (same call with --overwrite)"
+            )
 
     def check_model(self, model: DiffusionModel) -> None:
         """Raise :class:`CheckpointMismatchError` if the set was made with another model."""
@@ -215,3 +331,8 @@ class TeacherSet:
             out[entry["start"] : entry["start"] + entry["count"]] = value
         self._cache[key] = out
         return out
+
+
+def _show(layout: tuple[list[int], str] | None) -> str:
+    """A tensor's ``(shape, safetensors dtype)`` for a message: ``[20, 2] F32`` or ``absent``."""
+    return "absent" if layout is None else quote(layout[0], 80) + f" {layout[1]}"

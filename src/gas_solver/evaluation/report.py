@@ -15,7 +15,8 @@ from typing import Any
 
 from torch import Tensor
 
-from ..runtime import json_safe, run_metadata, write_json
+from ..outputs import clear_earlier_run, folder_lock, json_safe, write_json, write_text
+from ..runtime import run_metadata
 from ..visualize import plot_time_grids, save_comparison_grid, save_image_grid, save_scatter
 
 log = logging.getLogger(__name__)
@@ -100,7 +101,14 @@ def write_report(
     and ``comparison.png``, from ``kept``, each label's first images; others: scatter plots),
     ``time_grids.png``, ``compare.md`` and ``compare.json``; returns the rows with the pictures
     they got."""
-    out.mkdir(parents=True, exist_ok=True)
+    with folder_lock(out, fresh=True):
+        clear_earlier_run(out)  # no picture of an earlier comparison passes for this one's
+        return _write_report(out, rows, kept, is_image, context)
+
+
+def _write_report(
+    out: Path, rows: list[Row], kept: dict[str, Tensor], is_image: bool, context: dict[str, Any]
+) -> list[Row]:
     stems = _file_stems([row.label for row in rows])
     teacher = kept[rows[0].label]
     pictured = []
@@ -127,7 +135,7 @@ def write_report(
             pictured.append(dataclasses.replace(row, picture=name))
         save_scatter(kept, out / "scatter.png", title=f"{context['model']}, {len(rows)} solvers")
     plot_time_grids({row.label: row.grid for row in pictured}, out / "time_grids.png")
-    (out / "compare.md").write_text(format_table(pictured, context))
+    write_text(out / "compare.md", format_table(pictured, context))
     rows_json = [row.to_dict() for row in pictured]
     write_json(
         out / "compare.json", json_safe({**context, "rows": rows_json, "run": run_metadata()})

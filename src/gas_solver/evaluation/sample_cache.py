@@ -32,7 +32,8 @@ from torch import Tensor
 from ..distributed import is_main
 from ..errors import GasSolverError
 from ..metrics.fid import FIDStatistics, cache_dir, load_statistics
-from ..runtime import atomic_write, tensors_digest
+from ..outputs import write_cache
+from ..runtime import tensors_digest
 
 log = logging.getLogger(__name__)
 
@@ -112,10 +113,7 @@ def save_samples(key: str, row: CachedSamples) -> None:
     samples = row.samples.detach().float().cpu().contiguous()
     meta = {"key": key, "seconds": repr(row.seconds), "calls": repr(row.calls)}
     meta["sha256"] = _checksum(meta, samples)
-    try:
-        atomic_write(_path(key), lambda tmp: save_file({"samples": samples}, str(tmp), meta))
-    except OSError as err:  # pragma: no cover - a full disk or a read-only cache
-        log.warning("could not cache samples in %s: %s", _path(key), err)
+    write_cache(_path(key), lambda tmp: save_file({"samples": samples}, str(tmp), meta), "samples")
 
 
 def load_sample_statistics(key: str) -> FIDStatistics | None:
@@ -133,7 +131,7 @@ def load_sample_statistics(key: str) -> FIDStatistics | None:
 def save_sample_statistics(key: str, stats: FIDStatistics) -> None:
     """Cache the Inception statistics of ``key``'s samples (rank 0)."""
     if is_main():
-        stats.save(_path(key).with_suffix(".npz"))
+        stats.save(_path(key).with_suffix(".npz"), cache=True)
 
 
 __all__ = [

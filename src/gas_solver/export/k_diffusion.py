@@ -34,7 +34,7 @@ from torch import Tensor
 from tqdm.auto import trange
 
 from ..errors import ConfigError, MissingAssetError
-from ..runtime import write_json
+from ..outputs import write_json
 from .table import SolverTable
 
 FILE_FORMAT = "gas-solver-k-diffusion"

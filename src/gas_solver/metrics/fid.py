@@ -32,7 +32,8 @@ from torch import Tensor
 
 from ..distributed import all_gather, all_sum, is_main, world_size
 from ..errors import ConfigError, MissingAssetError
-from ..runtime import atomic_write, reading
+from ..outputs import atomic_write, write_cache
+from ..runtime import reading
 from .inception import (
     INCEPTION_SHA1,
     ImageSource,
@@ -88,8 +89,9 @@ class FIDStatistics:
         object.__setattr__(self, "mu", mu)
         object.__setattr__(self, "sigma", sigma)
 
-    def save(self, path: str | os.PathLike, compact: bool = False) -> Path:
-        """Write an EDM-style (or the compact) ``.npz`` atomically; returns the path."""
+    def save(self, path: str | os.PathLike, compact: bool = False, cache: bool = False) -> Path:
+        """Write an EDM-style (or the compact) ``.npz`` atomically; returns the path. ``cache``:
+        a cache file, whose failed write only warns (:func:`~gas_solver.outputs.write_cache`)."""
         if compact:
             upper = np.triu_indices(len(self.mu))
             arrays = {
@@ -105,6 +107,9 @@ class FIDStatistics:
             with open(tmp, "wb") as f:  # a file object, so numpy does not append ".npz"
                 (np.savez_compressed if compact else np.savez)(f, **arrays)
 
+        if cache:
+            write_cache(path, write, "the FID statistics")
+            return Path(path)
         return atomic_write(path, write)
 
     @cached_property
@@ -315,8 +320,7 @@ def reference_statistics(
                 return load_statistics(cached)
             stats = compute_statistics(images, num_images=count, **kwargs)
             if use_cache and is_main():  # torchrun: one writer
-                stats.save(cached)
-                logger.info("cached FID statistics in %s", cached)
+                stats.save(cached, cache=True)
             return stats
         if not Path(source).exists():
             from ..data.datasets import dataset_names

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ..runtime import atomic_write
+from ..outputs import atomic_write
 from .fid import cache_dir
 
 logger = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from ..errors import ConfigError, MissingAssetError
-from ..runtime import atomic_write, write_json
+from ..outputs import atomic_write, write_json
 from ..version import __version__
 from .edm_networks import PRECONDS, Precond
 from .edm_pickle import RELEASE_URL, build_precond

@@ -55,10 +55,11 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
-from ..errors import CheckpointMismatchError, ConfigError
+from ..errors import CheckpointMismatchError, ConfigError, CorruptFileError
 from ..models.base import DiffusionModel
 from ..runtime import run_metadata
 from ..schedules import GRID_KINDS, NoiseSchedule, schedule_from_dict, time_grid, validate_grid
+from ..validation import quote
 from ._common import Callback, report
 from .linear_form import StepWeights, check_representable, classic_weights
 from .registry import SolverSpec, parse_solver_spec
@@ -560,15 +561,28 @@ class GeneralizedSolver(nn.Module):
                 schedule = schedule_from_dict(meta["schedule"])
             except ConfigError as err:
                 raise ConfigError(f"{err}; pass model= to load {path}") from err
+            except (KeyError, TypeError, ValueError) as err:
+                raise CorruptFileError(
+                    f"{path}: metadata key 'schedule' does not describe a schedule "
+                    f"({quote(meta['schedule'])}: {type(err).__name__} {quote(str(err))})"
+                ) from None
         init = meta["init_grid"]
-        solver = cls(
-            meta["nfe"],
-            schedule,
-            t_eps=meta["t_eps"],
-            init_grid=init if isinstance(init, str) else torch.tensor(init, dtype=torch.float64),
-            theory=meta.get("theory", True),
-            theory_solver=_theory_solver(meta.get("theory_solver", PAPER_THEORY)),
-        )
+        try:  # the metadata's types and ranges are checked; here, that they make a solver
+            solver = cls(
+                meta["nfe"],
+                schedule,
+                t_eps=meta["t_eps"],
+                init_grid=init
+                if isinstance(init, str)
+                else torch.tensor(init, dtype=torch.float64),
+                theory=meta.get("theory", True),
+                theory_solver=_theory_solver(meta.get("theory_solver", PAPER_THEORY)),
+            )
+        except ConfigError as err:
+            raise CorruptFileError(
+                f"{path}: its metadata (nfe, t_eps, init_grid, theory_solver) does not make a "
+                f"solver: {quote(str(err))}"
+            ) from None
         solver = solver.to(tensors["mu_logit"].dtype)
         try:
             solver.load_state_dict(tensors)

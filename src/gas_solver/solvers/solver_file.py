@@ -3,8 +3,9 @@ SHA-256 over both in its header) and a ``.json`` side-car for people.
 
 :meth:`GeneralizedSolver.save <gas_solver.solvers.generalized.GeneralizedSolver.save>` and
 ``load`` build on :func:`write_solver_file` and :func:`read_solver_file`; reading checks the format,
-the checksum, the required metadata and that every parameter is finite, with errors that name the
-file.
+the checksum, the metadata against :data:`METADATA_SCHEMA` (every field a reader uses, with its
+type and range), the parameters' names and shapes against the NFE, and that every parameter is
+finite, with errors that name the file (and the field).
 """
 
 from __future__ import annotations
@@ -19,14 +20,81 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 from torch import Tensor
 
-from ..errors import CheckpointMismatchError, MissingAssetError
-from ..runtime import atomic_write, json_safe, tensors_digest
+from ..errors import CheckpointMismatchError, CorruptFileError, MissingAssetError
+from ..outputs import atomic_write, json_safe
+from ..runtime import tensors_digest
+from ..schedules import GRID_KINDS
+from ..validation import (
+    BIG,
+    all_of,
+    anything,
+    boolean,
+    choice,
+    either,
+    integer,
+    list_of,
+    mapping,
+    nullable,
+    number,
+    parse_json,
+    quote,
+    rule,
+    text,
+    validate,
+)
 
 CHECKPOINT_FORMAT = "gas_solver.GeneralizedSolver/1"
 CHECKSUM_KEY = "gas_solver_sha256"
 """Safetensors metadata key of the SHA-256 over the metadata text and the tensors."""
 SOLVER_FILE = "solver.safetensors"
 """File name of a trained solver inside a training run folder (what ``gas-solver train`` writes)."""
+MAX_NFE = 100
+"""The most model calls a learned solver makes (as ``train --nfe`` allows)."""
+
+
+def parameter_shapes(nfe: int) -> dict[str, list[int]]:
+    """The name and shape of every parameter of a GS with ``nfe`` calls (its ``state_dict``)."""
+    coefficients = nfe * (nfe + 1) // 2
+    return {"mu_logit": [nfe - 1], "t_couple": [nfe], "a_hat": [coefficients],
+            "c_hat": [coefficients]}  # fmt: skip
+
+
+def _grid_fits_nfe(meta: dict[str, Any]) -> list[tuple[str, str]]:
+    grid = meta["init_grid"]
+    if isinstance(grid, list) and len(grid) != meta["nfe"] + 1:
+        return [("init_grid", f"must hold nfe + 1 = {meta['nfe'] + 1} times, got {len(grid)}")]
+    return []
+
+
+METADATA_SCHEMA = all_of(
+    mapping({
+        "format": choice(CHECKPOINT_FORMAT),
+        "nfe": integer(1, MAX_NFE),
+        "t_eps": number(0, 1, closed=False),
+        "schedule": mapping({"kind": text(64)}),
+        "init_grid": either(choice(*GRID_KINDS), list_of(number(0, 1), 2, MAX_NFE + 1)),
+        "model": mapping(),
+        "theory?": boolean,
+        "theory_solver?": text(200),
+        "model_source?": nullable(text(4096)),
+        "teacher?": nullable(mapping({
+            "path?": nullable(text(4096)), "seeds?": nullable(text()), "solver?": anything,
+            "sha256?": nullable(text(64)),
+        })),
+        "training?": mapping({  # readers do .get("training", {}).get(...): an object, not null
+            "iteration?": integer(0, BIG),
+            "config?": mapping({"loss?": nullable(text(64)), "adversarial?": anything}),
+        }),
+        "run?": nullable(mapping()),
+        "solver?": mapping(),
+    }),
+    rule(_grid_fits_nfe),
+)  # fmt: skip
+"""The metadata of ``solver.safetensors``: every field that :meth:`GeneralizedSolver.load
+<gas_solver.solvers.generalized.GeneralizedSolver.load>`, the commands (``sample``, ``compare``,
+``export``: model source, teacher seeds, training configuration) and :mod:`.resolve` read back,
+with its type and range. Other keys (a caller's extra metadata) are kept unchecked."""
+METADATA_MAX_BYTES = 4 << 20
 
 
 def write_solver_file(path: Path, meta: dict[str, Any], tensors: dict[str, Tensor]) -> Path:
@@ -58,10 +126,7 @@ def read_solver_file(path: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
     except (SafetensorError, OSError) as err:
         raise CheckpointMismatchError(f"{path} is not a readable safetensors file: {err}") from err
     text = header.get("gas_solver", "{}")
-    try:
-        meta = json.loads(text)
-    except json.JSONDecodeError:
-        meta = None
+    meta = parse_json(text, path, what="metadata", max_bytes=METADATA_MAX_BYTES)
     if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
         found = meta.get("format") if isinstance(meta, dict) else "unreadable"
         raise CheckpointMismatchError(
@@ -74,9 +139,15 @@ def read_solver_file(path: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
             f"{path} {why}: the file is corrupted (or was written by an older gas-solver); "
             "train the solver again"
         )
-    missing = sorted({"nfe", "t_eps", "schedule", "init_grid", "model"} - set(meta))
-    if missing:
-        raise CheckpointMismatchError(f"{path}: the solver metadata lacks {missing}")
+    validate(meta, METADATA_SCHEMA, path, "metadata")
+    shapes = {name: list(tensor.shape) for name, tensor in tensors.items()}
+    if shapes != parameter_shapes(meta["nfe"]) or not all(
+        tensor.is_floating_point() for tensor in tensors.values()
+    ):
+        raise CorruptFileError(
+            f"{path}: the parameters {quote(shapes)} are not those of a GS with "
+            f"nfe={meta['nfe']} ({quote(parameter_shapes(meta['nfe']))}, floating point)"
+        )
     for name, tensor in tensors.items():
         if not bool(torch.isfinite(tensor).all()):
             raise CheckpointMismatchError(

@@ -41,15 +41,13 @@ from tqdm.auto import tqdm
 
 from ..config import option, require
 from ..data.datasets import dataset_names, load_dataset
+from ..outputs import check_output, clear_earlier_run, folder_lock, write_files, write_json
 from ..runtime import (
     check_resumed_config,
-    folder_lock,
     load_checkpoint_file,
-    remove_outputs,
     resolve_device,
     run_metadata,
     save_checkpoint_file,
-    write_json,
 )
 from ..schedules import DiscreteVPSchedule, FlowSchedule, NoiseSchedule
 from .ema import EMA
@@ -102,6 +100,7 @@ class DenoiserConfig:
     resume: bool = option(False, "continue from OUT/checkpoint.pt")
 
     def validate(self) -> None:
+        check_output(self.out, "folder")
         require(len(self.widths) >= 2, "channels", "give at least two comma-separated widths")
         require(all(w % 8 == 0 for w in self.widths), "channels", "widths must be multiples of 8")
         for name in ("iterations", "batch_size", "layers_per_block", "save_every"):
@@ -194,14 +193,11 @@ def noisy_batch(
     return alpha * x0 + sigma * noise, schedule.timestep(t).float(), target
 
 
-MODEL_OUTPUTS = ("checkpoint.pt", "model", "snapshots", "training.json")
-
-
 def train_denoiser(config: DenoiserConfig, progress: bool = True) -> Path:
     """Train and save (the output folder locked); returns the pipeline folder ``OUT/model``."""
-    with folder_lock(config.out) as out:
+    with folder_lock(config.out, fresh=not config.resume) as out:
         if not config.resume:
-            remove_outputs(out, MODEL_OUTPUTS)
+            clear_earlier_run(out)
         return _train(config, out, progress)
 
 
@@ -250,7 +246,7 @@ def _train(config: DenoiserConfig, out: Path, progress: bool) -> Path:
         ema.copy_to(saved.parameters())
         for param in saved.parameters():  # (diffusers' own .to(dtype) warns about nothing here)
             param.data = param.data.to(getattr(torch, config.save_dtype))
-        DDPMPipeline(unet=saved, scheduler=scheduler).save_pretrained(folder)
+        write_files(folder, DDPMPipeline(unet=saved, scheduler=scheduler).save_pretrained)
 
     def save() -> Path:
         save_checkpoint_file(out / "checkpoint.pt", {

@@ -46,7 +46,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import CheckpointMismatchError, ConfigError, MissingAssetError
-from ..runtime import atomic_write, load_checkpoint_file
+from ..outputs import atomic_write
+from ..runtime import load_checkpoint_file
 
 LRELU_SLOPE = 0.2
 BASIS_SIZE = 4

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 
 from ..config import option, require
+from ..outputs import check_output
 from ..schedules import GRID_KINDS
 from .discriminator import PRESET_CHOICES
 from .feature_discriminator import FEATURE_PRESET
@@ -139,6 +140,7 @@ class TrainSettings:
 
     def validate(self) -> None:
         require(bool(self.teacher), "teacher", "a teacher set folder is required")
+        check_output(self.out, "folder")
         require(
             1 <= self.nfe <= MAX_GS_NFE, "nfe", f"must be from 1 to {MAX_GS_NFE}, got {self.nfe}"
         )

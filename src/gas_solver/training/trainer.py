@@ -46,6 +46,7 @@ import yaml
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ..data.teacher_format import short
 from ..data.teacher_set import TeacherSet
 from ..distributed import (
     all_mean,
@@ -62,17 +63,20 @@ from ..distributed import (
 from ..errors import CheckpointMismatchError, ConfigError, GasSolverError
 from ..images import makes_images, to_images
 from ..models.base import DiffusionModel
-from ..runtime import (
+from ..outputs import (
     append_line,
     atomic_write,
-    check_resumed_config,
+    clear_earlier_run,
     json_safe,
+    record_output,
+    write_json,
+)
+from ..runtime import (
+    check_resumed_config,
     load_checkpoint_file,
-    remove_outputs,
     resolve_device,
     run_metadata,
     save_checkpoint_file,
-    write_json,
 )
 from ..schedules import GRID_KINDS
 from ..solvers.generalized import SOLVER_FILE, GeneralizedSolver
@@ -101,10 +105,6 @@ log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
 TIME_PARAMETERS = ("mu_logit", "t_couple")
 """The solver parameters that ``--lr-times`` sets the learning rate of: where it calls the model."""
-TRAIN_OUTPUTS = (
-    CHECKPOINT, SOLVER_FILE, "solver.json", "metrics.jsonl", "summary.json", "config.yaml", "val",
-    "tensorboard", "snapshots",
-)  # fmt: skip
 
 
 class Trainer:
@@ -388,6 +388,7 @@ class Trainer:
             "start": self.start.describe(),
             "initial": self.initial,
             "initial_validation": self.initial_validation,
+            "teacher": self.teacher.provenance(),
         }
         if self.adversary is not None:
             state["adversary"] = self.adversary.state_dict()
@@ -409,6 +410,7 @@ class Trainer:
         check_resumed_config(
             state.get("config", {}), dataclasses.asdict(self.config), path, RESUME_MAY_CHANGE
         )
+        self._check_same_teacher(state.get("teacher"), path)
         if self.adversary is not None:
             saved = state["adversary"]["discriminator"]["architecture"]
             if saved != self.adversary.discriminator.arch.to_dict():
@@ -429,6 +431,29 @@ class Trainer:
             self._truncate_metrics(self.iteration)
         log.info("resumed from %s at iteration %d", path, self.iteration)
 
+    def _check_same_teacher(self, stored: dict[str, Any] | None, path: Path) -> None:
+        """Refuse to resume on a teacher set other than the checkpoint's: its record (path,
+        solver, seeds, :attr:`~gas_solver.data.teacher_set.TeacherSet.digest`) must match the
+        set given now. A checkpoint from before the record resumes unchecked."""
+        if not isinstance(stored, dict) or "sha256" not in stored:
+            log.info("%s records no teacher set digest; its teacher set is not checked", path)
+            return
+        given = self.teacher.provenance()
+        if stored["sha256"] == given["sha256"]:
+            return
+        changed = [
+            f"{key}: checkpoint {short(stored.get(key))}, now {short(given[key])}"
+            for key in ("path", "seeds", "solver")
+            if stored.get(key) != given[key]
+        ] or [
+            f"the shards' contents (sha256 {stored['sha256'][:12]}…, now {given['sha256'][:12]}…)"
+        ]
+        raise CheckpointMismatchError(
+            f"--resume: {path} was trained on another teacher set than {self.teacher.path} "
+            f"holds now ({'; '.join(changed)}); resume with the set it was trained on, or "
+            "train afresh without --resume"
+        )
+
     def save_solver(
         self, summary: dict[str, Any] | None = None, folder: Path | None = None
     ) -> Path:
@@ -438,11 +463,8 @@ class Trainer:
             metadata = {
                 "model": self.model.identity(),
                 "model_source": self.model.source,
-                "teacher": {  # seeds: evaluation must avoid them (compare checks)
-                    "path": str(self.teacher.path),
-                    "solver": self.teacher.manifest.get("solver"),
-                    "seeds": self.teacher.manifest.get("seeds"),
-                },
+                # seeds: evaluation must avoid them (compare checks); sha256: which data exactly
+                "teacher": self.teacher.provenance(),
                 "training": {
                     "iteration": self.iteration,
                     "config": dataclasses.asdict(self.config),
@@ -503,11 +525,12 @@ class Trainer:
             log.info("tensorboard is not installed; logging to metrics.jsonl only")
             return
         self._writer = SummaryWriter(str(self.out / "tensorboard"), purge_step=self.iteration + 1)
+        record_output(self.out / "tensorboard")  # the events file it opened
 
     # -- the loop -----------------------------------------------------------------------------
     def run(self, progress: bool = True) -> Path:
         """Train (resuming if asked) with the output folder locked; returns the solver's path."""
-        with main_lock(self.out):
+        with main_lock(self.out, fresh=not self.config.resume):
             return self._run(progress)
 
     def _run(self, progress: bool) -> Path:
@@ -516,7 +539,7 @@ class Trainer:
         if cfg.resume:
             self.load_checkpoint()
         elif is_main():  # a fresh run owns its folder: nothing of an earlier one passes as its own
-            remove_outputs(self.out, TRAIN_OUTPUTS)
+            clear_earlier_run(self.out)
             text = yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)
             atomic_write(self.out / "config.yaml", lambda tmp: tmp.write_text(text))
         self._open_tensorboard()
