@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from gas_solver.training.discriminators import FEATURE_PRESET
 from gas_solver.training.settings import R3GAN_BETAS
 
 GS_FLAGS = (
@@ -23,7 +24,7 @@ GS_FLAGS = (
 PAPER_START = ("--init-solver", "dpmpp3m", "--init-grid", "logsnr")
 """The start of the published tables before train's default became ``auto``."""
 DISCRIMINATOR_FLAGS = (
-    "--disc-preset", "model-features", "--disc-lr", "1e-4",
+    "--disc-preset", FEATURE_PRESET, "--disc-lr", "1e-4",
     "--disc-beta1", str(R3GAN_BETAS["disc_beta1"]), "--disc-beta2", str(R3GAN_BETAS["disc_beta2"]),
 )  # fmt: skip
 ADV_WEIGHT = "0.3"

@@ -89,7 +89,7 @@ def commands() -> dict[str, tuple[str, type | None, Action]]:
             sweep,
         ),
         "export": (
-            "export a trained solver: a diffusers scheduler folder or a k-diffusion sampler file",
+            "export a trained solver for another tool (the targets: see --format)",
             ExportConfig,
             run_export,
         ),

@@ -27,7 +27,7 @@ import os
 import re
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -77,8 +77,10 @@ def shorten(text: str, limit: int = EXCERPT) -> str:
     return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
 
 
-def option(default: Any, help: str, **kwargs: Any) -> Any:  # noqa: A002 - mirrors argparse
-    """A dataclass field with its help text."""
+def option(default: Any, help: str | Callable[[], str], **kwargs: Any) -> Any:  # noqa: A002
+    """A dataclass field with its help text (or a function giving it when the parser is built:
+    help read from a registry). ``choices`` may be a registry too (a dict: its keys, as they are
+    when the flags are parsed)."""
     return dataclasses.field(default=default, metadata={"help": help, **kwargs})
 
 
@@ -201,6 +203,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         kind = _base_type(hints[f.name])
         choices = f.metadata.get("choices")
         help_text = f.metadata.get("help", "")
+        help_text = help_text() if callable(help_text) else help_text
         if choices:
             help_text += f" ({' | '.join(map(str, choices))})"
         if f.default not in (None, ""):
@@ -218,10 +221,6 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
 def config_from_args(cls: type[C], args: argparse.Namespace) -> C:
     overrides = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(cls)}
     return load_config(cls, getattr(args, "config", None), overrides)
-
-
-def to_dict(config: Any) -> dict[str, Any]:
-    return dataclasses.asdict(config)
 
 
 def require(condition: bool, field: str, message: str) -> None:

@@ -465,6 +465,13 @@ def save_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> Path:
     return atomic_write(path, write)
 
 
+def cache_dir() -> Path:
+    """``$GAS_SOLVER_CACHE`` or ``~/.cache/gas-solver``: where cached reference statistics, the
+    ONNX Inception and cached samples live."""
+    root = os.environ.get("GAS_SOLVER_CACHE")
+    return Path(root).expanduser() if root else Path.home() / ".cache" / "gas-solver"
+
+
 def write_cache(path: str | os.PathLike, write: Callable[[Path], None], what: str) -> bool:
     """:func:`atomic_write` for a cache: a failure (a read-only or full cache folder) is a
     warning, never a failed command; returns whether the file was written."""

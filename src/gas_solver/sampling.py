@@ -117,7 +117,7 @@ def cond_to(cond: Any, device: torch.device) -> Any:
 def seed_cond_fn(model: DiffusionModel, prompts: str | None = None) -> CondFn | None:
     """The conditions of seeds: prompts from a file (one a line, seed s gets prompt s mod count)
     for text models, else the model's ``default_cond`` (class models: label = seed mod classes,
-    spec §3.4), else none (unconditional models)."""
+    paper App. D.2), else none (unconditional models)."""
     if prompts is not None:
         if not model.takes_prompts:
             model.prompt_cond_fn([])  # raises: "takes no text prompts", naming the model

@@ -1,4 +1,4 @@
-"""Seeds: EDM-style seed lists and per-seed noise (determinism by seed, DESIGN principle 4).
+"""Seeds: EDM-style seed lists and per-seed noise (determinism by seed).
 
 Every sample's initial noise comes from its own seed, drawn by its own CPU
 :class:`torch.Generator`, so a sample is the same whatever the batch size, the batch it falls in,

@@ -31,8 +31,8 @@ from ..models.loading import load_model
 from ..outputs import check_output, folder_lock, write_json, write_text
 from ..runtime import resolve_device, run_metadata
 from ..solvers.registry import DEFAULT_TEACHER
-from ..training.discriminator import PRESET_CHOICES
-from ..training.feature_discriminator import FEATURE_PRESET
+from ..training.discriminators import CHOICES as DISCRIMINATOR_CHOICES
+from ..training.discriminators import FEATURE_PRESET
 from ..training.settings import DISTANCES, R3GAN_BETAS
 from ..training.trainer import train
 from .teacher import TeacherConfig, make_teacher_set
@@ -80,7 +80,7 @@ class DemoConfig:
         "GAS discriminator: heads on the model's own UNet encoder (model-features, ~2x a GS "
         "iteration), or an R3GAN preset (the paper's r3gan-32 takes ~100 s per iteration on a "
         "2-core CPU, small ~3 s)",
-        choices=[*PRESET_CHOICES, FEATURE_PRESET],
+        choices=DISCRIMINATOR_CHOICES,
     )
     adv_weight: float = option(0.3, "GAS: weight of the adversarial term")
     disc_lr: float = option(

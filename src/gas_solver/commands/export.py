@@ -1,22 +1,25 @@
-"""``gas-solver export``: a trained solver → a diffusers scheduler folder or a k-diffusion file."""
+"""``gas-solver export``: a trained solver → a file or folder another tool reads.
+
+The formats are the targets of :data:`gas_solver.export.targets.EXPORT_TARGETS`; this command
+checks the output, loads the solver and its model, asks the target whether it can take them, and
+lets it write the solver's table.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 from typing import Any
 
-from ..config import option, require
+from ..config import excerpt, option, require
 from ..errors import ConfigError
-from ..export.k_diffusion import KDiffusionSolver
 from ..export.table import solver_table
-from ..models.diffusers import DiffusersUNetModel
-from ..models.diffusers_flow import DiffusersFlowModel
+from ..export.targets import EXPORT_TARGETS, outputs_help, targets_help
 from ..models.loading import load_model
-from ..outputs import check_output, clear_earlier_run, folder_lock, write_files
+from ..outputs import check_output
 from ..runtime import run_metadata
 from ..sampling import load_sampler
-
-FORMATS = ("diffusers", "k-diffusion")
+from ..solvers.registry import SolverSpec
+from ..solvers.resolve import resolve_solver
 
 
 @dataclasses.dataclass
@@ -24,24 +27,46 @@ class ExportConfig:
     """``gas-solver export``: a trained GS/GAS for use outside gas-solver."""
 
     solver: str = option("", "a trained solver: solver.safetensors or its training run folder")
-    format: str = option(
-        "diffusers", "diffusers (scheduler folder) or k-diffusion (JSON file)", choices=FORMATS
-    )
-    out: str = option("", "output: a folder (diffusers) or a .json file (k-diffusion)")
+    format: str = option("diffusers", targets_help, choices=EXPORT_TARGETS)
+    out: str = option("", outputs_help)
     model: str | None = option(None, "model name or path (default: the solver's own model)")
 
     def validate(self) -> None:
         require(bool(self.solver), "solver", "the trained solver to export is required")
         require(bool(self.out), "out", "an output path is required")
-        if self.format == "k-diffusion":
-            require(self.out.endswith(".json"), "out", "a k-diffusion solver is a .json file")
-        check_output(self.out, "folder" if self.format == "diffusers" else "file")
+        target = EXPORT_TARGETS.get(self.format)
+        require(
+            target is not None,
+            "format",
+            f"one of {', '.join(EXPORT_TARGETS)}, got {excerpt(self.format)}",
+        )
+        # a classic solver is not exported: the tools exported to have their own (diffusers'
+        # DPMSolverMultistepScheduler, k-diffusion's sample_dpmpp_2m, …). The type, not `kind`,
+        # tells it: a checkpoint's `kind` reads its file, which waits for the output check
+        require(
+            not isinstance(resolve_solver(self.solver), SolverSpec),
+            "solver",
+            f"{excerpt(self.solver)} is a classic solver; export takes a trained GS/GAS "
+            "(solver.safetensors or its training run folder): the tools exported to have "
+            "their own classic solvers",
+        )
+        if target.suffix:
+            require(
+                self.out.endswith(target.suffix),
+                "out",
+                f"a {target.name} export is a {target.suffix} file",
+            )
+        check_output(self.out, target.output_kind)
 
 
 def run_export(config: ExportConfig) -> str:
     """Write the export; returns the line to print."""
+    target = EXPORT_TARGETS[config.format]
     model = load_model(config.model, "cpu") if config.model else None
     model, solver, description = load_sampler(config.solver, model=model)
+    reason = target.supports(solver, model)
+    if reason is not None:
+        raise ConfigError(f"format: {reason}")
     meta = solver.metadata
     provenance: dict[str, Any] = {
         "solver": description["solver"],
@@ -52,36 +77,4 @@ def run_export(config: ExportConfig) -> str:
         "training_iterations": meta.get("training", {}).get("iteration"),
         "exported": run_metadata(),
     }
-    table = solver_table(solver, model, provenance)
-    kind = table.schedule.get("kind")
-    if config.format == "k-diffusion":
-        if kind == "flow":  # k-diffusion has no flow-matching denoiser convention
-            raise ConfigError(
-                "format: a k-diffusion file is for Karras denoisers D(x/alpha; sigma/alpha); a "
-                "solver of a flow-matching model exports with --format diffusers"
-            )
-        path = KDiffusionSolver.from_table(table).save(config.out)
-        return (
-            f"{path}: {description['solver'].upper()}-{solver.nfe}; in Python: "
-            f"sigmas, sampler = gas_solver.export.load_k_diffusion_solver({str(path)!r})"
-        )
-    if kind not in ("discrete_vp", "flow"):
-        raise ConfigError(
-            "format: a diffusers scheduler needs a diffusers model (discrete DDPM or flow-matching "
-            f"schedule); this solver's model has a {kind} schedule: use --format k-diffusion"
-        )
-    from ..export.diffusers_scheduler import GeneralizedSolverScheduler
-
-    conditional = (
-        isinstance(model, (DiffusersUNetModel, DiffusersFlowModel)) and model.conditioning != "none"
-    )
-    guidance = model.guidance_scale if conditional else None
-    scheduler = GeneralizedSolverScheduler.from_table(table, model.prediction_type, guidance)
-    with folder_lock(config.out, fresh=True) as out:  # the folder is replaced file by file
-        clear_earlier_run(out)
-        write_files(out, scheduler.save_pretrained)
-    return (
-        f"{config.out}: {description['solver'].upper()}-{solver.nfe} as a diffusers scheduler; "
-        f"pipe.scheduler = GeneralizedSolverScheduler.from_pretrained({config.out!r}), then call "
-        f"the pipeline with num_inference_steps={solver.nfe}"
-    )
+    return target.write(solver, model, solver_table(solver, model, provenance), config.out)

@@ -46,6 +46,8 @@ from ..schedules import GRID_KINDS
 from ..seeds import parse_seeds
 from ..solvers.generalized import SOLVER_FILE, load_metadata
 from ..solvers.registry import DEFAULT_TEACHER, parse_solver_spec
+from ..training.discriminators import CHOICES as DISCRIMINATOR_CHOICES
+from ..training.discriminators import FEATURE_PRESET
 from ..training.settings import R3GAN_BETAS
 from ..training.start import PAPER
 from ..training.trainer import train
@@ -128,7 +130,9 @@ class SweepConfig:
         f"{THEORY_SPEC} at that NFE, whose coefficients the row keeps)",
     )
     adv_weight: float = option(0.3, "gas: adversarial weight")
-    disc_preset: str = option("model-features", "gas: discriminator (see `train --help`)")
+    disc_preset: str = option(
+        FEATURE_PRESET, "gas: discriminator (see `train --help`)", choices=DISCRIMINATOR_CHOICES
+    )
     disc_lr: float = option(1e-4, "gas: discriminator learning rate")
     disc_warmup: int = option(100, "gas: iterations before the adversarial loss starts")
     gas_iterations: int = option(

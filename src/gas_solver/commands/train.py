@@ -9,7 +9,7 @@ from ..data.teacher_set import TeacherSet
 from ..errors import ConfigError
 from ..models.loading import load_model
 from ..runtime import resolve_device
-from ..training.discriminator import image_shape
+from ..training.discriminators import discriminator_class
 from ..training.settings import TrainSettings
 from ..training.trainer import train
 
@@ -24,7 +24,7 @@ def run_train(config: TrainConfig, progress: bool = True) -> Path:
     """Open the teacher set, load its model (or ``config.model``), train; returns the solver."""
     teacher = TeacherSet(config.teacher)
     if config.loss == "gas":  # fail before loading the model
-        image_shape(teacher.sample_shape)
+        discriminator_class(config.disc_preset).check_samples(teacher.sample_shape)
     source = config.model or teacher.model_source
     if not source:
         raise ConfigError("model: the teacher set does not name its model; pass --model")

@@ -2,7 +2,7 @@
 
 :func:`generate_teacher_set` runs a (classic, many-step) solver on the noise of every seed and
 writes the results to a directory (format: :mod:`.teacher_format`); :class:`.TeacherSet` reads it
-back. The protocol follows the paper (spec §3.3–3.4): teacher seeds 0–49999 by default (evaluation
+back. The protocol follows the paper (App. D.2, D.4): teacher seeds 0–49999 by default (evaluation
 uses 50000+).
 
 Shards and the manifest are written atomically and the manifest is rewritten after every shard, so

@@ -5,7 +5,7 @@ Reading trusts nothing. When the set is opened, the manifest is validated
 (every field's rows, per-item shape and dtype) and their stored seeds, before anything is
 allocated. Once, before the first tensor is read, every shard's size and sha256 are checked and
 its floating-point tensors are checked for NaN and infinity (:meth:`TeacherSet.verify`). The protocol follows the paper
-(spec §3.3–3.4): training on the *first* ``train_size`` items and validation on the *last*
+(paper App. D.2, D.4): training on the *first* ``train_size`` items and validation on the *last*
 ``val_size`` (:meth:`TeacherSet.split`).
 """
 
@@ -166,7 +166,7 @@ class TeacherSet:
     def split(self, train_size: int, val_size: int) -> tuple[Tensor, Tensor]:
         """Item indices ``(train, val)``: the first ``train_size`` and the last ``val_size``.
 
-        As in the paper's code (spec §3.3), training uses the head of the set and validation its
+        As in the paper's code (its ``training.py``), training uses the head of the set and validation its
         tail, so a set made with more seeds keeps the same validation items only if it has the
         same length. Both are ``int64`` tensors in increasing order.
 

@@ -23,7 +23,7 @@ Solvers are listed in one string separated by ``;`` (:data:`SOLVER_SEPARATOR`), 
 specs contain commas: ``"unipc:nfe=4;dpmpp:nfe=4,order=2;runs/train/solver.safetensors"``.
 
 **Latent models** (LDM, SD: ``model.is_latent``) sample latents, and each space is used where the
-paper uses it (spec §3.1, §3.4–3.5):
+paper uses it (paper §3.2 and App. D.2, D.4):
 
 * FID, the pictures (grids, ``comparison.png``) and ``fid --solver`` use the **decoded images**
   in [−1, 1] (:func:`gas_solver.images.image_batches`: decoded in batches, streamed to the

@@ -31,8 +31,8 @@ from torch import Tensor
 
 from ..distributed import is_main
 from ..errors import GasSolverError
-from ..metrics.fid import FIDStatistics, cache_dir, load_statistics
-from ..outputs import write_cache
+from ..metrics.fid import FIDStatistics, load_statistics
+from ..outputs import cache_dir, write_cache
 from ..runtime import tensors_digest
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """Evaluation seeds against teacher seeds.
 
-**Seeds** (DESIGN principle 4): evaluation seeds must not overlap the seeds of the teacher set a
+**Seeds** (determinism by seed, :mod:`gas_solver.seeds`): evaluation seeds must not overlap the seeds of the teacher set a
 solver learnt from, or it is scored on its own training noise. :func:`compare` checks the seeds
 of ``teacher_set`` (when given) and of the teacher set each GS/GAS checkpoint records, and
 refuses an overlap with a :class:`~gas_solver.errors.ConfigError` unless
@@ -78,7 +78,7 @@ def check_seed_overlap(
     teacher_seeds: Sequence[tuple[str, Sequence[int]]],
     allow: bool = False,
 ) -> None:
-    """Refuse evaluation seeds shared with a teacher set (DESIGN principle 4).
+    """Refuse evaluation seeds shared with a teacher set (:mod:`gas_solver.seeds`).
 
     A solver scored on the noise it was trained on looks better than it is, so this raises
     unless ``allow``, in which case it logs a warning per overlapping set.

@@ -1,6 +1,8 @@
 """Trained solvers for other tools: a diffusers scheduler and a k-diffusion-style sampler.
 
-Both are built from :class:`~gas_solver.export.table.SolverTable`, the trained GS as numbers.
+Both are built from :class:`~gas_solver.export.table.SolverTable`, the trained GS as numbers,
+and written by ``gas-solver export`` through their entries in
+:data:`~gas_solver.export.targets.EXPORT_TARGETS` (add one there for another format).
 The diffusers part imports diffusers, so it is loaded on first use.
 """
 
@@ -10,6 +12,7 @@ from typing import Any
 
 from .k_diffusion import KDiffusionSolver, load_k_diffusion_solver, sample_gs
 from .table import SolverTable, solver_table
+from .targets import EXPORT_TARGETS, ExportTarget
 
 _DIFFUSERS = ("GeneralizedSolverScheduler", "use_in_pipeline")
 
@@ -23,6 +26,8 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "EXPORT_TARGETS",
+    "ExportTarget",
     "GeneralizedSolverScheduler",
     "KDiffusionSolver",
     "SolverTable",

@@ -32,7 +32,7 @@ from torch import Tensor
 
 from ..distributed import all_gather, all_sum, is_main, world_size
 from ..errors import ConfigError, MissingAssetError
-from ..outputs import atomic_write, write_cache
+from ..outputs import atomic_write, cache_dir, write_cache
 from ..runtime import reading
 from .inception import (
     INCEPTION_SHA1,
@@ -45,7 +45,6 @@ from .inception import (
 
 __all__ = [
     "FIDStatistics",
-    "cache_dir",
     "compute_fid",
     "compute_statistics",
     "frechet_distance",
@@ -267,12 +266,6 @@ def load_statistics(
         device=device,
         progress=progress,
     )
-
-
-def cache_dir() -> Path:
-    """``$GAS_SOLVER_CACHE`` or ``~/.cache/gas-solver``: where cached reference statistics live."""
-    root = os.environ.get("GAS_SOLVER_CACHE")
-    return Path(root).expanduser() if root else Path.home() / ".cache" / "gas-solver"
 
 
 def reference_statistics(

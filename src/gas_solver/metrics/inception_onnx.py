@@ -19,8 +19,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ..outputs import atomic_write
-from .fid import cache_dir
+from ..outputs import atomic_write, cache_dir
 
 logger = logging.getLogger(__name__)
 

@@ -78,13 +78,20 @@ class DiffusionModel(nn.Module):
         nfe: number of network evaluations since construction or :meth:`reset_nfe`.
         source: the name or path the model was loaded from (``None`` if built in code); teacher
             sets and checkpoints record it so later commands load the same model.
+        conditioning: what the network is conditioned on: ``none`` (the default), ``class``,
+            ``text`` or ``class+text``; conditional adapters set it.
+        guidance_scale: the classifier-free guidance scale the model applies itself (``None``:
+            none built in, the default); exports record it for conditional models.
 
     The rest of the contract has defaults that adapters override: :attr:`is_latent` and
     :meth:`decode` (latent models), :meth:`default_cond` (the conditions of seeds),
-    :attr:`takes_prompts` and :meth:`prompt_cond_fn` (text models), :attr:`device`.
+    :attr:`takes_prompts` and :meth:`prompt_cond_fn` (text models), :meth:`feature_encoder`
+    (features of the network's encoder), :attr:`device`.
     """
 
     source: str | None = None
+    conditioning: str = "none"
+    guidance_scale: float | None = None
 
     def __init__(
         self,
@@ -153,6 +160,16 @@ class DiffusionModel(nn.Module):
             f"prompts: the model {self.source or type(self).__name__} takes no text prompts; "
             "leave --prompts out"
         )
+
+    def feature_encoder(self) -> nn.Module | None:
+        """The frozen network's encoder as features, or ``None`` (the default: no features).
+
+        A module ``encoder(x, timestep) → [h_1, …, h_L]``: feature maps ``(B, C_l, H_l, W_l)`` of
+        samples ``x: (B, *sample_shape)`` at the network timestep ``timestep: (1,)``
+        (``schedule.timestep(t)``), differentiable twice in ``x``, with ``encoder.widths`` the
+        ``C_l``. The ``model-features`` discriminator and distillation distance read it.
+        """
+        return None
 
     @property
     def device(self) -> torch.device:

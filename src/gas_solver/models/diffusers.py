@@ -68,6 +68,7 @@ from .diffusers_flow import (
     is_flow_pipeline_folder,
     load_diffusers_flow_model,
 )
+from .unet_encoder import UNetEncoder
 
 UNET_CLASSES = ("UNet2DModel", "UNet2DConditionModel")
 VAE_FOLDERS = ("vae", "vqvae")
@@ -309,6 +310,14 @@ class DiffusersUNetModel(DiffusionModel):
         latents = encoded.latent_dist.mean if hasattr(encoded, "latent_dist") else encoded.latents
         return latents * self.scaling_factor
 
+    # -- features ---------------------------------------------------------------------------------
+    def feature_encoder(self) -> nn.Module | None:
+        """The encoder of an unconditional ``UNet2DModel`` (:class:`.unet_encoder.UNetEncoder`);
+        ``None`` for conditional UNets."""
+        if type(self.unet).__name__ != "UNet2DModel" or self.unet.class_embedding is not None:
+            return None
+        return UNetEncoder(self.unet)
+
     # -- bookkeeping ------------------------------------------------------------------------------
     def reset_nfe(self) -> None:
         super().reset_nfe()
@@ -454,11 +463,6 @@ def load_diffusers_model(
         unet, scheduler, vae, text_encoder, tokenizer,
         guidance_scale=guidance_scale, null_class=null_class, fingerprint=_fingerprint(*weights),
     )  # fmt: skip
-
-
-def load_diffusers_unet(folder: str | Path) -> DiffusersUNetModel:
-    """The former loader name; see :func:`load_diffusers_model`."""
-    return load_diffusers_model(folder)
 
 
 def _class_name(config_path: Path, default: str, key: str = "_class_name") -> str:

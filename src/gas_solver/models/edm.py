@@ -13,7 +13,7 @@ Model sources accepted by :func:`~gas_solver.models.loading.load_model`:
 Both give the same :meth:`EDMModel.identity` (the weights hash is over the tensors, not the file),
 so a solver trained on one loads with the other.
 
-**The VP wrapper** (spec §1; Karras et al. 2022, eq. 4 with s = α). The denoiser ``D(x̃; σ̃)`` works
+**The VP wrapper** (Karras et al. 2022, eq. 4 with s = α; the authors' ``EDMModel``). The denoiser ``D(x̃; σ̃)`` works
 in EDM's variables ``x̃ = x/α``, ``σ̃ = σ/α``. On the linear VP schedule
 ``log α(t) = −¼ β_d t² − ½ β_min t`` (β₀ = β_min, β₁ = β_min + β_d) the model's native output is
 
@@ -81,7 +81,7 @@ class EDMModel(DiffusionModel):
         self.network = network or type(net).__name__
 
     def network_output(self, x: Tensor, t: Tensor, cond: Any = None) -> Tensor:
-        """``D(x/α(t); σ̃(t))`` with ``σ̃(t) = √(expm1(−2 log α(t)))``, i.e. spec §1's
+        """``D(x/α(t); σ̃(t))`` with ``σ̃(t) = √(expm1(−2 log α(t)))``, i.e. the authors'
         ``√(exp(½β_d t² + β_min t) − 1)``, computed without cancellation at small t."""
         log_alpha = self.schedule.log_alpha(t)
         edm_sigma = torch.sqrt(torch.expm1(-2.0 * log_alpha))
@@ -93,7 +93,7 @@ class EDMModel(DiffusionModel):
         return out.to(x.dtype)
 
     def default_cond(self, seeds: Tensor) -> Tensor | None:
-        """The paper's conditions for seeds (spec §3.4): ``label = seed mod label_dim``; ``None``
+        """The paper's conditions for seeds (paper App. D.2): ``label = seed mod label_dim``; ``None``
         for unconditional models."""
         if not self.label_dim:
             return None
@@ -142,7 +142,7 @@ def vp_betas(
 ) -> tuple[float, float]:
     """``(β_min, β_d)`` of the linear VP schedule fitted to a denoiser's noise range.
 
-    GAS ``EDMModel.setup_net_params`` (spec §1), after EDM ``generate.py``'s ablation sampler:
+    GAS ``EDMModel.setup_net_params``, after EDM ``generate.py``'s ablation sampler:
     with the default VP σ(t) = √(exp(½·19.9 t² + 0.1 t) − 1), take
     ``σ_lo = max(σ(t_eps), sigma_min)`` and ``σ_hi = min(σ(1), sigma_max)``, then solve
     ``σ(t_eps) = σ_lo``, ``σ(1) = σ_hi`` for the line: ``β_d = 2(log(σ_lo²+1)/t_eps −

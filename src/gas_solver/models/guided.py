@@ -4,7 +4,7 @@
 
     out = out_u + s (out_c − out_u),   out_c = model(x, t, cond),   out_u = model(x, t, null_cond)
 
-(Ho & Salimans 2022, with the GAS paper's convention ``s = 1``: no guidance; spec §1), the two
+(Ho & Salimans 2022, with the GAS paper's convention ``s = 1``: no guidance), the two
 halves run as one batch of 2B ordered ``[unconditional, conditional]`` as diffusers' pipelines do,
 and counted as one NFE. It is applied to the model's native prediction (ε, x₀, v or a flow
 velocity): each is affine in the others with coefficients that do not depend on the condition, and

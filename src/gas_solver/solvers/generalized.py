@@ -2,7 +2,7 @@
 
 GS is DPM-Solver++(3M) (multistep, data prediction, third order up to and including the last step,
 no lower-order final) plus three learned parameter sets, all zero-initialised so that an untrained
-GS *is* DPM-Solver++(3M) on its initial grid (spec ``method-and-results.md`` §2, paper eq. 12–14,
+GS *is* DPM-Solver++(3M) on its initial grid (paper eq. 12–14,
 App. D.3):
 
 * ``mu_logit`` θ ``(N−1,)``: the timesteps, through a stick-breaking map (§2.3),
@@ -10,7 +10,7 @@ App. D.3):
   whole history of states ``y_j`` and data predictions ``D_j`` (§2.2),
 * ``t_couple`` ξ ``(N,)``: offsets of the times at which the network is queried (§2.4).
 
-Notation (spec §2.2). States ``y_0 = noise`` at ``t_0 = 1``, …, ``y_N`` (the output) at
+Notation (paper eq. 12–14; the authors' ``generalized_solver.py``). States ``y_0 = noise`` at ``t_0 = 1``, …, ``y_N`` (the output) at
 ``t_N = t_eps``; ``D_k`` is the data prediction at ``y_k``, for ``k = 0 … N−1`` (N network calls,
 none at ``t_N``). For the step ``k = 1 … N`` from ``t_{k−1}`` to ``t_k``:
 ``h_k = λ(t_k) − λ(t_{k−1}) > 0``, ``A_k = σ(t_k)/σ(t_{k−1})``, ``φ1 = expm1(−h_k)``,
@@ -26,7 +26,7 @@ none at ``t_N``). For the step ``k = 1 … N`` from ``t_{k−1}`` to ``t_k``:
   + Σ_{i=4..k} ĉ_i D_{k−i} + Σ_{i=2..k} â_i y_{k−i}``.
 
 Step ``k`` thus uses exactly ``k`` â's and ``k`` ĉ's: ``N(N+1)`` coefficient scalars in all, plus
-``N−1`` logits and ``N`` offsets (spec §2.5).
+``N−1`` logits and ``N`` offsets (the authors' initialisation in ``gs_wrapper.py``).
 
 **Theoretical guidance** (the paper's Table 5): by default A, B, φ2, φ3, r0, r1 are recomputed
 from the current timesteps, so the corrections stay small corrections of a consistent method as
@@ -80,7 +80,7 @@ MU_EPS = 1e-5
 
 
 def grid_from_logits(mu_logit: Tensor, t_eps: float, t_max: float = 1.0) -> Tensor:
-    """The stick-breaking map (spec §2.3, the official code's orientation): logits → time grid.
+    """The stick-breaking map (the authors' ``gs_wrapper.py::get_mu_t_steps``, in its orientation): logits → time grid.
 
     ``μ_j = 1e-5 + (1 − 2e-5)·sigmoid(θ_j)``, ``P_j = Π_{i≤j} μ_i`` and the ``j``-th *smallest*
     interior time is ``s_j = t_eps + (t_max − t_eps)(1 − P_j)``, ``j = 1 … N−1``. The grid is
@@ -140,7 +140,7 @@ def step_weights(
 ) -> tuple[list[Tensor], list[Tensor]]:
     """The effective coefficients of step ``k``: ``y_k = Σ_j w_j y_j + Σ_j v_j D_j``, j = 0 … k−1.
 
-    DPM-Solver++(3M) (spec §2.2) with the additive corrections, expanded over the history. With
+    DPM-Solver++(3M) (paper eq. 12–14) with the additive corrections, expanded over the history. With
     ``φ1 = expm1(−h_k)``, ``A = σ(t_k)/σ(t_{k−1})``, ``B = α(t_k) φ1`` and "i steps back" indexing:
 
     * all k: ``w_{k−1} = A + â_1``, ``v_{k−1} = −(B + ĉ_1)``, ``w_{k−i} = â_i`` (i ≥ 2);
@@ -184,7 +184,7 @@ def step_weights(
 
 
 class GeneralizedSolver(nn.Module):
-    """The Generalized Solver with ``N = nfe`` network calls (spec §2).
+    """The Generalized Solver with ``N = nfe`` network calls (paper §3, eq. 12–14).
 
     Parameters (all learned; names as in the official code where one exists):
 
@@ -416,7 +416,7 @@ class GeneralizedSolver(nn.Module):
         """Integrate from ``noise`` at ``t_max`` to ``t_eps`` with exactly ``N`` network calls.
 
         ``D_k = (y_k − σ(t_k)·ε̂(y_k, τ_k)) / α(t_k)``, ``τ_k = t_k + ξ_k``: the network sees the
-        shifted time, the conversion to a data prediction uses the grid time (spec §2.4). With
+        shifted time, the conversion to a data prediction uses the grid time (the authors' ``generalized_solver.py::model_fn``). With
         ``ε̂ = (y − α(τ)·D̂)/σ(τ)`` this is computed as ``c_y·y_k + c_D·D̂(y_k, τ_k)``,
         ``c_y = (1 − σ(t_k)/σ(τ_k))/α(t_k)``, ``c_D = σ(t_k)α(τ_k)/(σ(τ_k)α(t_k))``: the same value,
         without the cancellation of ``y − σ·ε̂`` where α is small (a flow model's first step).

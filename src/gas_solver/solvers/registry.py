@@ -347,7 +347,7 @@ def parse_solver_spec(text: str, **defaults: Any) -> SolverSpec:
 DEFAULT_TEACHER = "unipc:nfe=20,order=3,variant=bh1,grid=logsnr"
 """The paper's teacher solver: UniPC-3 (variant bh1), 20 model calls, logSNR grid."""
 PIXEL_TEACHER_T_EPS = 1e-4
-"""Teacher t_eps for continuous-time pixel (EDM) models, as in the paper (spec §1, Table 17)."""
+"""Teacher t_eps for continuous-time pixel (EDM) models, as in the paper (App. D.2, Table 17)."""
 
 
 def teacher_spec(text: str, model: DiffusionModel) -> SolverSpec:

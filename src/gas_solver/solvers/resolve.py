@@ -55,7 +55,7 @@ class TrainedSolver:
     def kind(self) -> str:
         """``gs`` or ``gas``: how it was trained (its training configuration's loss)."""
         training = self.metadata.get("training", {}).get("config", {})
-        return "gas" if training.get("loss") == "gas" or training.get("adversarial") else "gs"
+        return "gas" if training.get("loss") == "gas" else "gs"
 
     @property
     def nfe(self) -> int:

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from ..distributed import all_mean, average_gradients
 from ..errors import GasSolverError
-from .discriminator import Discriminator
+from .gas_discriminator import GasDiscriminator
 
 
 class NonFiniteLossError(GasSolverError, FloatingPointError):
@@ -45,7 +45,7 @@ def relativistic_loss(first: Tensor, second: Tensor) -> Tensor:
     return F.softplus(second - first)
 
 
-def logits_and_penalty(disc: Discriminator, x: Tensor) -> tuple[Tensor, Tensor]:
+def logits_and_penalty(disc: GasDiscriminator, x: Tensor) -> tuple[Tensor, Tensor]:
     """``D(x)`` and the zero-centred gradient penalty ``‖∇_x D(x)‖²`` per sample, both ``(B,)``.
 
     The penalty keeps its graph (double backward), so it can be minimised. Each sample's logit
@@ -61,8 +61,8 @@ class Adversary:
     """The discriminator, its optimizer, and the two GAS loss terms.
 
     Args:
-        discriminator: an R3GAN :class:`~gas_solver.training.discriminator.Discriminator`, already
-            on its device.
+        discriminator: any :class:`~gas_solver.training.gas_discriminator.GasDiscriminator`
+            (R3GAN, model features, …), already on its device.
         lr: Adam learning rate of the discriminator (paper: 1e-5).
         r1_gamma: γ of ``γ/2·(R1 + R2)`` (paper: 0.2).
         betas: Adam betas (paper: (0.9, 0.999)).
@@ -70,7 +70,7 @@ class Adversary:
 
     def __init__(
         self,
-        discriminator: Discriminator,
+        discriminator: GasDiscriminator,
         lr: float = 1e-5,
         r1_gamma: float = 0.2,
         betas: tuple[float, float] = (0.9, 0.999),

@@ -38,7 +38,7 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -48,6 +48,11 @@ from torch import Tensor, nn
 from ..errors import CheckpointMismatchError, ConfigError, MissingAssetError
 from ..outputs import atomic_write
 from ..runtime import load_checkpoint_file
+from .gas_discriminator import GasDiscriminator
+
+if TYPE_CHECKING:
+    from ..models.base import DiffusionModel
+    from .settings import TrainSettings
 
 LRELU_SLOPE = 0.2
 BASIS_SIZE = 4
@@ -144,7 +149,7 @@ def _r3gan_32(resolution: int, in_channels: int) -> DiscriminatorArch:
 
 
 def _r3gan_64(resolution: int, in_channels: int) -> DiscriminatorArch:
-    # R3GAN FFHQ-64, the paper's latent discriminator (spec §3.2).
+    # R3GAN FFHQ-64, the paper's latent discriminator (eq. 10, 11, 22).
     return DiscriminatorArch(
         resolution, in_channels, (384, 768, 768, 768, 768), (48, 96, 96, 96, 96), (2,) * 5
     )
@@ -154,8 +159,12 @@ def _r3gan_64(resolution: int, in_channels: int) -> DiscriminatorArch:
 PRESETS: dict[str, tuple[int | None, Any, str]] = {
     "r3gan-32": (32, _r3gan_32, "R3GAN CIFAR-10 architecture, 32×32 (4 stages of 768, ~21M)"),
     "r3gan-64": (64, _r3gan_64, "R3GAN FFHQ-64 architecture, 64×64: the paper's latent D (~22M)"),
-    "small": (None, lambda r, c: _uniform(r, c, 128, 16, 1), "128 wide, 1 block/stage, any size"),
-    "tiny": (None, lambda r, c: _uniform(r, c, 16, 4, 1), "16 wide, 1 block/stage (tests)"),
+    "small": (
+        None,
+        lambda r, c: _uniform(r, c, 128, 16, 1),
+        "R3GAN, 128 wide, 1 block/stage, any size",
+    ),
+    "tiny": (None, lambda r, c: _uniform(r, c, 16, 4, 1), "R3GAN, 16 wide, 1 block/stage (tests)"),
 }
 PRESET_CHOICES = ["auto", *PRESETS]
 
@@ -263,7 +272,7 @@ class Transition(nn.Module):
         return x if self.conv is None else self.conv(x)
 
 
-class Discriminator(nn.Module):
+class Discriminator(GasDiscriminator):
     """R3GAN discriminator: ``(B, C, R, R)`` images or latents → ``(B,)`` logits.
 
     Args:
@@ -271,12 +280,25 @@ class Discriminator(nn.Module):
         seed: seed of the initial weights (the global RNG is not touched).
     """
 
+    takes_checkpoint = True
+
     def __init__(self, arch: DiscriminatorArch, seed: int = 0) -> None:
         super().__init__()
         self.arch = arch
         with torch.random.fork_rng(devices=[]):  # torch's default init must not move the global RNG
             self._build(arch)
         self.reset_parameters(seed)
+
+    @classmethod
+    def check_samples(cls, sample_shape: Sequence[int]) -> None:
+        image_shape(sample_shape)
+
+    @classmethod
+    def from_settings(cls, settings: TrainSettings, model: DiffusionModel) -> Discriminator:
+        """Preset ``settings.disc_preset``, or the file ``settings.disc_checkpoint``."""
+        return build_discriminator(
+            model.sample_shape, settings.disc_preset, settings.disc_checkpoint, seed=settings.seed
+        )
 
     def _build(self, arch: DiscriminatorArch) -> None:
         w = arch.widths
@@ -334,10 +356,6 @@ class Discriminator(nn.Module):
         return self.head(self.basis(x).flatten(1)).sum(1)
 
     # -- persistence ------------------------------------------------------------------------------
-    def to_checkpoint(self) -> dict[str, Any]:
-        """``{"architecture": …, "state": …}``: what a trainer checkpoint stores."""
-        return {"architecture": self.arch.to_dict(), "state": self.state_dict()}
-
     def save(self, path: str | Path) -> Path:
         """Write the weights as safetensors, with the architecture in the file's metadata."""
         from safetensors.torch import save

@@ -1,7 +1,7 @@
 """Exponential moving average of parameters, with the warm-up the GAS code uses.
 
 At the n-th update (n = 1, 2, …) the decay is ``min(decay, (1 + n) / (10 + n))`` (torch-ema's
-``use_num_updates=True``, which GAS relies on, spec §3.3), then ``shadow ← d·shadow + (1 − d)·param``.
+``use_num_updates=True``, which the authors' GAS training relies on), then ``shadow ← d·shadow + (1 − d)·param``.
 """
 
 from __future__ import annotations

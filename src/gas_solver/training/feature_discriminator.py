@@ -3,11 +3,12 @@
 After latent adversarial diffusion distillation (Sauer et al. 2024, LADD): instead of a separate
 network trained from scratch, the discriminator reads the encoder half of the frozen denoiser —
 features that already know the data — and trains only small heads. Here the samples are the
-solver's outputs at ``t_eps``, so the UNet encoder is run on them as they are, at the timestep of
+solver's outputs at ``t_eps``, so the encoder is run on them as they are, at the timestep of
 ``t_eps`` (no noise is added, so the logits are deterministic and R1/R2 apply unchanged):
 
-* features ``h_l``: the output of every down block and of the mid block of a diffusers
-  ``UNet2DModel`` (its weights frozen; gradients flow to the input);
+* features ``h_l``: the model's :meth:`~gas_solver.models.base.DiffusionModel.feature_encoder`
+  (for a diffusers ``UNet2DModel``: the output of every down block and of the mid block; its
+  weights frozen, gradients flow to the input);
 * a head per level: ``1×1 conv (C_l → hidden) → leaky ReLU 0.2 → 4×4 average pool → linear → 1``;
 * the logit is the sum over levels.
 
@@ -19,16 +20,20 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..errors import ConfigError
 from ..models.base import DiffusionModel
-from ..models.diffusers import DiffusersUNetModel
+from .discriminator import image_shape
+from .gas_discriminator import GasDiscriminator
+
+if TYPE_CHECKING:
+    from .settings import TrainSettings
 
 POOL = 4
 FEATURE_PRESET = "model-features"
@@ -51,19 +56,20 @@ class FeatureDiscriminatorArch:
         }
 
 
-def feature_unet(model: DiffusionModel, use: str) -> nn.Module:
-    """The unconditional diffusers ``UNet2DModel`` of ``model``, whose encoder ``use`` reads.
+def feature_encoder(model: DiffusionModel, use: str) -> nn.Module:
+    """``model``'s :meth:`~gas_solver.models.base.DiffusionModel.feature_encoder`, which ``use``
+    reads.
 
     Raises:
-        ConfigError: ``model`` has no such UNet.
+        ConfigError: ``model`` has none.
     """
-    unet = model.unet if isinstance(model, DiffusersUNetModel) else None
-    if type(unet).__name__ != "UNet2DModel" or unet.class_embedding is not None:
+    encoder = model.feature_encoder()
+    if encoder is None:
         raise ConfigError(
-            f"{use} reads the encoder of an unconditional diffusers UNet2DModel; this model has "
-            "none"
+            f"{use} reads the model's encoder features (e.g. an unconditional diffusers "
+            "UNet2DModel's); this model has none"
         )
-    return unet
+    return encoder
 
 
 def last_timestep(model: DiffusionModel) -> Tensor:
@@ -73,37 +79,24 @@ def last_timestep(model: DiffusionModel) -> Tensor:
     return model.schedule.timestep(t_eps).float().reshape(1)
 
 
-def encoder_features(unet: nn.Module, x: Tensor, timestep: Tensor) -> list[Tensor]:
-    """The activations of every down block and of the mid block of ``unet`` on ``x`` at
-    ``timestep`` ``(1,)``; differentiable in ``x`` (twice: the math attention kernel)."""
-    timesteps = timestep.to(x.device).expand(x.shape[0])
-    emb = unet.time_embedding(unet.time_proj(timesteps).to(x.dtype))
-    h, feats = unet.conv_in(x), []
-    # R1/R2 differentiate twice; only the math attention kernel has a double backward
-    with sdpa_kernel(SDPBackend.MATH):
-        for block in unet.down_blocks:
-            h, _ = block(hidden_states=h, temb=emb)
-            feats.append(h)
-        feats.append(unet.mid_block(h, emb))
-    return feats
-
-
-class FeatureDiscriminator(nn.Module):
-    """Heads on the frozen UNet encoder of ``model``: ``(B, C, H, W)`` samples → ``(B,)`` logits.
+class FeatureDiscriminator(GasDiscriminator):
+    """Heads on the frozen encoder of ``model``: ``(B, C, H, W)`` samples → ``(B,)`` logits.
 
     Args:
-        model: a diffusers ``UNet2DModel``-backed model (``DiffusersUNetModel``), unconditional.
+        model: a model with a :meth:`~gas_solver.models.base.DiffusionModel.feature_encoder`
+            (an unconditional diffusers ``UNet2DModel``).
         hidden: channels of each head.
         seed: seed of the heads' initial weights (the global RNG is not touched).
     """
 
     def __init__(self, model: DiffusionModel, hidden: int = 32, seed: int = 0) -> None:
         super().__init__()
-        unet = feature_unet(model, "disc_preset 'model-features' (use an R3GAN preset instead)")
-        self._model = (model,)  # outside the module tree: frozen, not saved, not optimised
+        encoder = feature_encoder(
+            model, "disc_preset 'model-features' (use an R3GAN preset instead)"
+        )
+        self._encoder = (encoder,)  # outside the module tree: frozen, not saved, not optimised
         self.register_buffer("timestep", last_timestep(model), persistent=False)
-        widths = tuple(int(b.resnets[-1].out_channels) for b in unet.down_blocks)
-        widths += (int(unet.mid_block.resnets[-1].out_channels),)
+        widths = tuple(encoder.widths)
         self.arch = FeatureDiscriminatorArch(
             widths, hidden, str(model.identity().get("weights", ""))
         )
@@ -123,9 +116,17 @@ class FeatureDiscriminator(nn.Module):
                     )
                     layer.bias.zero_()
 
+    @classmethod
+    def check_samples(cls, sample_shape: Sequence[int]) -> None:
+        image_shape(sample_shape)
+
+    @classmethod
+    def from_settings(cls, settings: TrainSettings, model: DiffusionModel) -> FeatureDiscriminator:
+        return cls(model, seed=settings.seed)
+
     def features(self, x: Tensor) -> list[Tensor]:
-        """The frozen encoder's activations of every down block and the mid block."""
-        return encoder_features(self._model[0].unet, x, self.timestep)
+        """The frozen encoder's feature maps of ``x``."""
+        return self._encoder[0](x, self.timestep)
 
     def forward(self, x: Tensor) -> Tensor:
         logits = x.new_zeros(x.shape[0])
@@ -134,6 +135,3 @@ class FeatureDiscriminator(nn.Module):
             h = F.adaptive_avg_pool2d(h, POOL).flatten(1)
             logits = logits + head["out"](h).squeeze(1)
         return logits
-
-    def to_checkpoint(self) -> dict[str, Any]:
-        return {"architecture": self.arch.to_dict(), "state": self.state_dict()}

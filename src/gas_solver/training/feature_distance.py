@@ -3,8 +3,9 @@
 
 LPIPS compares images in the features of an ImageNet VGG (whose weights are not shipped offline,
 and whose features know nothing of the model's data). This distance reads where the
-``model-features`` discriminator reads (:mod:`.feature_discriminator`): the encoder of the frozen
-diffusers UNet, run on the samples at the timestep of ``t_eps``. As LPIPS does with VGG, per level
+``model-features`` discriminator reads (:mod:`.feature_discriminator`): the frozen model's
+:meth:`~gas_solver.models.base.DiffusionModel.feature_encoder` (a diffusers UNet's encoder), run on
+the samples at the timestep of ``t_eps``. As LPIPS does with VGG, per level
 ``l`` the features ``f_l`` are divided by their L2 norm over channels at each position, and
 
     d(S, T) = Σ_l mean_{h,w} ‖ f̂_l(S) − f̂_l(T) ‖²_channels
@@ -19,23 +20,24 @@ import torch
 from torch import Tensor
 
 from ..models.base import DiffusionModel
-from .feature_discriminator import encoder_features, feature_unet, last_timestep
+from .feature_discriminator import feature_encoder, last_timestep
 
 MODEL_FEATURES = "model-features"
 
 
 class ModelFeatureDistance:
-    """``(student, target) → (B,)``: the distance of the module docstring for ``model``'s UNet."""
+    """``(student, target) → (B,)``: the distance of the module docstring in ``model``'s
+    features."""
 
     def __init__(self, model: DiffusionModel) -> None:
-        self.unet = feature_unet(model, f"distillation {MODEL_FEATURES!r} (use l1 or lpips)")
+        self.encoder = feature_encoder(model, f"distillation {MODEL_FEATURES!r} (use l1 or lpips)")
         self.timestep = last_timestep(model)
 
     def __call__(self, student: Tensor, target: Tensor) -> Tensor:
         n = student.shape[0]
         both = torch.cat([student, target.to(student)])
         distance = student.new_zeros(n)
-        for features in encoder_features(self.unet, both, self.timestep):
+        for features in self.encoder(both, self.timestep):
             unit = features / (features.norm(dim=1, keepdim=True) + 1e-10)
             distance = distance + (unit[:n] - unit[n:]).pow(2).sum(1).flatten(1).mean(1)
         return distance

@@ -35,11 +35,6 @@ DISTILLATION_LOSSES: dict[str, DistillationLoss] = {
 }
 
 
-def register_loss(name: str, loss: DistillationLoss) -> None:
-    """Add a per-sample loss ``fn(student, target) -> (B,)`` under ``name``."""
-    DISTILLATION_LOSSES[name] = loss
-
-
 def get_loss(name: str) -> DistillationLoss:
     if name not in DISTILLATION_LOSSES:
         raise ConfigError(

@@ -9,8 +9,8 @@ import dataclasses
 from ..config import option, require
 from ..outputs import check_output
 from ..schedules import GRID_KINDS
-from .discriminator import PRESET_CHOICES
-from .feature_discriminator import FEATURE_PRESET
+from .discriminators import CHOICES as DISCRIMINATOR_CHOICES
+from .discriminators import discriminator_help
 from .feature_distance import MODEL_FEATURES
 from .losses import DISTILLATION_LOSSES
 from .start import THEORIES
@@ -128,9 +128,8 @@ class TrainSettings:
     r1_gamma: float = option(0.2, "GAS: gamma of the penalties gamma/2*(R1 + R2)")
     disc_preset: str = option(
         "auto",
-        "GAS: discriminator architecture; auto = r3gan-32 at 32x32, r3gan-64 at 64x64, else small; "
-        "model-features = small heads on the frozen diffusers UNet's encoder (LADD-style)",
-        choices=[*PRESET_CHOICES, FEATURE_PRESET],
+        f"GAS: discriminator (training/discriminators.py): {discriminator_help()}",
+        choices=DISCRIMINATOR_CHOICES,
     )
     disc_checkpoint: str | None = option(
         None,
@@ -193,11 +192,10 @@ class TrainSettings:
                 0 <= getattr(self, name) < 1, name, f"must be in [0, 1), got {getattr(self, name)}"
             )
         require(self.disc_warmup >= 0, "disc_warmup", f"must be >= 0, got {self.disc_warmup}")
-        presets = [*PRESET_CHOICES, FEATURE_PRESET]
         require(
-            self.disc_preset in presets,
+            self.disc_preset in DISCRIMINATOR_CHOICES,
             "disc_preset",
-            f"one of {presets}, got {self.disc_preset!r}",
+            f"one of {list(DISCRIMINATOR_CHOICES)}, got {self.disc_preset!r}",
         )
 
     @property

@@ -1,15 +1,16 @@
 """Training a Generalized Solver by distillation from a teacher set (arXiv 2510.17699 §3.2–3.3).
 
 Two methods share this loop: **GS** (``loss: gs``) minimises the per-sample distillation distance
-to the teacher; **GAS** (``loss: gas``) adds ``w·adversarial`` per sample, with one step of an
-R3GAN discriminator per iteration before the solver's step (:mod:`.adversarial`).
+to the teacher; **GAS** (``loss: gas``) adds ``w·adversarial`` per sample, with one step of a
+discriminator per iteration before the solver's step (:mod:`.adversarial`; the discriminators by
+name: :mod:`.discriminators`).
 
 One Adam over all solver parameters (timestep logits θ, coefficient corrections φ, offsets ξ),
 gradient-norm clipping (solver only), an EMA of the parameters with warm-up (the EMA weights are
 what is validated, saved and sampled with). The frozen model is differentiated through, never
 updated.
 
-Latent models (LDM, SD) are trained on latents throughout, as in the paper (spec §3.1–3.2): the
+Latent models (LDM, SD) are trained on latents throughout, as in the paper (§3.2 and eq. 10–11): the
 distillation distance, the validation L1/L2 and the GAS discriminator's reals (teacher targets)
 and fakes are all latents ``(C, H, W)``, e.g. 4×64×64 for SD. Only the validation pictures
 (``val/iter_*.png``: teacher and EMA student on the first validation items) are decoded images.
@@ -43,7 +44,7 @@ from typing import Any
 
 import torch
 import yaml
-from torch import Tensor, nn
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..data.teacher_format import short
@@ -60,7 +61,7 @@ from ..distributed import (
     per_rank,
     show_progress,
 )
-from ..errors import CheckpointMismatchError, ConfigError, GasSolverError
+from ..errors import CheckpointMismatchError, GasSolverError
 from ..images import makes_images, to_images
 from ..models.base import DiffusionModel
 from ..outputs import (
@@ -83,9 +84,8 @@ from ..solvers.generalized import SOLVER_FILE, GeneralizedSolver
 from ..solvers.registry import SolverSpec, parse_solver_spec
 from ..visualize import save_comparison_grid, save_scatter
 from .adversarial import Adversary, NonFiniteLossError
-from .discriminator import build_discriminator
+from .discriminators import make_discriminator
 from .ema import EMA
-from .feature_discriminator import FEATURE_PRESET, FeatureDiscriminator
 from .feature_distance import MODEL_FEATURES, ModelFeatureDistance
 from .losses import DISTILLATION_LOSSES, get_loss
 from .settings import LEARNED, RESUME_MAY_CHANGE, TrainSettings
@@ -134,7 +134,7 @@ class Trainer:
         )
         self.adversary: Adversary | None = None
         if config.loss == "gas":  # checked against the data before anything is trained
-            disc = self._discriminator(model)
+            disc = make_discriminator(config, model)
             betas = (config.disc_beta1, config.disc_beta2)
             self.adversary = Adversary(disc.to(self.device), config.disc_lr, config.r1_gamma, betas)
             # fresh noise of the fakes: its own generator, checkpointed (bit-exact resume)
@@ -207,17 +207,6 @@ class Trainer:
                  len(pairs))  # fmt: skip
         solver = classic_start(best, self.model, config.theory_solver, config.theory)
         return Start(solver, best.label, losses, screened)
-
-    def _discriminator(self, model: DiffusionModel) -> nn.Module:
-        """GAS: an R3GAN discriminator (preset or file), or heads on the model's own features."""
-        config = self.config
-        if config.disc_preset != FEATURE_PRESET:
-            return build_discriminator(
-                model.sample_shape, config.disc_preset, config.disc_checkpoint, seed=config.seed
-            )
-        if config.disc_checkpoint:
-            raise ConfigError(f"disc_checkpoint: not used with disc_preset {FEATURE_PRESET!r}")
-        return FeatureDiscriminator(model, seed=config.seed)
 
     # -- data ---------------------------------------------------------------------------------
     def batch_indices(self, iteration: int) -> Tensor:
