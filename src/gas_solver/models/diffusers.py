@@ -31,7 +31,7 @@ sets can store and replay them:
   ``{"negative_encoder_hidden_states": (B, L, D)}`` (or ``negative_input_ids``) overrides the
   unconditional embedding, which is otherwise the text encoder's embedding of the empty prompt.
 
-**Classifier-free guidance** (spec §1): ``ε = ε_u + s (ε_c − ε_u)`` with ``s = guidance_scale``.
+**Classifier-free guidance** (Ho & Salimans 2022): ``ε = ε_u + s (ε_c − ε_u)`` with ``s = guidance_scale``.
 The conditional and unconditional halves go through the UNet as one batch of 2B, and the guided
 evaluation counts as **one** NFE. The unconditional input is the null class (``null_class``,
 by default the last class embedding, e.g. 1000 for the ImageNet LDM) or the empty prompt. Guidance
@@ -274,7 +274,7 @@ class DiffusersUNetModel(DiffusionModel):
 
     # -- conditions for seeds ---------------------------------------------------------------------
     def default_cond(self, seeds: Tensor) -> Tensor | None:
-        """The paper's conditions for seeds (spec §3.4): ``label = seed mod num_classes``.
+        """The paper's conditions for seeds (paper App. D.2): ``label = seed mod num_classes``.
 
         ``None`` for unconditional models; text models need prompts (:func:`prompt_cond_fn`).
         """
@@ -348,7 +348,7 @@ def scheduler_schedule(scheduler: Any) -> tuple[NoiseSchedule, str]:
 
 
 def class_cond_fn(num_classes: int) -> Callable[[Tensor], Tensor]:
-    """``cond_fn(seeds) = seeds mod num_classes`` as ``(B,)`` int64 labels (spec §3.4)."""
+    """``cond_fn(seeds) = seeds mod num_classes`` as ``(B,)`` int64 labels (paper App. D.2)."""
     if num_classes < 1:
         raise ConfigError(f"num_classes must be >= 1, got {num_classes}")
 
