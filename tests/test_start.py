@@ -77,15 +77,19 @@ def test_untrained_gs_equals_classic_solvers_on_the_bundled_model_in_float32(nam
     for kind in ("ddim", "dpmpp:order=2", "unipc:order=3", "unipc:order=2,variant=bh2", "ipndm"):
         for grid in ("uniform", "logsnr", "quadratic"):
             spec = parse_solver_spec(kind, nfe=4, grid=grid)
-            for own_theory in (True, False):
-                gs = GeneralizedSolver.from_classic(spec, model.schedule, own_theory=own_theory)
-                with torch.no_grad():
-                    ours, theirs = gs(model, noise), spec.run(model, noise, gs.initial_grid)
-                    exact = spec.run(model.double(), noise.double(), gs.initial_grid)
-                model.float()
-                bound = max(1e-5, 1.2 * distance(theirs, exact))
-                error = distance(ours, exact)
-                assert error < bound, f"{name} {spec.label} own={own_theory}: {error:.2e}"
+            solvers = [GeneralizedSolver.from_classic(spec, model.schedule, own_theory=own)
+                       for own in (True, False)]  # fmt: skip
+            grid_t = solvers[0].initial_grid  # the same for both theories
+            with torch.no_grad():
+                ours = [gs(model, noise) for gs in solvers]
+                theirs = spec.run(model, noise, grid_t)
+                exact = spec.run(model.double(), noise.double(), grid_t)
+            model.float()
+            bound = max(1e-5, 1.2 * distance(theirs, exact))
+            for gs, sample in zip(solvers, ours, strict=True):
+                assert torch.equal(gs.initial_grid, grid_t)
+                error = distance(sample, exact)
+                assert error < bound, f"{name} {spec.label} {gs.theory_label}: {error:.2e}"
 
 
 def test_own_theory_follows_the_grid_and_frozen_theory_does_not(float64):
