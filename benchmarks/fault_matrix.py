@@ -11,6 +11,10 @@ For every command that writes (``teacher``, ``train`` (a GS and a GAS run), ``sa
   (teacher: shard bytes; train: the solver's tensors; sample: the samples and PNG bytes; compare,
   sweep, export: their JSON without timings and dates) and no temporary file is left; after SIGINT
   also exit code 130 and one line saying it was interrupted, no traceback.
+* **hostile contents with valid checksums**: solver metadata re-sealed with ill-typed or absurd
+  fields or 200000-deep JSON, teacher manifests that claim other seeds, 10^13 items or negative
+  shapes, a cut or edited ``sweep.json``. Survived: exit 2, one line naming the file, nothing
+  allocated or written.
 * **outputs that cannot be written**: for each command, its output is a file where a folder is
   wanted (a folder where a file is), a link to nothing, a FIFO, a link to the user's own file.
   Survived: exit 2, one line naming the output, and the thing under that name is as it was.
@@ -524,6 +528,73 @@ def corruption(
     return rows
 
 
+def _resealed_solver(source: Path, target: Path, edit: Callable[[dict], object]) -> None:
+    """``source``'s solver with its metadata edited and the checksum made valid again: what any
+    writer can produce, so the schema, not the checksum, must refuse it."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(source), framework="pt") as f:
+        meta = json.loads(f.metadata()["gas_solver"])
+        tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118
+    edited = edit(meta)
+    text = edited if isinstance(edited, str) else json.dumps(meta)
+    header = {"gas_solver": text, "gas_solver_sha256": runtime.tensors_digest(text, tensors)}
+    save_file(tensors, str(target), metadata=header)
+
+
+HOSTILE_SOLVERS = {
+    "nfe 10^12": lambda m: m.update(nfe=10**12),
+    "t_eps a word": lambda m: m.update(t_eps="small"),
+    "training a string": lambda m: m.update(training="x"),
+    "model_source a number": lambda m: m.update(model_source=5),
+    "200000-deep JSON": lambda m: "[" * 200_000 + "]" * 200_000,
+}
+HOSTILE_MANIFESTS = {
+    "seeds of other items": lambda m: m.update(seeds="1000000-1001199"),
+    "10^13 items": lambda m: m.update(num_samples=10**13, shard_size=10**13),
+    "a negative shape": lambda m: m["fields"]["target"].update(shape=[-5]),
+}
+
+
+def hostile_files(commands: Commands) -> list[Row]:
+    """Files with valid checksums and hostile contents, read by the command that uses them."""
+    ref, work = commands.ref, commands.work
+    rows = [Row("hostile content, checksum valid: solver metadata (read by sample)"),
+            Row("hostile content: teacher manifest (read by train)"),
+            Row("hostile content: sweep.json (read by sweep)")]  # fmt: skip
+    for case, edit in HOSTILE_SOLVERS.items():
+        bad = work / f"hostile-{case.replace(' ', '-')}.safetensors"
+        _resealed_solver(ref / "train GS" / "solver.safetensors", bad, edit)
+        out = work / f"hostile-sample-{len(rows[0].notes)}-{rows[0].tried}"
+        code, err = run_in_process(
+            ["sample", "--solver", str(bad), "--seeds", "0-3", "--out", str(out)]
+        )
+        why = f"exit {code}" if code != 2 else error_line(err, bad)
+        rows[0].add(why is None and not (out / "samples.npz").exists(), f"{case}: {why}")
+    for case, edit in HOSTILE_MANIFESTS.items():
+        copy = work / f"hostile-teacher-{case.replace(' ', '-')}"
+        shutil.copytree(ref / "teacher", copy)
+        manifest = json.loads((copy / "manifest.json").read_text())
+        edit(manifest)
+        (copy / "manifest.json").write_text(json.dumps(manifest))
+        code, err = run_in_process(
+            commands.argv("train GS", work / f"{copy.name}-run", teacher=copy)
+        )
+        why = f"exit {code}" if code != 2 else error_line(err, copy)
+        rows[1].add(why is None, f"{case}: {why}")
+    for case, damage_state in {"cut short": lambda t: t[: len(t) // 2],
+                               "a row without its L1": lambda t: t.replace('"l1"', '"l0"', 1)}.items():  # fmt: skip
+        copy = work / f"hostile-sweep-{case.replace(' ', '-')}"
+        shutil.copytree(ref / "sweep", copy)
+        state = copy / "sweep.json"
+        state.write_text(damage_state(state.read_text()))
+        code, err = run_in_process(commands.argv("sweep", copy))
+        why = f"exit {code}" if code != 2 else error_line(err, state)
+        rows[2].add(why is None, f"{case}: {why}")
+    return rows
+
+
 def two_writers(commands: Commands, name: str) -> Row:
     row = Row(f"two writers on one folder (the second refused, the first intact): {name}")
     out, log = commands.work / f"writers-{name}", commands.work / f"writers-{name}.log"
@@ -711,6 +782,7 @@ def main(argv: list[str] | None = None) -> int:
         stops = ("compare",) if args.quick else COMMANDS
         rows += timed(lambda: [kills(commands, n, trials, rng, signal.SIGINT) for n in stops])
         rows += timed(lambda: corruption(commands, trials, rng, every_mode=not args.quick))
+        rows += timed(lambda: hostile_files(commands))
         writers = ("train GS", "compare") if args.quick else COMMANDS[:-1]
         rows += timed(lambda: [two_writers(commands, name) for name in writers])
         rows += timed(lambda: [disk_full(commands, name, trials, rng) for name in filled])

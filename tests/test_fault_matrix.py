@@ -22,5 +22,13 @@ def test_quick_fault_matrix_loses_nothing(tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     assert "LOST" not in result.stdout and ", 0 lost," in result.stdout, result.stdout
-    for scenario in ("SIGKILL", "SIGINT", "corruption", "two writers", "full disk", "not writable"):
+    for scenario in (
+        "SIGKILL",
+        "SIGINT",
+        "corruption",
+        "hostile",
+        "two writers",
+        "full disk",
+        "not writable",
+    ):
         assert scenario in result.stdout
