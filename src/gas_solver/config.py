@@ -102,15 +102,25 @@ def load_config(
         given = shorten(", ".join(unknown))  # YAML keys can be anything
         raise ConfigError(f"unknown field(s) {given}; valid: {', '.join(names)}")
     values = {name: _coerce(name, data[name], hints[name]) for name in names if name in data}
-    config = cls(**values)
+    return validated(cls(**values))
+
+
+def validated(config: C) -> C:
+    """``config`` once it passed its checks (the common fields, its ``validate``, its fields'
+    choices): what :func:`load_config` returns, and how one command hands typed settings to the
+    step of another (``validated(TrainConfig(...))``) without a round trip through text.
+
+    Raises:
+        ConfigError: naming the first field that fails.
+    """
     _check_common_fields(config)
     validate = getattr(config, "validate", None)
     if validate is not None:
         validate()  # first: its messages are the more specific ones
-    for f in dataclasses.fields(cls):  # flags check their choices in argparse, YAML values here
-        choices = f.metadata.get("choices")
-        if choices and f.name in values and values[f.name] not in choices:
-            raise ConfigError(f"{f.name}: one of {list(choices)}, got {excerpt(values[f.name])}")
+    for f in dataclasses.fields(config):  # flags check their choices in argparse, YAML values here
+        choices, value = f.metadata.get("choices"), getattr(config, f.name)
+        if choices and value is not None and value not in choices:
+            raise ConfigError(f"{f.name}: one of {list(choices)}, got {excerpt(value)}")
     return config
 
 

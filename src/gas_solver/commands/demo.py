@@ -24,12 +24,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..config import load_config, option, require
+from ..config import option, require, validated
 from ..evaluation.compare import compare, split_solvers
 from ..evaluation.report import Row, format_table, gap_closed
 from ..models.loading import load_model
 from ..outputs import check_output, folder_lock, write_json, write_text
 from ..runtime import resolve_device, run_metadata
+from ..solvers.generalized import SOLVER_FILE
 from ..solvers.registry import DEFAULT_TEACHER
 from ..training.discriminators import CHOICES as DISCRIMINATOR_CHOICES
 from ..training.discriminators import FEATURE_PRESET
@@ -114,35 +115,25 @@ def run_demo(config: DemoConfig, progress: bool = True) -> Path:
 
 
 def _demo(config: DemoConfig, out: Path, progress: bool) -> Path:
+    teacher_config = validated(TeacherConfig(  # every step's settings checked before any work
+        model=config.model, out=str(out / "teacher"), solver=config.teacher,
+        seeds=f"0-{config.train_size + config.val_size - 1}", device=config.device,
+    ))  # fmt: skip
+    methods = ("gs", "gas") if config.gas else ("gs",)
+    train_configs = [_train_config(config, out, method) for method in methods]
     device = resolve_device(config.device)
     model = load_model(config.model, device)
     seconds: dict[str, float] = {}
 
     start = time.perf_counter()
-    teacher_config = load_config(TeacherConfig, overrides={
-        "model": config.model, "out": str(out / "teacher"), "solver": config.teacher,
-        "seeds": f"0-{config.train_size + config.val_size - 1}", "device": config.device,
-    })  # fmt: skip
     teacher = make_teacher_set(teacher_config, model, device, progress)
     seconds["teacher set"] = time.perf_counter() - start
 
     learned: list[str] = []
-    for method in ("gs", "gas") if config.gas else ("gs",):
+    for train_config in train_configs:
         start = time.perf_counter()
-        iterations = config.iterations if method == "gs" else config.gas_iterations
-        train_config = load_config(TrainConfig, overrides={
-            "teacher": str(teacher.path), "out": str(out / f"{method}{config.nfe}"), "nfe": config.nfe,
-            "loss": method, "distillation": config.distillation, "init_grid": config.init_grid,
-            "init_solver": learned[0] if learned else config.init_solver,
-            "iterations": iterations, "batch_size": config.batch_size, "lr": config.lr if method == "gs" else None,
-            "train_size": config.train_size,
-            "val_size": config.val_size, "val_every": 0, "checkpoint_every": iterations,
-            "disc_preset": config.disc_preset, "adv_weight": config.adv_weight,
-            "disc_lr": config.disc_lr, **R3GAN_BETAS,
-            "disc_warmup": config.disc_warmup, "device": config.device,
-        })  # fmt: skip
         learned.append(str(train(train_config, model, teacher, progress)))
-        seconds[f"{method.upper()} training"] = time.perf_counter() - start
+        seconds[f"{train_config.loss.upper()} training"] = time.perf_counter() - start
     gs_summary = json.loads((out / f"gs{config.nfe}" / "summary.json").read_text())
 
     start = time.perf_counter()
@@ -168,6 +159,24 @@ def _demo(config: DemoConfig, out: Path, progress: bool) -> Path:
     table = format_table(rows, comparison.context)
     text = format_report(config, rows, table, summary["gap_closed"], seconds, gs_summary)
     return write_text(report, text)
+
+
+def _train_config(config: DemoConfig, out: Path, method: str) -> TrainConfig:
+    """The ``train`` settings of the demo's GS step, or of its GAS step (which fine-tunes the GS:
+    its start is the GS's solver file)."""
+    iterations = config.iterations if method == "gs" else config.gas_iterations
+    gs_solver = str(out / f"gs{config.nfe}" / SOLVER_FILE)
+    return validated(TrainConfig(
+        teacher=str(out / "teacher"), out=str(out / f"{method}{config.nfe}"), nfe=config.nfe,
+        loss=method, distillation=config.distillation, init_grid=config.init_grid,
+        init_solver=config.init_solver if method == "gs" else gs_solver,
+        iterations=iterations, batch_size=config.batch_size,
+        **({"lr": config.lr} if method == "gs" else {}),
+        train_size=config.train_size, val_size=config.val_size, val_every=0,
+        checkpoint_every=iterations, disc_preset=config.disc_preset,
+        adv_weight=config.adv_weight, disc_lr=config.disc_lr, **R3GAN_BETAS,
+        disc_warmup=config.disc_warmup, device=config.device,
+    ))  # fmt: skip
 
 
 def reproduce_command(config: DemoConfig) -> str:

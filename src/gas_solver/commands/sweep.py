@@ -34,7 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..config import load_config, option, require
+from ..config import option, require, validated
 from ..data.teacher_set import TeacherSet
 from ..distributed import barrier, is_main, main_lock
 from ..errors import ConfigError, CorruptFileError, GasSolverError
@@ -213,15 +213,13 @@ def run_sweep(config: SweepConfig, progress: bool = True) -> Path:
 def _sweep(config: SweepConfig, out: Path, progress: bool) -> Path:
     state_path = out / "sweep.json"
     state = _resumed_state(state_path, config)
+    teacher_config = validated(TeacherConfig(
+        model=config.model, out=str(out / "teacher"), solver=config.teacher,
+        seeds=config.teacher_seeds, device=config.device,
+    ))  # fmt: skip
     device = resolve_device(config.device)
     model = load_model(config.model, device)
-    teacher = make_teacher_set(
-        load_config(TeacherConfig, overrides={
-            "model": config.model, "out": str(out / "teacher"), "solver": config.teacher,
-            "seeds": config.teacher_seeds, "device": config.device,
-        }),
-        model, device, progress,
-    )  # fmt: skip
+    teacher = make_teacher_set(teacher_config, model, device, progress)
 
     def save() -> None:
         if is_main():
@@ -422,24 +420,24 @@ def _trained(
     if method == "timesteps":
         init_solver = PAPER
         init_grid = grids[THEORY_SPEC] if config.timesteps_grid == "best" else config.timesteps_grid
-    overrides = {
-        "teacher": str(teacher.path), "out": str(folder), "nfe": nfe, "loss": loss, "learn": learn,
-        "init_solver": init_solver, "init_grid": init_grid, "iterations": config.iterations,
-        "batch_size": config.train_batch_size, "train_size": config.train_size,
-        "val_size": config.val_size, "val_every": 0, "checkpoint_every": config.iterations,
-        "seed": config.train_seed, "device": config.device,
-    }  # fmt: skip
+    settings = TrainConfig(
+        teacher=str(teacher.path), out=str(folder), nfe=nfe, loss=loss, learn=learn,
+        init_solver=init_solver, init_grid=init_grid, iterations=config.iterations,
+        batch_size=config.train_batch_size, train_size=config.train_size,
+        val_size=config.val_size, val_every=0, checkpoint_every=config.iterations,
+        seed=config.train_seed, device=config.device,
+    )  # fmt: skip
     if loss == "gas":  # fine-tunes the GS of this NFE (trained first if it is not a row)
-        overrides.update(
-            adv_weight=config.adv_weight, disc_preset=config.disc_preset, disc_lr=config.disc_lr,
-            **R3GAN_BETAS, disc_warmup=config.disc_warmup,
+        settings = dataclasses.replace(
+            settings, adv_weight=config.adv_weight, disc_preset=config.disc_preset,
+            disc_lr=config.disc_lr, **R3GAN_BETAS, disc_warmup=config.disc_warmup,
             iterations=config.gas_iterations, checkpoint_every=config.gas_iterations,
             init_grid=None,
             init_solver=str(_trained(
                 config, model, teacher, nfe, grids, method.replace("gas", "gs"), progress
             )),
         )  # fmt: skip
-    train(load_config(TrainConfig, overrides=overrides), model, teacher, progress)
+    train(validated(settings), model, teacher, progress)
     barrier()  # torchrun: rank 0 has written the solver before any rank looks for it
     return folder
 
