@@ -111,6 +111,22 @@ def test_clearing_removes_recorded_files_of_nested_runs_and_empty_folders(tmp_pa
         assert sorted(p.name for p in top.iterdir()) == [".gas-solver.lock"]
 
 
+def test_a_hostile_run_record_deletes_nothing_outside_the_folder(tmp_path):
+    outside = tmp_path / "precious.txt"
+    outside.write_text("keep me")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "x.png").write_text("keep me too")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "linked").symlink_to(tmp_path / "elsewhere")  # a folder the user linked in
+    lines = [str(outside), "../precious.txt", "linked/x.png", "linked"]
+    (out / RUN_RECORD).write_text("\n".join(lines) + "\n")
+    with folder_lock(out, fresh=True):
+        clear_earlier_run(out)
+    assert outside.read_text() == "keep me"
+    assert (tmp_path / "elsewhere" / "x.png").read_text() == "keep me too"
+
+
 # -- checked before any work ------------------------------------------------------------------------
 
 

@@ -177,7 +177,14 @@ def _recorded_names(record: Path) -> set[str]:
         raise OutputError(
             f"cannot read the run record {_shown(record)}: {_os_reason(err)}"
         ) from None
-    return {line for line in text.splitlines() if line}
+    return {line for line in text.splitlines() if _inside(line)}
+
+
+def _inside(name: str) -> bool:
+    """Whether a record line names a path inside its folder (a damaged or hostile record may
+    name ``/etc/passwd`` or ``../x``: such lines are ignored, never deleted)."""
+    path = Path(name)
+    return bool(name) and not path.is_absolute() and ".." not in path.parts
 
 
 def record_output(path: str | os.PathLike) -> None:
@@ -255,16 +262,18 @@ def clear_earlier_run(folder: str | os.PathLike) -> None:
     folder = Path(folder)
     if not folder.is_dir():
         return
+    real = Path(os.path.realpath(folder))
     for rel in sorted(_refuse_foreign(folder), reverse=True):
         path = folder / rel
         if rel in (LOCK_FILE, RUN_RECORD) or not (path.is_symlink() or path.is_file()):
             continue
+        if not Path(os.path.realpath(path.parent)).is_relative_to(real):
+            continue  # a linked folder on the way: what it leads to is not this run's
         path.unlink()
         with contextlib.suppress(OSError):  # the folders it leaves empty, up to ``folder``
             for parent in path.relative_to(folder).parents:
                 if parent != Path("."):
                     (folder / parent).rmdir()
-    real = Path(os.path.realpath(folder))
     for owner, record in _HELD.items():
         if real == owner:
             record.path.unlink(missing_ok=True)
