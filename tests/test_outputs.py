@@ -387,3 +387,22 @@ def test_an_unwritable_cache_only_warns(tmp_path, caplog, monkeypatch):
     monkeypatch.setenv("GAS_SOLVER_SAMPLES", str(cache))
     save_samples("k" * 64, CachedSamples(torch.zeros(2, 2), 1.0, 2.0))
     assert "could not cache samples" in caplog.text
+
+
+@pytest.mark.parametrize("error", [MemoryError, RecursionError])
+def test_memory_and_recursion_errors_are_one_line_and_a_traceback_with_v(
+    monkeypatch, capsys, error
+):
+    from gas_solver import cli
+
+    def fail(config):
+        raise error()
+
+    real = cli.commands
+    monkeypatch.setattr(
+        cli, "commands", lambda: {n: (h, c, fail) for n, (h, c, _) in real().items()}
+    )
+    assert cli.main(["models"]) == 2
+    _one_line_error(capsys, "error: ", "-v: traceback")
+    with pytest.raises(error):
+        cli.main(["-v", "models"])

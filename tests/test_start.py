@@ -15,8 +15,8 @@ from gas_solver.errors import ConfigError
 from gas_solver.models.loading import load_model
 from gas_solver.solvers.generalized import GeneralizedSolver
 from gas_solver.solvers.linear_form import classic_history
-from gas_solver.solvers.registry import parse_solver_spec
-from gas_solver.training.start import CANDIDATES, FINALISTS
+from gas_solver.solvers.registry import auto_candidates, parse_solver_spec
+from gas_solver.training.start import FINALISTS
 from gas_solver.training.trainer import Trainer, TrainSettings
 
 SCHEDULES = {
@@ -24,7 +24,7 @@ SCHEDULES = {
     "discrete": lambda: DiscreteVPSchedule.from_beta_range(0.00085, 0.012),
     "flow": lambda: FlowSchedule(shift=3.0),
 }
-KINDS = ("ddim", "dpmpp:order=1", *CANDIDATES, "unipc:order=3,lower_order_final=false")
+KINDS = ("ddim", "dpmpp:order=1", *auto_candidates(), "unipc:order=3,lower_order_final=false")
 GRIDS = ("uniform", "logsnr", "quadratic", "edm")
 
 
@@ -165,7 +165,7 @@ def test_auto_starts_from_the_planted_best_and_records_it(planted_teacher, tmp_p
     start = summary["start"]
     assert start["solver"] == parse_solver_spec(PLANTED).label
     assert start["loss"] == min(start["candidates"].values()) < 1e-6
-    assert len(start["screened"]) == len(CANDIDATES) * len(GRIDS)
+    assert len(start["screened"]) == len(auto_candidates()) * len(GRIDS)
     assert len(start["candidates"]) == FINALISTS
     assert GeneralizedSolver.load(path).metadata["training"]["start"]["solver"] == start["solver"]
 

@@ -51,6 +51,12 @@ class NoiseSchedule(nn.Module):
         t_min: the smallest time the schedule accepts in a grid.
         t_max: the first time of every grid (where the noise is drawn).
         num_train_timesteps: ``N`` of the DDPM integer timestep convention ``t_i = (i+1)/N``.
+        teacher_t_eps: the last time of a teacher's named grid when its spec gives none
+            (``None``: the solver's own, ``t_eps``); models read it as
+            :attr:`~gas_solver.models.base.DiffusionModel.teacher_t_eps`.
+
+    A schedule that can be rebuilt from its :meth:`describe` alone has :meth:`from_description`
+    and an entry in :data:`SCHEDULES`.
     """
 
     kind: str = ""
@@ -58,6 +64,7 @@ class NoiseSchedule(nn.Module):
     t_min: float = 1e-6
     t_max: float = 1.0
     num_train_timesteps: int = 1000
+    teacher_t_eps: float | None = None
 
     def log_alpha(self, t: Tensor) -> Tensor:
         raise NotImplementedError
@@ -69,6 +76,22 @@ class NoiseSchedule(nn.Module):
     def describe(self) -> dict[str, Any]:
         """JSON-able identity of the schedule (stored in checkpoints and teacher manifests)."""
         raise NotImplementedError
+
+    @classmethod
+    def from_description(cls, spec: dict[str, Any]) -> NoiseSchedule:
+        """The schedule :meth:`describe` gave ``spec`` (a ``KeyError`` for a missing field)."""
+        raise NotImplementedError
+
+    def matches(self, description: dict[str, Any], rel_tol: float = 1e-6) -> bool:
+        """Whether ``description`` (a :meth:`describe`, read back from a file) is this noise
+        schedule: the same kind and every number within ``rel_tol``. ``t_eps`` is not compared:
+        it is where a solver stops, not part of the noise."""
+        ours = self.describe()
+        return description.get("kind") == ours["kind"] and all(
+            _close(value, description.get(key), rel_tol)
+            for key, value in ours.items()
+            if key not in ("kind", "t_eps")
+        )
 
     def alpha(self, t: Tensor) -> Tensor:
         return self.log_alpha(t).exp()
@@ -105,6 +128,8 @@ class LinearVPSchedule(NoiseSchedule):
     """
 
     kind = "linear_vp"
+    teacher_t_eps = 1e-4
+    """The paper's teacher on continuous-time pixel (EDM) models (App. D.2, Table 17)."""
 
     def __init__(self, beta_0: float = 0.1, beta_1: float = 20.0, t_eps: float = 1e-3) -> None:
         super().__init__()
@@ -129,6 +154,10 @@ class LinearVPSchedule(NoiseSchedule):
             "beta_1": self.beta_1,
             "t_eps": self.t_eps,
         }
+
+    @classmethod
+    def from_description(cls, spec: dict[str, Any]) -> LinearVPSchedule:
+        return cls(spec["beta_0"], spec["beta_1"], spec.get("t_eps", 1e-3))
 
 
 class DiscreteVPSchedule(NoiseSchedule):
@@ -277,15 +306,36 @@ class FlowSchedule(NoiseSchedule):
             "t_eps": self.t_eps,
         }
 
+    @classmethod
+    def from_description(cls, spec: dict[str, Any]) -> FlowSchedule:
+        return cls(spec["shift"], spec["num_train_timesteps"], spec["t_eps"])
+
+
+SCHEDULES: dict[str, type[NoiseSchedule]] = {
+    LinearVPSchedule.kind: LinearVPSchedule,
+    FlowSchedule.kind: FlowSchedule,
+}
+"""``kind`` → the schedule class that :func:`schedule_from_dict` rebuilds it with: a new kind is
+its class (with :meth:`~NoiseSchedule.from_description`) and one entry here. Discrete schedules
+are not here: their description holds only a checksum of their table, they come with their
+model."""
+
 
 def schedule_from_dict(spec: dict[str, Any]) -> NoiseSchedule:
-    """Rebuild a linear-VP or flow schedule from :meth:`describe` (discrete ones come with their
-    model)."""
-    if spec.get("kind") == LinearVPSchedule.kind:
-        return LinearVPSchedule(spec["beta_0"], spec["beta_1"], spec.get("t_eps", 1e-3))
-    if spec.get("kind") == FlowSchedule.kind:
-        return FlowSchedule(spec["shift"], spec["num_train_timesteps"], spec["t_eps"])
-    raise ConfigError(f"cannot rebuild schedule {spec.get('kind')!r} from a description")
+    """Rebuild a schedule of a kind in :data:`SCHEDULES` from its :meth:`~NoiseSchedule.describe`."""
+    cls = SCHEDULES.get(spec.get("kind"))
+    if cls is None:
+        raise ConfigError(f"cannot rebuild schedule {spec.get('kind')!r} from a description")
+    return cls.from_description(spec)
+
+
+def _close(ours: Any, theirs: Any, rel_tol: float) -> bool:
+    """Whether ``theirs`` is the number, or list of numbers, ``ours`` within ``rel_tol``."""
+    ours, theirs = ([v] if not isinstance(v, (list, tuple)) else list(v) for v in (ours, theirs))
+    return len(ours) == len(theirs) and all(
+        isinstance(b, (int, float)) and math.isclose(a, b, rel_tol=rel_tol)
+        for a, b in zip(ours, theirs, strict=True)
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -413,6 +463,7 @@ def _fmt(grid: Tensor) -> str:
 __all__ = [
     "GRID_KINDS",
     "GRID_UNITS",
+    "SCHEDULES",
     "DiscreteVPSchedule",
     "FlowSchedule",
     "LinearVPSchedule",

@@ -16,8 +16,7 @@ from ..models.loading import load_model
 from ..outputs import check_output
 from ..runtime import resolve_device
 from ..seeds import parse_seeds
-from ..solvers.registry import DEFAULT_TEACHER, parse_solver_spec
-from ..solvers.resolve import TrainedSolver
+from ..solvers.registry import DEFAULT_TEACHER, classic_solvers_help, parse_solver_spec
 
 
 @dataclasses.dataclass
@@ -26,8 +25,11 @@ class CompareConfig:
 
     solvers: str = option(
         "",
-        "solvers separated by ';' (classic specs contain commas): GS/GAS checkpoints and/or "
-        "classic specs, e.g. 'unipc:nfe=4;dpmpp:nfe=4,order=2;runs/train/solver.safetensors'",
+        lambda: (
+            "solvers separated by ';' (classic specs contain commas): GS/GAS checkpoints "
+            "and/or classic specs, e.g. 'unipc:nfe=4;dpmpp:nfe=4,order=2;runs/train/solver.safetensors'"
+            f". Classic solvers: {classic_solvers_help()}"
+        ),
     )
     model: str | None = option(None, "model name or path; none: the model of the first checkpoint")
     nfe: int | None = option(None, "NFE of classic specs that give none")
@@ -81,7 +83,7 @@ class CompareConfig:
         if self.reference not in (None, "auto"):
             parse_solver_spec(self.reference)
         require(
-            bool(self.model) or any(isinstance(s, TrainedSolver) for s in solvers),
+            bool(self.model) or any(s.checkpoint is not None for s in solvers),
             "model",
             "required unless a solver checkpoint names its model",
         )
@@ -110,10 +112,10 @@ def run_compare(config: CompareConfig, progress: bool = True) -> Comparison:
     solvers = resolve_solvers(config.solvers, config.nfe)
     source = config.model
     if not source:
-        first = next(s for s in solvers if isinstance(s, TrainedSolver))
+        first = next(s for s in solvers if s.checkpoint is not None)
         source = first.model_source
         if not source:
-            raise ConfigError(f"model: {first.path} does not name its model; pass --model")
+            raise ConfigError(f"model: {first.checkpoint} does not name its model; pass --model")
     with main_lock(config.out, fresh=True):  # one comparison per folder; refused before any work
         return compare(
             load_model(source, device), solvers, config.seeds, nfe=config.nfe,

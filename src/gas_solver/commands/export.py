@@ -18,7 +18,6 @@ from ..models.loading import load_model
 from ..outputs import check_output
 from ..runtime import run_metadata
 from ..sampling import load_sampler
-from ..solvers.registry import SolverSpec
 from ..solvers.resolve import resolve_solver
 
 
@@ -41,10 +40,10 @@ class ExportConfig:
             f"one of {', '.join(EXPORT_TARGETS)}, got {excerpt(self.format)}",
         )
         # a classic solver is not exported: the tools exported to have their own (diffusers'
-        # DPMSolverMultistepScheduler, k-diffusion's sample_dpmpp_2m, …). The type, not `kind`,
-        # tells it: a checkpoint's `kind` reads its file, which waits for the output check
+        # DPMSolverMultistepScheduler, k-diffusion's sample_dpmpp_2m, …). `checkpoint`, not
+        # `kind`, tells it: a checkpoint's `kind` reads its file, which waits for the output check
         require(
-            not isinstance(resolve_solver(self.solver), SolverSpec),
+            resolve_solver(self.solver).checkpoint is not None,
             "solver",
             f"{excerpt(self.solver)} is a classic solver; export takes a trained GS/GAS "
             "(solver.safetensors or its training run folder): the tools exported to have "

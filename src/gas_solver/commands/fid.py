@@ -28,7 +28,7 @@ from ..outputs import check_output, json_safe, write_json
 from ..runtime import reading, resolve_device, run_metadata
 from ..sampling import generate, load_sampler, seed_cond_fn
 from ..seeds import EVAL_SEEDS, format_seeds, parse_seeds
-from ..solvers.resolve import TrainedSolver, resolve_solver
+from ..solvers.resolve import resolve_solver
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ class FIDConfig:
             require(Path(self.prompts).is_file(), "prompts", f"{self.prompts} is not a file")
         if self.solver:
             parse_seeds(self.seeds)
-            if not isinstance(resolve_solver(self.solver), TrainedSolver):
+            if resolve_solver(self.solver).checkpoint is None:  # a classic spec names no model
                 require(bool(self.model), "model", "required with a classic solver")
 
 

@@ -28,7 +28,7 @@ from ..outputs import (
 from ..runtime import resolve_device, run_metadata
 from ..sampling import CondFn, Sampler, generate, load_sampler, seed_cond_fn
 from ..seeds import parse_seeds
-from ..solvers.registry import SolverSpec
+from ..solvers.registry import classic_solvers_help
 from ..solvers.resolve import resolve_solver
 from ..visualize import save_image_grid, save_scatter, to_uint8
 
@@ -39,7 +39,13 @@ log = logging.getLogger(__name__)
 class SampleConfig:
     """``gas-solver sample``: samples of a trained GS or a classic solver for a seed range."""
 
-    solver: str = option("unipc:nfe=4", "a GS checkpoint (.safetensors) or a classic solver spec")
+    solver: str = option(
+        "unipc:nfe=4",
+        lambda: (
+            "a GS checkpoint (.safetensors) or a classic solver spec NAME[:KEY=VALUE,...]: "
+            + classic_solvers_help()
+        ),
+    )
     model: str | None = option(None, "model name or path (default: the checkpoint's model)")
     seeds: str = option("50000-50063", "evaluation seeds (disjoint from teacher seeds)")
     out: str = option("runs/sample", "output folder")
@@ -55,7 +61,7 @@ class SampleConfig:
         parse_seeds(self.seeds)
         require(self.batch_size >= 1, "batch_size", "must be >= 1")
         check_output(self.out, "folder")
-        if isinstance(resolve_solver(self.solver), SolverSpec):
+        if resolve_solver(self.solver).checkpoint is None:  # a classic spec names no model
             require(bool(self.model), "model", "required with a classic solver")
 
 

@@ -65,7 +65,7 @@ from ..runtime import resolve_device
 from ..sampling import Sampler, generate, seed_cond_fn
 from ..seeds import format_seeds, parse_seeds
 from ..solvers.registry import DEFAULT_TEACHER, SolverSpec, teacher_spec
-from ..solvers.resolve import TrainedSolver, resolve_solver
+from ..solvers.resolve import ResolvedSolver, resolve_solver
 from .report import GRID_IMAGES, SCATTER_POINTS, Comparison, Row, write_report
 from .sample_cache import (
     CachedSamples,
@@ -119,8 +119,8 @@ class _Entry:
 
 
 def resolve_solvers(
-    solvers: str | Sequence[str | SolverSpec | TrainedSolver], nfe: int | None = None
-) -> list[SolverSpec | TrainedSolver]:
+    solvers: str | Sequence[str | ResolvedSolver], nfe: int | None = None
+) -> list[ResolvedSolver]:
     """Solvers as text (``;``-separated or a list, see :func:`split_solvers`) or already resolved
     → resolved (:func:`~gas_solver.solvers.resolve.resolve_solver`; ``nfe`` for classic specs
     that give none)."""
@@ -133,24 +133,12 @@ def resolve_solvers(
 
 def _entries(
     model: DiffusionModel,
-    solvers: Sequence[SolverSpec | TrainedSolver],
+    solvers: Sequence[ResolvedSolver],
     teacher: str,
     device: torch.device,
 ) -> list[_Entry]:
-    entries = [_spec_entry("teacher", "teacher", teacher_spec(teacher, model), model)]
-    for solver in solvers:
-        if isinstance(solver, TrainedSolver):
-            gs = solver.build(model, device)
-            with torch.no_grad():
-                grid = gs.timesteps().double().cpu().tolist()
-            entries.append(
-                _Entry(
-                    solver.label, solver.kind, gs, gs.nfe, grid, solver.describe(),
-                    checkpoint=solver.path,
-                )
-            )  # fmt: skip
-        else:
-            entries.append(_spec_entry(solver.label, "classic", solver, model))
+    entries = [_entry(teacher_spec(teacher, model), model, device, "teacher", "teacher")]
+    entries += [_entry(solver, model, device) for solver in solvers]
     labels = [e.label for e in entries]
     dup = next((label for label in labels if labels.count(label) > 1), None)
     if dup is not None:
@@ -165,13 +153,28 @@ def _reference_entry(text: str, teacher: _Entry, model: DiffusionModel) -> _Entr
         spec = dataclasses.replace(teacher.sampler, nfe=10 * teacher.nfe)
     else:
         spec = teacher_spec(text, model)
-    return _spec_entry("reference", "reference", spec, model)
+    return _entry(spec, model, model.device, "reference", "reference")
 
 
-def _spec_entry(label: str, kind: str, spec: SolverSpec, model: DiffusionModel) -> _Entry:
-    """The row of a classic spec (the teacher, a classic solver, the reference) on ``model``."""
-    grid = spec.make_grid(model.schedule).double().cpu().tolist()
-    return _Entry(label, kind, spec, spec.nfe, grid, spec.describe(), spec=spec.to_string())
+def _entry(
+    solver: ResolvedSolver,
+    model: DiffusionModel,
+    device: torch.device,
+    label: str | None = None,
+    kind: str | None = None,
+) -> _Entry:
+    """The row of ``solver`` on ``model``: its own label and kind, or the teacher's or the
+    reference's; a classic spec's text, or a trained solver's checkpoint."""
+    return _Entry(
+        label or solver.label,
+        kind or solver.kind,
+        solver.build(model, device),
+        solver.nfe,
+        solver.time_grid(model).double().cpu().tolist(),
+        solver.describe(),
+        spec=solver.to_string() if solver.checkpoint is None else None,
+        checkpoint=solver.checkpoint,
+    )
 
 
 def _check_teacher_solver(entry: _Entry, teacher_set: TeacherSet) -> None:
@@ -193,7 +196,7 @@ def _check_teacher_solver(entry: _Entry, teacher_set: TeacherSet) -> None:
 
 def compare(
     model: DiffusionModel | str,
-    solvers: str | Sequence[str | SolverSpec | TrainedSolver],
+    solvers: str | Sequence[str | ResolvedSolver],
     seeds: str | Sequence[int] = COMPARE_SEEDS,
     *,
     nfe: int | None = None,

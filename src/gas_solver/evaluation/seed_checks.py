@@ -17,14 +17,13 @@ from ..data.teacher_format import MANIFEST_NAME
 from ..data.teacher_set import TeacherSet
 from ..errors import ConfigError
 from ..seeds import EVAL_SEEDS, TEACHER_SEEDS, parse_seeds
-from ..solvers.registry import SolverSpec
-from ..solvers.resolve import TrainedSolver
+from ..solvers.resolve import ResolvedSolver
 
 log = logging.getLogger(__name__)
 
 
 def teacher_seed_sets(
-    solvers: Sequence[SolverSpec | TrainedSolver],
+    solvers: Sequence[ResolvedSolver],
     teacher_set: str | Path | TeacherSet | None = None,
 ) -> list[tuple[str, list[int]]]:
     """The teacher-set seeds that evaluation seeds must avoid, each with what it comes from.
@@ -50,10 +49,10 @@ def teacher_seed_sets(
             parse_seeds(made.manifest["seeds"]),
         )
     for solver in solvers:
-        if not isinstance(solver, TrainedSolver):
+        recorded = solver.trained_on
+        if recorded is None:  # a classic solver learnt from no teacher set
             continue
-        text = solver.path
-        recorded = solver.metadata.get("teacher") or {}
+        text = solver.checkpoint
         path = recorded.get("path")
         key = _path_key(path) if path else f"checkpoint:{text}"
         if key in found:

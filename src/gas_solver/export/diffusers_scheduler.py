@@ -216,31 +216,17 @@ class GeneralizedSolverScheduler(SchedulerMixin, ConfigMixin):
         scheduler, or a flow-matching one) has the noise schedule and prediction type this solver
         was trained for."""
         schedule, prediction = scheduler_schedule(scheduler)
-        theirs = schedule.describe()
         ours = self.config.schedule or {}
-        if theirs["kind"] == "flow":
-            keys = ("shift", "num_train_timesteps")  # t_eps is the solver's, not the model's
-        else:
-            keys = ("alphas_cumprod_first_last", "alphas_cumprod_sum")
-        same = ours.get("kind") == theirs["kind"] and all(
-            math.isclose(a, b, rel_tol=1e-6)
-            for key in keys
-            for a, b in zip(_as_list(ours.get(key)), _as_list(theirs[key]), strict=True)
-        )
-        if not same:
+        if not schedule.matches(ours):
             raise ValueError(
-                f"GeneralizedSolverScheduler: the pipeline's noise schedule {theirs} is not the "
-                f"one this solver was trained for {ours}"
+                f"GeneralizedSolverScheduler: the pipeline's noise schedule {schedule.describe()} "
+                f"is not the one this solver was trained for {ours}"
             )
         if prediction != self.config.prediction_type:
             raise ValueError(
                 f"GeneralizedSolverScheduler: the pipeline's model predicts {prediction!r}, the "
                 f"solver was trained on a model predicting {self.config.prediction_type!r}"
             )
-
-
-def _as_list(value: Any) -> list[float]:
-    return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 def use_in_pipeline(

@@ -86,7 +86,8 @@ class DiffusionModel(nn.Module):
     The rest of the contract has defaults that adapters override: :attr:`is_latent` and
     :meth:`decode` (latent models), :meth:`default_cond` (the conditions of seeds),
     :attr:`takes_prompts` and :meth:`prompt_cond_fn` (text models), :meth:`feature_encoder`
-    (features of the network's encoder), :attr:`device`.
+    (features of the network's encoder), :attr:`teacher_t_eps` (where a teacher stops),
+    :attr:`device`.
     """
 
     source: str | None = None
@@ -170,6 +171,13 @@ class DiffusionModel(nn.Module):
         ``C_l``. The ``model-features`` discriminator and distillation distance read it.
         """
         return None
+
+    @property
+    def teacher_t_eps(self) -> float | None:
+        """The last time of a teacher solver's named grid when its spec gives no ``t_eps``
+        (``None``: the solver's default); the schedule's ``teacher_t_eps`` here (the paper's 1e-4
+        on the continuous linear VP schedule of EDM pixel models, else ``None``)."""
+        return self.schedule.teacher_t_eps
 
     @property
     def device(self) -> torch.device:

@@ -1,19 +1,22 @@
-"""Turn a model name or path into a :class:`DiffusionModel`.
+"""Turn a model name or path into a :class:`DiffusionModel`: the two tables of model families.
 
-Built-in names need no files of their own. Anything else is a local path:
+Built-in names (:data:`BUILTIN_MODELS`: name → factory) need no files of their own. Anything else
+is a local path, claimed by the first family in :data:`MODEL_FAMILIES` that recognises it:
 
-* an EDM network pickle ``….pkl``, or a folder with ``edm.json`` + ``model.safetensors`` written
-  by ``gas-solver convert-edm`` (:mod:`gas_solver.models.edm`; pickles are read without running
-  their code);
-* any other folder: the diffusers pipeline layout (:mod:`gas_solver.models.diffusers`), optionally
-  ``folder:guidance=S``.
+* ``edm``: an EDM network pickle ``….pkl``, or a folder with ``edm.json`` + ``model.safetensors``
+  written by ``gas-solver convert-edm`` (:mod:`gas_solver.models.edm`; pickles are read without
+  running their code);
+* ``diffusers``: any other folder, the diffusers pipeline layout
+  (:mod:`gas_solver.models.diffusers`), optionally ``folder:guidance=S``.
 
-The string a model was loaded from is kept as ``model.source`` so teacher sets and checkpoints can
-name it and later commands can load it again.
+A new family is one module with its loader and one entry in :data:`MODEL_FAMILIES` (see
+``docs/ARCHITECTURE.md``). The string a model was loaded from is kept as ``model.source`` so
+teacher sets and checkpoints can name it and later commands can load it again.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from pathlib import Path
@@ -83,6 +86,32 @@ BUILTIN_MODELS: dict[str, tuple[Callable[[], DiffusionModel], str]] = {
 }
 
 
+@dataclasses.dataclass(frozen=True)
+class ModelFamily:
+    """A kind of model file or folder: how its sources are recognised and loaded.
+
+    Attributes:
+        recognises: ``recognises(source) -> bool`` for a ``--model`` string: whether the source
+            is of this family; cheap (it looks at the path, loads nothing).
+        load: ``load(source) -> DiffusionModel``; :func:`load_model` then moves the model to the
+            device, puts it in eval mode, freezes it and sets its ``source``.
+        fallback: whether it takes whatever the others do not claim (``diffusers``: any folder),
+            so that it is asked after them.
+    """
+
+    recognises: Callable[[str], bool]
+    load: Callable[[str], DiffusionModel]
+    fallback: bool = False
+
+
+MODEL_FAMILIES: dict[str, ModelFamily] = {
+    "edm": ModelFamily(is_edm_source, load_edm_model),  # "x.pkl", or a folder with edm.json
+    "diffusers": ModelFamily(is_diffusers_source, load_diffusers_model, fallback=True),
+}
+"""Family name → :class:`ModelFamily`; :func:`load_model` asks them in this order, fallbacks
+last."""
+
+
 RENAMED_MODELS = {
     "mnist32-flow": "the default mnist32 is now a (deeper, better) rectified-flow model: use "
     "--model mnist32; the diffusion model that was mnist32 is mnist32-vp",
@@ -90,21 +119,25 @@ RENAMED_MODELS = {
 
 
 def load_model(source: str, device: str | torch.device = "cpu") -> DiffusionModel:
-    """Load a model by built-in name (see ``BUILTIN_MODELS``), from an EDM ``.pkl`` or converted
-    EDM folder, or from a local diffusers folder (see the module docstring)."""
+    """Load a model by built-in name (see ``BUILTIN_MODELS``) or from a path that a family of
+    ``MODEL_FAMILIES`` recognises (see the module docstring)."""
     if source in RENAMED_MODELS:
         raise ConfigError(f"model: {source!r} is no longer bundled; {RENAMED_MODELS[source]}")
     if source in BUILTIN_MODELS:
         model = BUILTIN_MODELS[source][0]()
-    elif is_edm_source(source):  # "x.pkl", or a folder with edm.json
-        model = load_edm_model(source)
-    elif is_diffusers_source(source):  # a folder, optionally "folder:guidance=S"
-        model = load_diffusers_model(source)
     else:
-        known = ", ".join(BUILTIN_MODELS)
-        raise ConfigError(
-            f"model: {source!r} is neither a built-in model ({known}) nor a local model folder "
-            "or EDM .pkl file"
-        )
+        model = _family_of(source).load(source)
     model.source = source
     return model.to(device).eval().requires_grad_(False)
+
+
+def _family_of(source: str) -> ModelFamily:
+    """The first family that recognises ``source``, fallbacks asked last."""
+    for family in sorted(MODEL_FAMILIES.values(), key=lambda family: family.fallback):
+        if family.recognises(source):
+            return family
+    known = ", ".join(BUILTIN_MODELS)
+    raise ConfigError(
+        f"model: {source!r} is neither a built-in model ({known}) nor a local model folder "
+        "or EDM .pkl file"
+    )

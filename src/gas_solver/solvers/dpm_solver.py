@@ -14,6 +14,7 @@ from torch import Tensor
 
 from ..models.base import DiffusionModel
 from ._common import Callback, check_grid, check_order, finite_order, report, vp_terms
+from .classic import ClassicSolver, SolverOption
 
 
 def ddim(
@@ -118,3 +119,19 @@ def _dpmpp_update(
     e2 = (delta0 - delta1) / (r0 + r1).to(x)
     phi2, phi3 = phi1 / h + 1.0, (phi1 + h) / h**2 - 0.5
     return x_next + (alpha_t * phi2).to(x) * e1 - (alpha_t * phi3).to(x) * e2
+
+
+DDIM = ClassicSolver(
+    ddim,
+    "DDIM, deterministic (Song et al. 2021)",
+    (SolverOption("order", (1,), 1),),
+    candidates=("",),
+)
+DPMPP = ClassicSolver(
+    dpm_solver_pp,
+    "multistep DPM-Solver++ (Lu et al. 2022b), 3M as in the GAS paper",
+    (SolverOption("order", (1, 2, 3), 3), SolverOption("lower_order_final", (False, True), False)),
+    candidates=("order=2", "order=3"),  # order 1 is DDIM
+)
+
+__all__ = ["DDIM", "DPMPP", "ddim", "dpm_solver_pp"]

@@ -8,6 +8,7 @@ from torch import Tensor
 
 from ..models.base import DiffusionModel
 from ._common import Callback, check_grid, report
+from .classic import ClassicSolver, SolverOption
 
 
 def heun(
@@ -64,4 +65,11 @@ def _report_eps(
         report(callback, i, t, x, (x - (alpha * edm_sigma).to(x) * eps) / alpha.to(x))
 
 
-__all__ = ["heun"]
+HEUN = ClassicSolver(
+    heun,
+    "EDM's deterministic Heun sampler (Karras et al. 2022), 2 calls per step",
+    (SolverOption("order", (2,), 2),),
+    calls_per_step=2,
+)
+
+__all__ = ["HEUN", "heun"]

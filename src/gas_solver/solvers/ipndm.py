@@ -10,6 +10,7 @@ from torch import Tensor
 from ..errors import ConfigError
 from ..models.base import DiffusionModel
 from ._common import Callback, check_grid, check_order, report
+from .classic import ClassicSolver, SolverOption
 
 IPNDM_VARIANTS = ("fixed", "variable")
 
@@ -90,4 +91,18 @@ def adams_bashforth_weights(nodes: Tensor) -> Tensor:
     return torch.linalg.solve(u[None, :] ** powers[:, None], 1.0 / (powers + 1.0))
 
 
-__all__ = ["AB_WEIGHTS", "IPNDM_VARIANTS", "adams_bashforth_weights", "ipndm"]
+IPNDM = ClassicSolver(
+    ipndm,
+    "improved PNDM, Adams-Bashforth on the EDM ODE (Zhang & Chen 2023)",
+    (SolverOption("order", (1, 2, 3, 4), 4), SolverOption("variant", IPNDM_VARIANTS, "fixed")),
+    candidates=(  # order 1 is DDIM
+        "order=2",
+        "order=3",
+        "order=4",
+        "order=2,variant=variable",
+        "order=3,variant=variable",
+        "order=4,variant=variable",
+    ),  # fmt: skip
+)
+
+__all__ = ["AB_WEIGHTS", "IPNDM", "IPNDM_VARIANTS", "adams_bashforth_weights", "ipndm"]

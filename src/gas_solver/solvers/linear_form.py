@@ -61,7 +61,8 @@ def check_representable(spec: SolverSpec) -> None:
     if calls != 1:
         raise ConfigError(
             f"{spec.name} makes {calls} model calls per step and the GS one, so no GS equals it; "
-            "start from a one-call-per-step solver (ddim, dpmpp, unipc, ipndm)"
+            "start from a one-call-per-step solver "
+            f"({', '.join(name for name, s in SOLVERS.items() if s.calls_per_step == 1)})"
         )
 
 

@@ -14,7 +14,9 @@ Text syntax (:func:`parse_solver_spec`, :meth:`SolverSpec.to_string`)::
     ddim:grid=[1,0.6,0.3,0.001]          # explicit grid in t; NFE follows from its length
     ddim:grid=[999,666,333,0],grid_unit=timestep
 
-Keys are the fields of :class:`SolverSpec`; booleans are ``true``/``false``; an explicit grid is a
+Keys are :data:`GRID_KEYS` (``nfe``, ``grid``, ``grid_unit``, ``t_eps``, ``rho``) and the
+options the solver declares (:class:`~gas_solver.solvers.classic.ClassicSolver`, e.g. ``order``,
+``variant``, ``lower_order_final``); booleans are ``true``/``false``; an explicit grid is a
 bracketed, comma-separated list. Spaces are ignored.
 """
 
@@ -35,58 +37,105 @@ from ..models.base import DiffusionModel
 from ..schedules import (
     GRID_KINDS,
     GRID_UNITS,
-    LinearVPSchedule,
     NoiseSchedule,
     explicit_grid,
     time_grid,
 )
 from ._common import Callback
-from .dpm_solver import ddim, dpm_solver_pp
-from .heun import heun
-from .ipndm import IPNDM_VARIANTS, ipndm
-from .unipc import UNIPC_VARIANTS, unipc
+from .classic import ClassicSolver, is_int
+from .dpm_solver import DDIM, DPMPP
+from .heun import HEUN
+from .ipndm import IPNDM
+from .unipc import UNIPC
 
 MAX_NFE = 10_000
 """Most model calls a solver may make: ten times a 1000-step DDPM chain, far above any teacher,
 and low enough that a mistyped NFE fails at once instead of allocating its time grid."""
 
-
-@dataclass(frozen=True)
-class ClassicSolver:
-    """What the registry knows about a classic solver function.
-
-    Attributes:
-        fn: the solver, ``fn(model, x, grid, cond, *, callback, **options) -> Tensor``.
-        orders: supported ``order`` values; the function takes ``order`` only if there are several.
-        default_order: used when a spec gives none.
-        calls_per_step: model calls per grid step (NFE = steps · calls_per_step).
-        variants: supported ``variant`` values (empty: the function takes no ``variant``).
-        lower_order_final: its default, or ``None`` if the function takes no such option.
-    """
-
-    fn: Callable[..., Tensor]
-    orders: tuple[int, ...]
-    default_order: int
-    calls_per_step: int = 1
-    variants: tuple[str, ...] = ()
-    lower_order_final: bool | None = None
-
-
 SOLVERS: dict[str, ClassicSolver] = {
-    "ddim": ClassicSolver(ddim, (1,), 1),
-    "dpmpp": ClassicSolver(dpm_solver_pp, (1, 2, 3), 3, lower_order_final=False),
-    "unipc": ClassicSolver(unipc, (1, 2, 3), 3, variants=UNIPC_VARIANTS, lower_order_final=True),
-    "ipndm": ClassicSolver(ipndm, (1, 2, 3, 4), 4, variants=IPNDM_VARIANTS),
-    "heun": ClassicSolver(heun, (2,), 2, calls_per_step=2),
+    "ddim": DDIM,
+    "dpmpp": DPMPP,
+    "unipc": UNIPC,
+    "ipndm": IPNDM,
+    "heun": HEUN,
 }
+"""Classic solver name → its declaration (each in its own module). The spec syntax, ``sample()``'s
+options, ``train --init-solver auto``'s candidates and the CLI help are read from this table when
+they are used, so a later :func:`register_classic_solver` counts everywhere."""
 
 
-@dataclass(frozen=True)
+def _parse_grid(raw: str) -> str | tuple[float, ...]:
+    """A grid kind as it is, or a bracketed list of times."""
+    if not raw.startswith("["):
+        return raw
+    if not raw.endswith("]"):
+        raise ValueError(raw)
+    return tuple(float(v) for v in raw[1:-1].split(","))
+
+
+GRID_KEYS: dict[str, Callable[[str], Any]] = {
+    "nfe": int,
+    "grid": _parse_grid,
+    "grid_unit": str,
+    "t_eps": float,
+    "rho": float,
+}
+"""The keys every spec has besides ``name`` and its solver's options, and how text reads them."""
+
+
+def register_classic_solver(name: str, solver: ClassicSolver) -> None:
+    """Add ``solver`` under ``name`` (a new plain word); ``SOLVERS.pop(name)`` removes it."""
+    if not isinstance(solver, ClassicSolver):
+        raise ConfigError(f"solver {name!r}: {solver!r} is not a ClassicSolver")
+    clash = sorted({option.name for option in solver.options} & {"name", "settings", *GRID_KEYS})
+    if clash:
+        raise ConfigError(f"solver {name!r}: options {clash} are keys every spec has")
+    if name in SOLVERS or not name or any(char in name for char in ":,=[] "):
+        raise ConfigError(f"solver: the name {name!r} is taken or not a plain word; choose another")
+    SOLVERS[name] = solver
+
+
+def option_names() -> list[str]:
+    """Every registered solver's option names, in the order specs show them: each solver's in
+    its own order, a name first declared by a later solver after the one its solver lists
+    before it, or last (``order``, ``variant``, ``lower_order_final`` for the built-ins)."""
+    names: list[str] = []
+    for solver in SOLVERS.values():
+        at = len(names)
+        for option in solver.options:
+            if option.name not in names:
+                names.insert(at, option.name)
+            at = names.index(option.name) + 1
+    return names
+
+
+def auto_candidates() -> list[str]:
+    """The classic specs (without NFE and grid) that ``train --init-solver auto`` tries: each
+    registered solver's ``candidates``, in the order of :data:`SOLVERS`."""
+    return [
+        f"{name}:{options}" if options else name
+        for name, solver in SOLVERS.items()
+        for options in solver.candidates
+    ]
+
+
+def classic_solvers_help() -> str:
+    """The registered solvers and their options, for ``--help`` texts."""
+    return "; ".join(
+        f"{name} = {solver.help}" + (f": {solver.describe_options()}" if solver.options else "")
+        for name, solver in SOLVERS.items()
+    )
+
+
+@dataclass(frozen=True, init=False)
 class SolverSpec:
     """A classic solver with its NFE, grid and options; validated on construction.
 
     Unset options take the solver's defaults and are stored resolved, so :meth:`to_dict` is
-    explicit. ``t_eps=None`` means the schedule's default.
+    explicit. ``t_eps=None`` means the schedule's default. The solver's options (its
+    :class:`~gas_solver.solvers.classic.SolverOption` s) are keyword arguments and read as
+    attributes: ``SolverSpec("unipc", nfe=8, variant="bh2").order == 3``; an option of another
+    solver reads ``None``.
 
     Attributes:
         name: a key of :data:`SOLVERS` (``ddim``, ``dpmpp``, ``unipc``, ``ipndm``, ``heun``).
@@ -95,31 +144,43 @@ class SolverSpec:
             strictly decreasing, ``nfe / calls_per_step + 1`` of them.
         grid_unit: unit of explicit values: ``t``, ``sigma`` (EDM σ̃), ``flow_sigma`` (a flow
             model's σ) or ``timestep`` (the network's).
-        order: solver order (default per solver: dpmpp 3, unipc 3, ipndm 4, ddim 1, heun 2).
-        variant: ``bh1``/``bh2`` for unipc (default bh1), ``fixed``/``variable`` for ipndm.
-        lower_order_final: dpmpp (default False) and unipc (default True) only.
         t_eps: last time of a grid kind; ``None`` = the schedule's ``t_eps``.
         rho: exponent of the ``edm`` grid kind.
+        settings: the solver's options, resolved, as ``(name, value)`` pairs in its order. The
+            built-ins': ``order`` (dpmpp 1–3, default 3; unipc 1–3, default 3; ipndm 1–4,
+            default 4; ddim 1; heun 2), ``variant`` (unipc ``bh1``/``bh2``, default bh1; ipndm
+            ``fixed``/``variable``, default fixed), ``lower_order_final`` (dpmpp, default false;
+            unipc, default true).
     """
 
-    name: str = "unipc"
-    nfe: int | None = None
-    grid: str | tuple[float, ...] = "logsnr"
-    grid_unit: str = "t"
-    order: int | None = None
-    variant: str | None = None
-    lower_order_final: bool | None = None
-    t_eps: float | None = None
-    rho: float = 7.0
+    name: str
+    nfe: int
+    grid: str | tuple[float, ...]
+    grid_unit: str
+    t_eps: float | None
+    rho: float
+    settings: tuple[tuple[str, Any], ...]
 
-    def __post_init__(self) -> None:
-        info = SOLVERS.get(self.name) if isinstance(self.name, str) else None
+    def __init__(
+        self,
+        name: str = "unipc",
+        nfe: int | None = None,
+        grid: str | Sequence[float] | Tensor = "logsnr",
+        grid_unit: str = "t",
+        *,
+        t_eps: float | None = None,
+        rho: float = 7.0,
+        settings: Sequence[tuple[str, Any]] = (),
+        **options: Any,
+    ) -> None:
+        info = SOLVERS.get(name) if isinstance(name, str) else None
         if info is None:
             raise ConfigError(
-                f"solver: unknown solver {excerpt(self.name)}, choose one of {list(SOLVERS)}"
+                f"solver: unknown solver {excerpt(name)}, choose one of {list(SOLVERS)}"
             )
         set_ = self._set
-        grid = self.grid
+        set_("name", name)
+        set_("grid_unit", grid_unit)
         if isinstance(grid, Tensor):
             grid = grid.detach().double().cpu().flatten().tolist()
         if isinstance(grid, str):
@@ -127,81 +188,67 @@ class SolverSpec:
                 raise ConfigError(
                     f"grid: must be one of {GRID_KINDS} or a list of times, got {excerpt(grid)}"
                 )
-            if self.grid_unit != "t":
+            if grid_unit != "t":
                 raise ConfigError("grid_unit: applies only to an explicit grid, not to a grid kind")
         elif isinstance(grid, Sequence) and all(_is_number(v) for v in grid):
             if len(grid) < 2:
                 raise ConfigError(
                     f"grid: an explicit grid needs at least 2 values, got {excerpt(list(grid))}"
                 )
-            set_("grid", tuple(float(v) for v in grid))
-            if self.t_eps is not None:
+            grid = tuple(float(v) for v in grid)
+            if t_eps is not None:
                 raise ConfigError(
                     "t_eps: applies only to a grid kind; an explicit grid has its own end"
                 )
             steps = len(grid) - 1
-            if self.nfe is None:
-                set_("nfe", steps * info.calls_per_step)
-            elif _is_int(self.nfe) and self.nfe != steps * info.calls_per_step:
+            if nfe is None:
+                nfe = steps * info.calls_per_step
+            elif is_int(nfe) and nfe != steps * info.calls_per_step:
                 raise ConfigError(
-                    f"nfe: {self.name} with an explicit grid of {len(grid)} points makes "
-                    f"{steps * info.calls_per_step} model calls, but nfe={self.nfe}"
+                    f"nfe: {name} with an explicit grid of {len(grid)} points makes "
+                    f"{steps * info.calls_per_step} model calls, but nfe={nfe}"
                 )
         else:
             raise ConfigError(
                 f"grid: must be a grid kind or a list of numbers, got {excerpt(grid)}"
             )
-        if self.grid_unit not in GRID_UNITS:
+        set_("grid", grid)
+        if grid_unit not in GRID_UNITS:
+            raise ConfigError(f"grid_unit: must be one of {GRID_UNITS}, got {excerpt(grid_unit)}")
+        if nfe is None:
+            raise ConfigError(f"nfe: required for {name} with grid kind {excerpt(grid)}")
+        if not is_int(nfe) or not 1 <= nfe <= MAX_NFE:
+            raise ConfigError(f"nfe: must be an integer from 1 to {MAX_NFE}, got {excerpt(nfe)}")
+        set_("nfe", int(nfe))
+        if nfe % info.calls_per_step:
             raise ConfigError(
-                f"grid_unit: must be one of {GRID_UNITS}, got {excerpt(self.grid_unit)}"
+                f"nfe: {name} makes {info.calls_per_step} model calls per step, so nfe "
+                f"must be a multiple of {info.calls_per_step}, got {nfe}"
             )
-        if self.nfe is None:
-            raise ConfigError(f"nfe: required for {self.name} with grid kind {excerpt(self.grid)}")
-        if not _is_int(self.nfe) or not 1 <= self.nfe <= MAX_NFE:
-            raise ConfigError(
-                f"nfe: must be an integer from 1 to {MAX_NFE}, got {excerpt(self.nfe)}"
-            )
-        set_("nfe", int(self.nfe))
-        if self.nfe % info.calls_per_step:
-            raise ConfigError(
-                f"nfe: {self.name} makes {info.calls_per_step} model calls per step, so nfe "
-                f"must be a multiple of {info.calls_per_step}, got {self.nfe}"
-            )
-        order = info.default_order if self.order is None else self.order
-        if not _is_int(order) or order not in info.orders:
-            raise ConfigError(
-                f"order: {self.name} supports orders {info.orders}, got {excerpt(order)}"
-            )
-        set_("order", int(order))
-        if info.variants:
-            variant = info.variants[0] if self.variant is None else self.variant
-            if variant not in info.variants:
+        given = {**dict(settings), **options}
+        known = option_names()
+        for key, value in given.items():  # None: unset, as to_dict writes other solvers' options
+            if info.option(key) is None and not (value is None and key in known):
                 raise ConfigError(
-                    f"variant: {self.name} supports {info.variants}, got {excerpt(variant)}"
+                    f"{key}: unknown option of {name}, which takes "
+                    f"{[option.name for option in info.options] or 'none'}"
                 )
-            set_("variant", variant)
-        elif self.variant is not None:
-            raise ConfigError(f"variant: {self.name} has no variants, got {excerpt(self.variant)}")
-        if info.lower_order_final is None:
-            if self.lower_order_final is not None:
-                raise ConfigError(f"lower_order_final: not an option of {self.name}")
-        else:
-            lof = (
-                info.lower_order_final if self.lower_order_final is None else self.lower_order_final
-            )
-            if not isinstance(lof, bool):
-                raise ConfigError(f"lower_order_final: must be true or false, got {excerpt(lof)}")
-            set_("lower_order_final", lof)
-        if self.t_eps is not None and not (_is_number(self.t_eps) and 0 < self.t_eps < 1):
-            raise ConfigError(f"t_eps: must be a number in (0, 1), got {excerpt(self.t_eps)}")
-        if not (_is_number(self.rho) and 0 < self.rho < math.inf):
-            raise ConfigError(f"rho: must be a positive number, got {excerpt(self.rho)}")
-        set_("rho", float(self.rho))
-        if self.t_eps is not None:
-            set_("t_eps", float(self.t_eps))
+        set_("settings", tuple((o.name, o.check(name, given.get(o.name))) for o in info.options))
+        if t_eps is not None and not (_is_number(t_eps) and 0 < t_eps < 1):
+            raise ConfigError(f"t_eps: must be a number in (0, 1), got {excerpt(t_eps)}")
+        set_("t_eps", None if t_eps is None else float(t_eps))
+        if not (_is_number(rho) and 0 < rho < math.inf):
+            raise ConfigError(f"rho: must be a positive number, got {excerpt(rho)}")
+        set_("rho", float(rho))
 
     def _set(self, field: str, value: Any) -> None:
-        object.__setattr__(self, field, value)  # resolving defaults of a frozen dataclass
+        object.__setattr__(self, field, value)  # building a frozen dataclass
+
+    def __getattr__(self, key: str) -> Any:
+        """An option's value by name (``spec.order``); ``None`` for another solver's option."""
+        if key in option_names():
+            return dict(self.__dict__.get("settings", ())).get(key)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {key!r}")
 
     # -- running ----------------------------------------------------------------------------------
     @property
@@ -210,16 +257,9 @@ class SolverSpec:
         return self.nfe // SOLVERS[self.name].calls_per_step
 
     def options(self) -> dict[str, Any]:
-        """The keyword options passed to the solver function."""
-        info = SOLVERS[self.name]
-        opts: dict[str, Any] = {}
-        if len(info.orders) > 1:
-            opts["order"] = self.order
-        if info.variants:
-            opts["variant"] = self.variant
-        if info.lower_order_final is not None:
-            opts["lower_order_final"] = self.lower_order_final
-        return opts
+        """The keyword options passed to the solver function (those with several choices)."""
+        passed = {option.name for option in SOLVERS[self.name].options if option.passed}
+        return {key: value for key, value in self.settings if key in passed}
 
     def make_grid(self, schedule: NoiseSchedule) -> Tensor:
         """The ``(steps+1,)`` float64 time grid of this spec for ``schedule``."""
@@ -258,8 +298,11 @@ class SolverSpec:
         grid = self.make_grid(model.schedule).to(noise.device)
         return self.run(model, noise, grid, cond, callback=callback)
 
-    # -- as a resolved solver (see resolve.resolve_solver) -----------------------------------------
+    # -- as a resolved solver (resolve.ResolvedSolver) --------------------------------------------
     kind = "classic"
+    checkpoint = None  # read from no file
+    model_source = None  # runs on any model
+    trained_on = None  # learnt from no teacher set
 
     @property
     def label(self) -> str:
@@ -280,21 +323,32 @@ class SolverSpec:
         """A spec runs on any model as it is."""
         return self
 
+    def time_grid(self, model: DiffusionModel) -> Tensor:
+        """Its grid on ``model`` (:meth:`make_grid` of the model's schedule)."""
+        return self.make_grid(model.schedule)
+
     def describe(self) -> dict[str, Any]:
         return {"solver": self.name, **self.to_dict()}
 
     # -- serialisation ----------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able fields (an explicit grid as a list)."""
-        out = dataclasses.asdict(self)
-        if isinstance(self.grid, tuple):
-            out["grid"] = list(self.grid)
-        return out
+        """JSON-able fields (an explicit grid as a list), every registered option among them
+        (``None``: not an option of this solver), so every spec has the same keys."""
+        values = dict(self.settings)
+        return {
+            "name": self.name,
+            "nfe": self.nfe,
+            "grid": list(self.grid) if isinstance(self.grid, tuple) else self.grid,
+            "grid_unit": self.grid_unit,
+            **{key: values.get(key) for key in option_names()},
+            "t_eps": self.t_eps,
+            "rho": self.rho,
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SolverSpec:
         """Inverse of :meth:`to_dict`; unknown keys raise :class:`ConfigError`."""
-        fields = {f.name for f in dataclasses.fields(cls)}
+        fields = {"name", *GRID_KEYS, *option_names()}
         unknown = sorted(set(data) - fields)
         if unknown:
             raise ConfigError(f"solver spec: unknown field(s) {unknown}, known: {sorted(fields)}")
@@ -324,7 +378,10 @@ def parse_solver_spec(text: str, **defaults: Any) -> SolverSpec:
     name, _, rest = text.partition(":")
     if not name:
         raise ConfigError(f"solver spec {excerpt(text)}: missing solver name, e.g. 'unipc:nfe=8'")
-    keys = {f.name for f in dataclasses.fields(SolverSpec)} - {"name"}
+    if name not in SOLVERS:
+        raise ConfigError(f"solver: unknown solver {excerpt(name)}, choose one of {list(SOLVERS)}")
+    options = {option.name: option.parse for option in SOLVERS[name].options}
+    parsers = {**GRID_KEYS, **options}
     values: dict[str, Any] = {}
     for item in _split_top_level(rest) if rest else []:
         key, eq, raw = item.partition("=")
@@ -332,13 +389,20 @@ def parse_solver_spec(text: str, **defaults: Any) -> SolverSpec:
             raise ConfigError(
                 f"solver spec {excerpt(text)}: expected KEY=VALUE, got {excerpt(item)}"
             )
-        if key not in keys:
+        if key not in parsers:
             raise ConfigError(
-                f"solver spec {excerpt(text)}: unknown key {excerpt(key)}, known: {sorted(keys)}"
+                f"solver spec {excerpt(text)}: unknown key {excerpt(key)}, known: {sorted(parsers)}"
             )
         if key in values:
             raise ConfigError(f"solver spec {excerpt(text)}: {key} given twice")
-        values[key] = _parse_value(key, raw, text)
+        try:
+            if not raw.isascii():
+                raise ValueError(raw)
+            values[key] = parsers[key](raw)
+        except (ValueError, KeyError):
+            raise ConfigError(
+                f"solver spec {excerpt(text)}: bad value for {key}: {excerpt(raw)}"
+            ) from None
     if isinstance(values.get("grid"), tuple):
         defaults = {k: v for k, v in defaults.items() if k != "nfe"}
     return SolverSpec(name=name, **{**defaults, **values})
@@ -346,19 +410,14 @@ def parse_solver_spec(text: str, **defaults: Any) -> SolverSpec:
 
 DEFAULT_TEACHER = "unipc:nfe=20,order=3,variant=bh1,grid=logsnr"
 """The paper's teacher solver: UniPC-3 (variant bh1), 20 model calls, logSNR grid."""
-PIXEL_TEACHER_T_EPS = 1e-4
-"""Teacher t_eps for continuous-time pixel (EDM) models, as in the paper (App. D.2, Table 17)."""
 
 
 def teacher_spec(text: str, model: DiffusionModel) -> SolverSpec:
-    """Parse a teacher spec; continuous pixel models default to the paper's t_eps = 1e-4."""
+    """Parse a teacher spec; a named grid without ``t_eps`` ends at the model's
+    ``teacher_t_eps`` where it has one (the paper's 1e-4 on continuous pixel models)."""
     spec = parse_solver_spec(text)
-    if (
-        spec.t_eps is None
-        and isinstance(spec.grid, str)
-        and isinstance(model.schedule, LinearVPSchedule)
-    ):
-        spec = dataclasses.replace(spec, t_eps=PIXEL_TEACHER_T_EPS)
+    if spec.t_eps is None and isinstance(spec.grid, str) and model.teacher_t_eps is not None:
+        spec = dataclasses.replace(spec, t_eps=model.teacher_t_eps)
     return spec
 
 
@@ -385,31 +444,6 @@ def _split_top_level(text: str) -> list[str]:
     return items
 
 
-def _parse_value(key: str, raw: str, text: str) -> Any:
-    try:
-        if not raw.isascii():
-            raise ValueError(raw)
-        if key in ("nfe", "order"):
-            return int(raw)
-        if key in ("t_eps", "rho"):
-            return float(raw)
-        if key == "lower_order_final":
-            return {"true": True, "false": False}[raw.lower()]
-        if key == "grid" and raw.startswith("["):
-            if not raw.endswith("]"):
-                raise ValueError(raw)
-            return tuple(float(v) for v in raw[1:-1].split(","))
-    except (ValueError, KeyError):
-        raise ConfigError(
-            f"solver spec {excerpt(text)}: bad value for {key}: {excerpt(raw)}"
-        ) from None
-    return raw
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
 def _is_number(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
@@ -418,11 +452,14 @@ __all__ = [
     "DEFAULT_TEACHER",
     "GRID_UNITS",
     "MAX_NFE",
-    "PIXEL_TEACHER_T_EPS",
     "SOLVERS",
     "ClassicSolver",
     "SolverSpec",
+    "auto_candidates",
     "check_noise",
+    "classic_solvers_help",
+    "option_names",
     "parse_solver_spec",
+    "register_classic_solver",
     "teacher_spec",
 ]

@@ -10,6 +10,7 @@ from torch import Tensor
 from ..errors import ConfigError
 from ..models.base import DiffusionModel
 from ._common import Callback, check_grid, check_order, finite_order, report, vp_terms
+from .classic import ClassicSolver, SolverOption
 
 UNIPC_VARIANTS = ("bh1", "bh2")
 
@@ -121,4 +122,15 @@ def _unipc_update(
     return x_next - (alpha_t * b_h).to(x) * residual
 
 
-__all__ = ["UNIPC_VARIANTS", "unipc"]
+UNIPC = ClassicSolver(
+    unipc,
+    "UniPC predictor-corrector, data prediction (Zhao et al. 2023), the paper's teacher",
+    (
+        SolverOption("order", (1, 2, 3), 3),
+        SolverOption("variant", UNIPC_VARIANTS, "bh1"),
+        SolverOption("lower_order_final", (False, True), True),
+    ),
+    candidates=("order=1", "order=2", "order=3", "order=2,variant=bh2", "order=3,variant=bh2"),
+)
+
+__all__ = ["UNIPC", "UNIPC_VARIANTS", "unipc"]

@@ -23,7 +23,7 @@ from ..distributed import all_sum, owns, show_progress
 from ..errors import ConfigError
 from ..models.base import DiffusionModel
 from ..solvers.generalized import PAPER_THEORY, GeneralizedSolver
-from ..solvers.registry import SolverSpec, parse_solver_spec
+from ..solvers.registry import SolverSpec, auto_candidates, parse_solver_spec
 from ..solvers.resolve import is_checkpoint
 from .losses import DistillationLoss
 
@@ -31,24 +31,6 @@ log = logging.getLogger(__name__)
 
 AUTO, PAPER = "auto", PAPER_THEORY
 """The two named starts: the best classic solver, and DPM-Solver++(3M) on ``--init-grid``."""
-
-CANDIDATES = (
-    "ddim",
-    "dpmpp:order=2",
-    "dpmpp:order=3",
-    "unipc:order=1",
-    "unipc:order=2",
-    "unipc:order=3",
-    "unipc:order=2,variant=bh2",
-    "unipc:order=3,variant=bh2",
-    "ipndm:order=2",
-    "ipndm:order=3",
-    "ipndm:order=4",
-    "ipndm:order=2,variant=variable",
-    "ipndm:order=3,variant=variable",
-    "ipndm:order=4,variant=variable",
-)
-"""The classic solvers ``auto`` tries on each grid kind (first orders that equal DDIM left out)."""
 
 THEORIES = ("start", PAPER)
 """``--theory-solver``: the start solver's own coefficients as the theory, or DPM-Solver++(3M)'s."""
@@ -84,11 +66,13 @@ class Start:
 
 
 def candidate_specs(nfe: int, grids: Sequence[str], t_eps: float | None) -> list[SolverSpec]:
-    """Every solver of :data:`CANDIDATES` on every grid kind of ``grids``, with ``nfe`` calls."""
+    """Every classic solver ``auto`` tries (each registered solver's ``candidates``, see
+    :func:`~gas_solver.solvers.registry.auto_candidates`) on every grid kind of ``grids``, with
+    ``nfe`` calls."""
     return [
         parse_solver_spec(name, nfe=nfe, grid=grid, t_eps=t_eps)
         for grid in grids
-        for name in CANDIDATES
+        for name in auto_candidates()
     ]
 
 
@@ -206,7 +190,6 @@ def _rows(cond: Any, part: slice) -> Any:
 
 __all__ = [
     "AUTO",
-    "CANDIDATES",
     "FINALISTS",
     "SCREEN_PAIRS",
     "PAPER",

@@ -177,7 +177,7 @@ class Trainer:
                     record.get("candidates", {}),
                     record.get("screened", {}),
                 )
-        if isinstance(start, SolverSpec):
+        if isinstance(start, SolverSpec):  # a spec, not a named start (str): the GS is made from it
             return Start(classic_start(start, self.model, config.theory_solver, config.theory),
                          start.to_string())  # fmt: skip
         if start == AUTO:
