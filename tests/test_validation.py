@@ -201,6 +201,45 @@ def _edit_manifest(folder, change):
     (folder / "manifest.json").write_text(json.dumps(manifest))
 
 
+def _key_paths_and_items(value, prefix=(), depth=3):
+    """Key paths (and list indices) of a JSON value, down to ``depth`` levels."""
+    children = value.items() if isinstance(value, dict) else enumerate(value)
+    for key, child in children:
+        yield (*prefix, key)
+        if isinstance(child, (dict, list)) and depth > 1:
+            yield from _key_paths_and_items(child, (*prefix, key), depth - 1)
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.data())
+def test_any_edited_manifest_trains_or_is_refused_in_one_line(teacher, tmp_path, data):
+    """Property: a teacher manifest with any field (or list item) replaced by any JSON value
+    trains, or is refused with one line of at most 1 KB naming the set, before any checkpoint."""
+    manifest = json.loads((teacher / "manifest.json").read_text())
+    path = data.draw(
+        st.sampled_from(sorted(_key_paths_and_items(manifest), key=str)), label="field"
+    )
+    value = data.draw(JSON_VALUES, label="value")
+    parent = manifest
+    for key in path[:-1]:
+        parent = parent[key]
+    parent[path[-1]] = value
+    work = Path(tempfile.mkdtemp(dir=tmp_path))
+    copy = _copy(teacher, work)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = main(["train", "--teacher", str(copy), "--out", str(work / "run"), *TRAIN])
+    lines = err.getvalue().strip().splitlines()
+    assert code in (0, 2), err.getvalue()
+    if code == 2:
+        assert "Traceback" not in err.getvalue() and len(lines[-1]) < 1024, lines
+        assert lines[-1].startswith("gas-solver train: error: "), lines
+        assert not (work / "run" / "checkpoint.pt").exists()
+
+
 def test_edited_manifest_seeds_are_refused_at_open(teacher, tmp_path, capsys):
     copy = _copy(teacher, tmp_path)
     _edit_manifest(copy, lambda m: m.update(seeds="1000000-1000059"))
