@@ -331,9 +331,9 @@ def temporaries(out: Path) -> list[str]:
 
 
 def _output_write(fd: int, out: Path) -> bool:
-    """Whether an fsync of ``fd`` is :func:`gas_solver.outputs.atomic_write` writing under
+    """Whether an fsync of ``fd`` is an atomic write (:func:`gas_solver.outputs.atomic_write`) under
     ``out`` (not a cache: those only warn when they cannot be written)."""
-    return sys._getframe(2).f_code is outputs.atomic_write.__code__ and os.readlink(
+    return sys._getframe(2).f_code is outputs._put_in_place.__code__ and os.readlink(
         f"/proc/self/fd/{fd}"
     ).startswith(str(out))
 

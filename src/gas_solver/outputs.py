@@ -383,17 +383,24 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:200]}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
         write(Path(tmp))
-        os.chmod(tmp, 0o666 & ~_UMASK)  # after writing: some writers replace the file
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        record_output(path)
-        os.replace(tmp, path)
+        _put_in_place(Path(tmp), path)
     except OSError as err:
         raise OutputError(f"cannot write {_shown(path)}: {_os_reason(err)}") from err
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def _put_in_place(tmp: Path, path: Path) -> None:
+    """The end of every atomic write: the permissions a plain ``open`` would give (``mkstemp``
+    makes files owner-only; set after writing, as some writers replace the file), fsync, the run
+    record, then the rename over ``path``."""
+    os.chmod(tmp, 0o666 & ~_UMASK)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    record_output(path)
+    os.replace(tmp, path)
 
 
 def write_files(folder: str | os.PathLike, write: Callable[[Path], None]) -> Path:
@@ -414,11 +421,7 @@ def write_files(folder: str | os.PathLike, write: Callable[[Path], None]) -> Pat
             target = folder / file.relative_to(tmp)
             target.parent.mkdir(parents=True, exist_ok=True)
             _refuse_special(target)
-            os.chmod(file, 0o666 & ~_UMASK)
-            with open(file, "rb") as f:
-                os.fsync(f.fileno())
-            record_output(target)
-            os.replace(file, target)
+            _put_in_place(file, target)
     except OSError as err:
         raise OutputError(f"cannot write in {_shown(folder)}: {_os_reason(err)}") from err
     finally:
