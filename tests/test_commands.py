@@ -54,3 +54,37 @@ def test_the_check_resolves_relative_imports():
     assert any(_is_commands(name) for name in _imported_modules(PACKAGE / "cli.py"))
     init = _imported_modules(PACKAGE / "evaluation" / "__init__.py")
     assert "gas_solver.evaluation.compare" in init  # `from .compare import ...` in a package
+
+
+def _calls(path: Path, name: str) -> list[ast.Call]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    return [
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == name
+    ]
+
+
+def test_no_caller_outside_models_tests_a_model_class():
+    """The model contract carries what callers need (issue #30): ``isinstance(model, …)`` lives
+    in ``models/`` only (telling a model from its name, ``str``, is not a class test)."""
+    offenders = [
+        f"{path.relative_to(PACKAGE)}:{call.lineno}"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if (PACKAGE / "models") not in path.parents
+        for call in _calls(path, "isinstance")
+        if isinstance(call.args[0], ast.Name) and call.args[0].id == "model"
+        and not (isinstance(call.args[1], ast.Name) and call.args[1].id == "str")
+    ]  # fmt: skip
+    assert not offenders, offenders
+
+
+def test_settings_are_built_from_text_only_at_the_command_line():
+    """``load_config`` (YAML and flag text → settings) runs for the command line only; commands
+    hand each other typed settings (``config.validated``)."""
+    users = [
+        str(path.relative_to(PACKAGE))
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if _calls(path, "load_config") and path.name not in ("config.py", "cli.py")
+    ]
+    assert not users, users
