@@ -263,6 +263,8 @@ class Child:
         self.pid = os.fork()
         if self.pid == 0:  # the child: run the command, never return into the parent's code
             code = 1
+            # Ctrl-C as at a terminal (a script run in the background has SIGINT ignored)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
             try:
                 fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
                 os.dup2(fd, 2)

@@ -31,11 +31,19 @@ SAMPLE = ["sample", "--model", "gmm-digits", "--solver", "ddim:nfe=2", "--seeds"
 COMPARE = ["compare", "--model", "gmm-ring", "--solvers", "ddim:nfe=2", "--seeds", "50000-50063"]
 
 
+def _ctrl_c_as_at_a_terminal() -> None:
+    """In the child before it runs: SIGINT as a terminal delivers it (a test run in the background
+    inherits SIGINT ignored, and Python keeps an ignored SIGINT ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _gas(*args, cwd, **popen):
     command = [sys.executable, "-m", "gas_solver.cli", *map(str, args)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if popen:
-        return subprocess.Popen(command, cwd=cwd, env=env, text=True, **popen)
+        return subprocess.Popen(
+            command, cwd=cwd, env=env, text=True, preexec_fn=_ctrl_c_as_at_a_terminal, **popen
+        )
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
