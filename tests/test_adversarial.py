@@ -11,7 +11,8 @@ from gas_solver.training.adversarial import (
     logits_and_penalty,
     relativistic_loss,
 )
-from gas_solver.training.discriminator import Discriminator, preset_arch
+from gas_solver.training.discriminator import Discriminator
+from gas_solver.training.discriminator_arch import preset_arch
 
 SHAPE = (1, 8, 8)
 
@@ -143,7 +144,7 @@ def test_latent_sample_shapes_fit_the_discriminator():
     """GAS on latent models discriminates latents (spec §3.2): SD's 4×64×64 gets the paper's
     FFHQ-64 architecture with a 4-channel stem, LDM's VQ-f4 3×64×64 the 3-channel one."""
     from gas_solver.errors import ConfigError
-    from gas_solver.training.discriminator import image_shape
+    from gas_solver.training.discriminator_arch import image_shape
 
     for channels in (4, 3):
         arch = preset_arch("auto", (channels, 64, 64))

@@ -22,7 +22,7 @@ from gas_solver.errors import ConfigError
 from gas_solver.schedules import DiscreteVPSchedule
 from gas_solver.seeds import parse_seeds
 from gas_solver.solvers.registry import parse_solver_spec
-from gas_solver.training.discriminator import preset_arch
+from gas_solver.training.discriminator_arch import preset_arch
 
 ROOT = Path(__file__).parents[1]
 CONFIGS = ROOT / "configs"

@@ -6,14 +6,8 @@ import torch.nn.functional as F
 
 from gas_solver.errors import CheckpointMismatchError, ConfigError, MissingAssetError
 from gas_solver.runtime import save_checkpoint_file
-from gas_solver.training.discriminator import (
-    PRESETS,
-    Discriminator,
-    DiscriminatorArch,
-    LowPassDown,
-    build_discriminator,
-    preset_arch,
-)
+from gas_solver.training.discriminator import Discriminator, LowPassDown, build_discriminator
+from gas_solver.training.discriminator_arch import PRESETS, DiscriminatorArch, preset_arch
 
 CASES = [
     ("r3gan-32", (3, 32, 32)),

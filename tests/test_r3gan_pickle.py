@@ -21,8 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from gas_solver.errors import ConfigError, MissingAssetError
+from gas_solver.training import discriminator as ours_module
 from gas_solver.training.discriminator import build_discriminator
-from gas_solver.training.r3gan_pickle import load_r3gan_discriminator
+from gas_solver.training.r3gan_pickle import read_r3gan_discriminator
 
 
 # -- a discriminator laid out as R3GAN's ---------------------------------------------------------
@@ -213,7 +214,7 @@ def test_snapshot_rebuilds_with_the_same_logits(tmp_path, conditional) -> None:
     _write_snapshot(tmp_path / "snap.pkl", Wrapper(reference))
     assert "R3GAN.Networks" not in sys.modules
 
-    ours = load_r3gan_discriminator(tmp_path / "snap.pkl")
+    ours = ours_module.Discriminator.load(tmp_path / "snap.pkl")
     arch = ours.arch
     assert (arch.resolution, arch.in_channels, arch.widths) == (16, 3, (16, 32, 32))
     assert (arch.cardinalities, arch.blocks, arch.head_channels) == (
@@ -245,14 +246,14 @@ def test_code_in_a_snapshot_is_refused_and_never_runs(tmp_path) -> None:
     with open(tmp_path / "evil.pkl", "wb") as f:
         pickle.dump({"D": Payload()}, f)
     with pytest.raises(ConfigError, match="refused to load the global .*system"):
-        load_r3gan_discriminator(tmp_path / "evil.pkl")
+        read_r3gan_discriminator(tmp_path / "evil.pkl")
     assert not marker.exists()
 
 
 def test_missing_or_foreign_snapshots_say_what_is_wrong(tmp_path) -> None:
     with pytest.raises(MissingAssetError, match="R3GAN-CIFAR10"):
-        load_r3gan_discriminator(tmp_path / "network-snapshot-final.pkl")
+        read_r3gan_discriminator(tmp_path / "network-snapshot-final.pkl")
     with open(tmp_path / "g.pkl", "wb") as f:
         pickle.dump({"G": {}}, f)
     with pytest.raises(ConfigError, match="no 'D' entry"):
-        load_r3gan_discriminator(tmp_path / "g.pkl")
+        read_r3gan_discriminator(tmp_path / "g.pkl")

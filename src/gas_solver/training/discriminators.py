@@ -13,7 +13,8 @@ import dataclasses
 from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
-from .discriminator import PRESETS, Discriminator
+from .discriminator import Discriminator
+from .discriminator_arch import PRESETS
 from .feature_discriminator import FEATURE_PRESET, FeatureDiscriminator
 from .gas_discriminator import GasDiscriminator
 

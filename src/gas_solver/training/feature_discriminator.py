@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..models.base import DiffusionModel
-from .discriminator import image_shape
+from .discriminator_arch import image_shape
 from .gas_discriminator import GasDiscriminator
 
 if TYPE_CHECKING:

@@ -15,11 +15,11 @@ holds ``Model``, an ``R3GAN.Networks.Discriminator`` laid out as
   ``DiscriminativeBasis`` (``Basis``, 4×4 depthwise, and ``LinearLayer``);
 * ``EmbeddingLayer`` for class-conditional snapshots.
 
-:func:`load_r3gan_discriminator` reads the pickle with the restricted unpickler of
+:func:`read_r3gan_discriminator` reads the pickle with the restricted unpickler of
 :mod:`gas_solver.safe_pickle` (R3GAN's classes become inert records, under its released module
 names and the earlier ``BaselineGAN`` / ``training.networks_baseline`` ones), infers the
-architecture from the tensor shapes, and loads the weights into this package's
-:class:`~.discriminator.Discriminator` (``strict``). As in GAS, a conditional snapshot's class
+architecture from the tensor shapes, and renames the weights for this package's
+:class:`~.discriminator.Discriminator`, which loads them ``strict``. As in GAS, a conditional snapshot's class
 embedding is replaced by the constant 1: the logit is the sum of the projection. The snapshots
 run some stages in bfloat16 (R3GAN's ``FP16Stages``); here everything runs in float32.
 """
@@ -35,7 +35,7 @@ from torch import Tensor
 
 from ..errors import ConfigError
 from ..safe_pickle import Captured, captured_class, captured_state_dict, read_pickle
-from .discriminator import Discriminator, DiscriminatorArch, lowpass_kernel
+from .discriminator_arch import DiscriminatorArch, lowpass_kernel
 
 DOWNLOADS = (
     "https://huggingface.co/brownvc/R3GAN-CIFAR10/resolve/main/network-snapshot-final.pkl (32x32), "
@@ -181,8 +181,10 @@ def _our_names(tensors: dict[str, Tensor], arch: DiscriminatorArch, last: int) -
     return {k: v.float() for k, v in ours.items()}
 
 
-def load_r3gan_discriminator(path: str | Path) -> Discriminator:
-    """The discriminator ``D`` of an R3GAN snapshot pickle as a :class:`Discriminator`.
+def read_r3gan_discriminator(path: str | Path) -> dict[str, Any]:
+    """The discriminator ``D`` of an R3GAN snapshot pickle, as the ``{"architecture", "state"}``
+    entry :meth:`~.discriminator.Discriminator.from_checkpoint` builds a
+    :class:`~.discriminator.Discriminator` from (``Discriminator.load(path)`` does both).
 
     Raises:
         MissingAssetError: no file at ``path`` (the message names the downloads).
@@ -204,4 +206,4 @@ def load_r3gan_discriminator(path: str | Path) -> Discriminator:
         state = _our_names(tensors, arch, last)
     except ConfigError as err:
         raise ConfigError(f"{source}: {err}") from None
-    return Discriminator.from_checkpoint({"architecture": arch.to_dict(), "state": state}, source)
+    return {"architecture": arch.to_dict(), "state": state}
