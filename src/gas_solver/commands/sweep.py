@@ -217,6 +217,9 @@ def _sweep(config: SweepConfig, out: Path, progress: bool) -> Path:
         model=config.model, out=str(out / "teacher"), solver=config.teacher,
         seeds=config.teacher_seeds, device=config.device,
     ))  # fmt: skip
+    some_grids = {spec: config.grid_list[0] for spec in split_solvers(config.classic)}
+    for method in config.learned_list:  # every row's settings checked before any work
+        _train_settings(config, out / "teacher", config.nfe_list[0], some_grids, method)
     device = resolve_device(config.device)
     model = load_model(config.model, device)
     teacher = make_teacher_set(teacher_config, model, device, progress)
@@ -405,14 +408,26 @@ def _grid_l1(model, nfe: int, config: SweepConfig, teacher, device, progress) ->
 def _trained(
     config, model, teacher: TeacherSet, nfe: int, grids: dict, method: str, progress: bool
 ) -> Path:
-    """The learned solver of one row, trained unless a finished run is in its folder. The
-    ``timesteps`` row starts from its ``--timesteps-grid`` (by default the grid the classic
-    DPM-Solver++(3M) row found best: a grid-only learner that starts where its solver is best),
-    ``gs`` from ``--init-solver``, ``gs-3m`` from DPM-Solver++(3M) on ``--init-grid``, and a GAS
-    row from the GS row of its start."""
+    """The learned solver of one row, trained unless a finished run is in its folder (a GAS row
+    first trains the GS row it fine-tunes, if that is not done)."""
     folder = Path(config.out) / f"nfe{nfe}" / method
     if _finished(folder):
         return folder
+    if LEARNED_METHODS[method][0] == "gas":
+        _trained(config, model, teacher, nfe, grids, method.replace("gas", "gs"), progress)
+    train(_train_settings(config, teacher.path, nfe, grids, method), model, teacher, progress)
+    barrier()  # torchrun: rank 0 has written the solver before any rank looks for it
+    return folder
+
+
+def _train_settings(
+    config: SweepConfig, teacher: Path, nfe: int, grids: dict, method: str
+) -> TrainConfig:
+    """The checked ``train`` settings of one learned row. The ``timesteps`` row starts from its
+    ``--timesteps-grid`` (by default the grid the classic DPM-Solver++(3M) row found best: a
+    grid-only learner that starts where its solver is best), ``gs`` from ``--init-solver``,
+    ``gs-3m`` from DPM-Solver++(3M) on ``--init-grid``, and a GAS row from the GS row of its
+    start (its run folder)."""
     loss, learn = LEARNED_METHODS[method]
     init_solver, init_grid = config.init_solver, None
     if method.endswith("-3m"):
@@ -421,25 +436,21 @@ def _trained(
         init_solver = PAPER
         init_grid = grids[THEORY_SPEC] if config.timesteps_grid == "best" else config.timesteps_grid
     settings = TrainConfig(
-        teacher=str(teacher.path), out=str(folder), nfe=nfe, loss=loss, learn=learn,
-        init_solver=init_solver, init_grid=init_grid, iterations=config.iterations,
-        batch_size=config.train_batch_size, train_size=config.train_size,
-        val_size=config.val_size, val_every=0, checkpoint_every=config.iterations,
-        seed=config.train_seed, device=config.device,
+        teacher=str(teacher), out=str(Path(config.out) / f"nfe{nfe}" / method), nfe=nfe,
+        loss=loss, learn=learn, init_solver=init_solver, init_grid=init_grid,
+        iterations=config.iterations, batch_size=config.train_batch_size,
+        train_size=config.train_size, val_size=config.val_size, val_every=0,
+        checkpoint_every=config.iterations, seed=config.train_seed, device=config.device,
     )  # fmt: skip
-    if loss == "gas":  # fine-tunes the GS of this NFE (trained first if it is not a row)
+    if loss == "gas":  # fine-tunes the GS of this NFE
         settings = dataclasses.replace(
             settings, adv_weight=config.adv_weight, disc_preset=config.disc_preset,
             disc_lr=config.disc_lr, **R3GAN_BETAS, disc_warmup=config.disc_warmup,
             iterations=config.gas_iterations, checkpoint_every=config.gas_iterations,
             init_grid=None,
-            init_solver=str(_trained(
-                config, model, teacher, nfe, grids, method.replace("gas", "gs"), progress
-            )),
+            init_solver=str(Path(config.out) / f"nfe{nfe}" / method.replace("gas", "gs")),
         )  # fmt: skip
-    train(validated(settings), model, teacher, progress)
-    barrier()  # torchrun: rank 0 has written the solver before any rank looks for it
-    return folder
+    return validated(settings)
 
 
 def format_sweep(state: dict[str, Any]) -> str:
