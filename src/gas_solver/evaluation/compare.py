@@ -260,8 +260,7 @@ def compare(
             evaluation seeds shared with a teacher set (unless ``allow_seed_overlap``).
         MissingAssetError: a missing checkpoint, model, reference or FID detector.
     """
-    from ..metrics.fid import compute_statistics, reference_statistics
-    from ..metrics.fidelity import per_sample_fidelity, summarize_fidelity
+    from ..metrics.fid import reference_statistics
 
     if fid_method not in FID_METHODS:
         raise ConfigError(f"fid_method: must be one of {FID_METHODS}, got {fid_method!r}")
@@ -283,9 +282,6 @@ def compare(
     if opened is not None:
         _check_teacher_solver(entries[0], opened)
     is_image = makes_images(model)
-    latent = model.is_latent
-    fidelity_space = "latents" if latent else ("pixels" if is_image else "samples")
-    cond_fn = seed_cond_fn(model, None if prompts is None else str(prompts))
     ref_stats = None
     if fid_ref is not None:
         if not is_image:
@@ -299,6 +295,12 @@ def compare(
             fid_ref, num_images=fid_ref_num, batch_size=batch_size, device=device,
             progress=progress,
         )  # fmt: skip
+    runner = _Runner(
+        model, seed_list, batch_size, device, progress,
+        cond_fn=seed_cond_fn(model, None if prompts is None else str(prompts)),
+        conditions="default" if prompts is None else _file_digest(Path(prompts)),
+        cache=cache, with_statistics=ref_stats is not None,
+    )  # fmt: skip
     context = {
         "model": model.source or type(model).__name__,
         "model_identity": model.identity(),
@@ -306,8 +308,8 @@ def compare(
         "n_samples": len(seed_list),
         "teacher": entries[0].spec,
         "teacher_set": None if opened is None else str(_given_path(teacher_set)),
-        "fidelity_space": fidelity_space,
-        "fid_images": "decoded latents" if latent else ("samples" if is_image else None),
+        "fidelity_space": runner.fidelity_space,
+        "fid_images": "decoded latents" if model.is_latent else ("samples" if is_image else None),
         "fid_reference": None if fid_ref is None else str(fid_ref),
         "fid_reference_num_images": None if ref_stats is None else ref_stats.num_images,
         "fid_method": fid_method,
@@ -315,103 +317,154 @@ def compare(
         "batch_size": batch_size,
         "device": str(device),
     }
-    n_batches = math.ceil(len(seed_list) / batch_size)
+    solved = None if converged is None else runner.run(converged)  # samples and statistics
+    rows: list[Row] = []
+    kept: dict[str, Tensor] = {}  # the first images/points of each solver, for the pictures
+    teacher_samples: Tensor | None = None
+    for entry in [*entries, *([converged] if converged is not None else [])]:
+        run = solved if entry is converged else runner.run(entry)
+        if teacher_samples is None:
+            teacher_samples = run.samples
+        rows.append(runner.row(entry, run, teacher_samples, ref_stats, solved, fid_method))
+        if out is not None:  # the pictures show images: latent models' decoded samples
+            kept[entry.label] = (
+                to_images(model, run.samples[:GRID_IMAGES], batch_size)
+                if is_image
+                else run.samples[:SCATTER_POINTS]
+            )
+    if out is not None and is_main():  # torchrun: every rank has the rows, rank 0 writes
+        rows = write_report(Path(out), rows, kept, is_image, context)
+    return Comparison(rows, context)
 
-    conditions = "default" if prompts is None else _file_digest(Path(prompts))
 
-    def run(entry: _Entry) -> tuple[Tensor, Any, float, float]:
-        """Sample ``entry`` on the seeds: samples, Inception statistics (or ``None``), seconds,
-        model calls per sample; a teacher or reference row from the cache when it is there."""
-        log.info("compare: %s (%d seeds)", entry.label, len(seed_list))
+@dataclasses.dataclass
+class _Run:
+    """One solver on the seeds: its samples, Inception statistics (or ``None``), seconds and
+    model calls per sample."""
+
+    samples: Tensor
+    stats: Any
+    seconds: float
+    calls: float
+
+
+@dataclasses.dataclass
+class _Runner:
+    """What every row of a comparison shares: the model, seeds and conditions it samples, and how
+    a row is scored."""
+
+    model: DiffusionModel
+    seeds: list[int]
+    batch_size: int
+    device: torch.device
+    progress: bool
+    cond_fn: Any
+    conditions: str
+    cache: bool
+    with_statistics: bool
+
+    @property
+    def fidelity_space(self) -> str:
+        """Where L1/RMSE/PSNR are measured: the samples themselves (latents for LDM/SD)."""
+        if self.model.is_latent:
+            return "latents"
+        return "pixels" if makes_images(self.model) else "samples"
+
+    def run(self, entry: _Entry) -> _Run:
+        """Sample ``entry`` on the seeds; a teacher or reference row from the cache when it is
+        there (:mod:`.sample_cache`)."""
+        log.info("compare: %s (%d seeds)", entry.label, len(self.seeds))
+        model, batch_size = self.model, self.batch_size
         key = None
-        if cache and entry.kind in ("teacher", "reference"):
-            key = sample_key(model.identity(), entry.spec, seed_list, conditions, device.type)
-        hit = None if key is None else load_samples(key, (len(seed_list), *model.sample_shape))
+        if self.cache and entry.kind in ("teacher", "reference"):
+            key = sample_key(model.identity(), entry.spec, self.seeds, self.conditions,
+                             self.device.type)  # fmt: skip
+        hit = None if key is None else load_samples(key, (len(self.seeds), *model.sample_shape))
         if hit is not None:
             samples, seconds, calls = hit.samples, hit.seconds, hit.calls
         else:
             model.reset_nfe()
             start = time.perf_counter()
-            samples = generate(model, entry.sampler, seed_list, batch_size, progress, cond_fn)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
+            samples = generate(model, entry.sampler, self.seeds, batch_size, self.progress,
+                               self.cond_fn)  # fmt: skip
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
             seconds = time.perf_counter() - start
+            n_batches = math.ceil(len(self.seeds) / batch_size)
             calls = all_sum(torch.tensor(float(model.nfe))).item() / n_batches  # all ranks
             if key is not None:
                 save_samples(key, CachedSamples(samples, seconds, calls))
         if calls != entry.nfe:
             log.warning("%s: %g model calls per sample, expected %d", entry.label, calls, entry.nfe)
-        if ref_stats is None:
-            return samples, None, seconds, calls
+        if not self.with_statistics:
+            return _Run(samples, None, seconds, calls)
         stats = None if key is None else load_sample_statistics(key)
-        if stats is None:  # latent models: decoded batch by batch into the Inception
-            mine = own_batches(samples, batch_size)  # torchrun: each decodes and scores its own
-            images = image_batches(model, mine, batch_size) if latent else mine
-            stats = compute_statistics(
-                images, batch_size=batch_size, device=device, progress=progress, split=False
-            )
+        if stats is None:
+            stats = self._statistics(samples)
             if key is not None:
                 save_sample_statistics(key, stats)
-        return samples, stats, seconds, calls
+        return _Run(samples, stats, seconds, calls)
 
-    solved = None  # the converged reference: samples and statistics
-    if converged is not None:
-        solved = run(converged)
-    rows: list[Row] = []
-    kept: dict[str, Tensor] = {}  # the first images/points of each solver, for the pictures
-    teacher_samples: Tensor | None = None
-    for entry in [*entries, *([converged] if converged is not None else [])]:
-        samples, stats, seconds, calls = solved if entry is converged else run(entry)
-        if teacher_samples is None:
-            teacher_samples = samples
-        # fidelity where the paper measures it: the samples themselves (latents for LDM/SD)
-        summary = summarize_fidelity(per_sample_fidelity(samples, teacher_samples))
-        fid_value = (
-            None if stats is None else on_main(stats.frechet_distance, ref_stats, method=fid_method)
-        )
+    def _statistics(self, samples: Tensor) -> Any:
+        """Inception statistics of the samples (latent models: decoded batch by batch)."""
+        from ..metrics.fid import compute_statistics
+
+        mine = own_batches(samples, self.batch_size)  # torchrun: each decodes and scores its own
+        images = image_batches(self.model, mine, self.batch_size) if self.model.is_latent else mine
+        return compute_statistics(
+            images, batch_size=self.batch_size, device=self.device, progress=self.progress,
+            split=False,
+        )  # fmt: skip
+
+    def row(
+        self,
+        entry: _Entry,
+        run: _Run,
+        teacher_samples: Tensor,
+        ref_stats: Any,
+        solved: _Run | None,
+        fid_method: str,
+    ) -> Row:
+        """The scored row: fidelity to the teacher's samples (and to the converged reference's,
+        with FID against its samples), FID against ``ref_stats``."""
+        from ..metrics.fidelity import per_sample_fidelity, summarize_fidelity
+
+        def fid(reference: Any) -> float | None:
+            if run.stats is None or reference is None:
+                return None
+            return on_main(run.stats.frechet_distance, reference, method=fid_method)
+
+        summary = summarize_fidelity(per_sample_fidelity(run.samples, teacher_samples))
         to_reference: dict[str, Any] = {}
         if solved is not None:
-            fidelity = summarize_fidelity(per_sample_fidelity(samples, solved[0]))
+            fidelity = summarize_fidelity(per_sample_fidelity(run.samples, solved.samples))
             to_reference = {
                 "reference_l1": fidelity.l1_mean,
                 "reference_psnr": fidelity.psnr_mean,
-                "reference_fid": None
-                if stats is None
-                else on_main(stats.frechet_distance, solved[1], method=fid_method),
+                "reference_fid": fid(solved.stats),
             }
-        if out is not None:  # the pictures show images: latent models' decoded samples
-            kept[entry.label] = (
-                to_images(model, samples[:GRID_IMAGES], batch_size)
-                if is_image
-                else samples[:SCATTER_POINTS]
-            )
-        rows.append(
-            Row(
-                label=entry.label,
-                kind=entry.kind,
-                solver=entry.description.get("solver"),
-                nfe=int(calls) if float(calls).is_integer() else calls,
-                spec=entry.spec,
-                checkpoint=entry.checkpoint,
-                n_samples=len(seed_list),
-                fid=fid_value,
-                l1=summary.l1_mean,
-                l1_std=summary.l1_std,
-                rmse=summary.rmse_mean,
-                rmse_std=summary.rmse_std,
-                psnr=summary.psnr_mean,
-                psnr_std=summary.psnr_std,
-                fidelity_space=fidelity_space,
-                seconds=seconds,
-                grid=entry.grid,
-                picture=None,
-                description=entry.description,
-                **to_reference,
-            )
+        return Row(
+            label=entry.label,
+            kind=entry.kind,
+            solver=entry.description.get("solver"),
+            nfe=int(run.calls) if float(run.calls).is_integer() else run.calls,
+            spec=entry.spec,
+            checkpoint=entry.checkpoint,
+            n_samples=len(self.seeds),
+            fid=fid(ref_stats),
+            l1=summary.l1_mean,
+            l1_std=summary.l1_std,
+            rmse=summary.rmse_mean,
+            rmse_std=summary.rmse_std,
+            psnr=summary.psnr_mean,
+            psnr_std=summary.psnr_std,
+            fidelity_space=self.fidelity_space,
+            seconds=run.seconds,
+            grid=entry.grid,
+            picture=None,
+            description=entry.description,
+            **to_reference,
         )
-    if out is not None and is_main():  # torchrun: every rank has the rows, rank 0 writes
-        rows = write_report(Path(out), rows, kept, is_image, context)
-    return Comparison(rows, context)
 
 
 def _file_digest(path: Path) -> str:
