@@ -17,6 +17,7 @@ byte-identical shards (and checksums) whatever the batch size or the interruptio
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -113,23 +114,8 @@ def generate_teacher_set(
             shard size or dtype (and ``overwrite`` is false).
     """
     seed_list = parse_seeds(seeds)
-    for name, value in (("batch_size", batch_size), ("shard_size", shard_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise ConfigError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+    identity = _identity(model, seed_list, solver_spec, batch_size, shard_size, dtype)
     device = _resolve_device(model, device)
-    identity = {
-        "model": jsonable(model.identity(), "model.identity()"),
-        "solver": jsonable(solver_spec, "solver_spec"),
-        "seeds": format_seeds(seed_list),
-        "shard_size": shard_size,
-        "dtype": dtype_name(dtype),
-    }
-    if isinstance(command, (list, tuple)):
-        command = shlex.join(str(c) for c in command)
-    elif command is None:
-        command = run_metadata()["command"]  # this process's sys.argv
     out = Path(out_dir)
     # rank 0 opens (and checks) the folder; every rank then plans from the same manifest
     manifest = _open_or_start(out, identity, seed_list, model, overwrite) if is_main() else None
@@ -143,58 +129,29 @@ def generate_teacher_set(
     if not todo and manifest["complete"]:
         logger.info("teacher set %s is already complete (%d items)", out, len(seed_list))
         return TeacherSet(out)
-    processes = world_size()
     run = {
         "started": now_utc(),
-        "command": command,
+        "command": _command_line(command),
         "device": str(device),
         "batch_size": batch_size,
-        "processes": processes,
+        "processes": world_size(),
         "shards_made": 0,
     }
     manifest["runs"].append(run)
-    manifest["command"] = command
+    manifest["command"] = run["command"]
     logger.info(
         "teacher set %s: %d items in %d shards, %d finished, making %d (batch %d, device %s, "
         "%d process(es))",
-        out, len(seed_list), len(plan), len(done), len(todo), batch_size, device, processes,
+        out, len(seed_list), len(plan), len(done), len(todo), batch_size, device, world_size(),
     )  # fmt: skip
     if is_main():
         write_manifest(out, manifest)
-
-    done_items = sum(entry["count"] for entry in manifest["shards"])
-    with (
-        torch.no_grad(),
-        tqdm(
-            total=len(seed_list),
-            initial=done_items,
-            unit="sample",
-            desc="teacher",
-            disable=not show_progress(progress),
-        ) as bar,
-    ):
-        # rounds of one shard per process; after each, rank 0 records every rank's shards
-        for first in range(0, len(todo), processes):
-            this_round = todo[first : first + processes]
-            made = None
-            if rank() < len(this_round):
-                index, start, shard_seeds = this_round[rank()]
-                tensors = _make_shard(
-                    model, shard_seeds, run_solver, cond_fn, batch_size, device, dtype, bar
-                )
-                fields = {k: field_spec(t) for k, t in tensors.items()}
-                _check_fields(manifest, fields, out)
-                made = (_write_shard(out, index, start, shard_seeds, tensors), fields)
-            for entry, fields in filter(None, all_gather(made)):
-                _check_fields(manifest, fields, out)
-                manifest["shards"].append(entry)
-                run["shards_made"] += 1
-                if made is None or entry["index"] != made[0]["index"]:
-                    bar.update(entry["count"])  # another rank's items
-            manifest["shards"].sort(key=lambda entry: entry["index"])
-            if is_main():
-                write_manifest(out, manifest)
-
+    maker = _ShardMaker(model, run_solver, cond_fn, batch_size, device, dtype)
+    with torch.no_grad(), tqdm(
+        total=len(seed_list), initial=sum(entry["count"] for entry in manifest["shards"]),
+        unit="sample", desc="teacher", disable=not show_progress(progress),
+    ) as bar:  # fmt: skip
+        _make_shards(out, manifest, run, todo, maker, bar)
     manifest["complete"] = True
     manifest["completed"] = now_utc()
     if is_main():
@@ -202,6 +159,110 @@ def generate_teacher_set(
     barrier()  # every rank returns the finished set
     logger.info("teacher set %s complete: %d items", out, len(seed_list))
     return TeacherSet(out)
+
+
+def _identity(
+    model: DiffusionModel,
+    seeds: list[int],
+    solver_spec: dict[str, Any],
+    batch_size: int,
+    shard_size: int,
+    dtype: torch.dtype,
+) -> dict[str, Any]:
+    """What makes a teacher set this one (model, solver, seeds, layout, dtype), after checking
+    the arguments."""
+    for name, value in (("batch_size", batch_size), ("shard_size", shard_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ConfigError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+    return {
+        "model": jsonable(model.identity(), "model.identity()"),
+        "solver": jsonable(solver_spec, "solver_spec"),
+        "seeds": format_seeds(seeds),
+        "shard_size": shard_size,
+        "dtype": dtype_name(dtype),
+    }
+
+
+def _command_line(command: str | Sequence[str] | None) -> str:
+    """The command recorded in the manifest (default: this process's ``sys.argv``)."""
+    if isinstance(command, (list, tuple)):
+        return shlex.join(str(c) for c in command)
+    return run_metadata()["command"] if command is None else str(command)
+
+
+@dataclasses.dataclass
+class _ShardMaker:
+    """How one shard's items are made: the solver on the seeds' noise and conditions."""
+
+    model: DiffusionModel
+    run_solver: Sampler
+    cond_fn: CondFn | None
+    batch_size: int
+    device: torch.device
+    dtype: torch.dtype
+
+    def make(self, seeds: list[int], bar: tqdm) -> dict[str, Tensor]:
+        """All tensors of one shard, computed batch by batch (batches never cross shards)."""
+        parts: dict[str, list[Tensor]] = {}
+        for begin in range(0, len(seeds), self.batch_size):
+            batch = seeds[begin : begin + self.batch_size]
+            seed_tensor = torch.tensor(batch, dtype=torch.int64)
+            noise = seeded_noise(batch, self.model.sample_shape, dtype=self.dtype)
+            cond = self.cond_fn(seed_tensor.clone()) if self.cond_fn is not None else None
+            stored_cond = _flatten_cond(cond, len(batch))
+            noise_here, cond_here = noise.to(self.device, copy=True), cond_to(cond, self.device)
+            target = self.run_solver(self.model, noise_here, cond_here)
+            expected = (len(batch), *self.model.sample_shape)
+            if not isinstance(target, Tensor) or tuple(target.shape) != expected:
+                got = tuple(target.shape) if isinstance(target, Tensor) else type(target).__name__
+                raise ConfigError(
+                    f"run_solver returned {got}, expected a tensor of shape {expected}"
+                )
+            target = target.detach().to("cpu").contiguous()
+            if not bool(torch.isfinite(target).all()):
+                logger.warning(
+                    "run_solver gave non-finite values for seeds %s", format_seeds(batch)
+                )
+            row = {"seed": seed_tensor, "noise": noise, "target": target, **stored_cond}
+            if parts and set(row) != set(parts):
+                raise ConfigError("cond_fn must return the same kind of condition for every batch")
+            for key, value in row.items():
+                parts.setdefault(key, []).append(value)
+            bar.update(len(batch))
+        return {key: torch.cat(values).contiguous() for key, values in parts.items()}
+
+
+def _make_shards(
+    out: Path,
+    manifest: dict[str, Any],
+    run: dict[str, Any],
+    todo: list[tuple[int, int, list[int]]],
+    maker: _ShardMaker,
+    bar: tqdm,
+) -> None:
+    """Make the missing shards in rounds of one per process; after each round rank 0 records
+    every rank's shards in the manifest (so a killed run keeps every finished round)."""
+    processes = world_size()
+    for first in range(0, len(todo), processes):
+        this_round = todo[first : first + processes]
+        made = None
+        if rank() < len(this_round):
+            index, start, shard_seeds = this_round[rank()]
+            tensors = maker.make(shard_seeds, bar)
+            fields = {k: field_spec(t) for k, t in tensors.items()}
+            _check_fields(manifest, fields, out)
+            made = (_write_shard(out, index, start, shard_seeds, tensors), fields)
+        for entry, fields in filter(None, all_gather(made)):
+            _check_fields(manifest, fields, out)
+            manifest["shards"].append(entry)
+            run["shards_made"] += 1
+            if made is None or entry["index"] != made[0]["index"]:
+                bar.update(entry["count"])  # another rank's items
+        manifest["shards"].sort(key=lambda entry: entry["index"])
+        if is_main():
+            write_manifest(out, manifest)
 
 
 def _write_shard(
@@ -220,41 +281,6 @@ def _write_shard(
         "sha256": hashlib.sha256(data).hexdigest(),
         "bytes": len(data),
     }
-
-
-def _make_shard(
-    model: DiffusionModel,
-    seeds: list[int],
-    run_solver: Sampler,
-    cond_fn: CondFn | None,
-    batch_size: int,
-    device: torch.device,
-    dtype: torch.dtype,
-    bar: tqdm,
-) -> dict[str, Tensor]:
-    """All tensors of one shard, computed batch by batch (batches never cross shards)."""
-    parts: dict[str, list[Tensor]] = {}
-    for begin in range(0, len(seeds), batch_size):
-        batch = seeds[begin : begin + batch_size]
-        seed_tensor = torch.tensor(batch, dtype=torch.int64)
-        noise = seeded_noise(batch, model.sample_shape, dtype=dtype)
-        cond = cond_fn(seed_tensor.clone()) if cond_fn is not None else None
-        stored_cond = _flatten_cond(cond, len(batch))
-        target = run_solver(model, noise.to(device, copy=True), cond_to(cond, device))
-        expected = (len(batch), *model.sample_shape)
-        if not isinstance(target, Tensor) or tuple(target.shape) != expected:
-            got = tuple(target.shape) if isinstance(target, Tensor) else type(target).__name__
-            raise ConfigError(f"run_solver returned {got}, expected a tensor of shape {expected}")
-        target = target.detach().to("cpu").contiguous()
-        if not bool(torch.isfinite(target).all()):
-            logger.warning("run_solver gave non-finite values for seeds %s", format_seeds(batch))
-        row = {"seed": seed_tensor, "noise": noise, "target": target, **stored_cond}
-        if parts and set(row) != set(parts):
-            raise ConfigError("cond_fn must return the same kind of condition for every batch")
-        for key, value in row.items():
-            parts.setdefault(key, []).append(value)
-        bar.update(len(batch))
-    return {key: torch.cat(values).contiguous() for key, values in parts.items()}
 
 
 def _flatten_cond(cond: Any, batch: int) -> dict[str, Tensor]:
