@@ -132,39 +132,55 @@ JSON_VALUES = st.recursive(
 """Any JSON value a writer could put in a field."""
 
 
-def _key_paths(value, prefix=(), depth=2):
-    """The key paths of a JSON object, down to ``depth`` levels."""
-    for key, child in value.items():
+def _key_paths(value, prefix=(), depth=2, items=False):
+    """The key paths of a JSON object down to ``depth`` levels (``items``: list indices too)."""
+    children = enumerate(value) if isinstance(value, list) else value.items()
+    for key, child in children:
         yield (*prefix, key)
-        if isinstance(child, dict) and depth > 1:
-            yield from _key_paths(child, (*prefix, key), depth - 1)
+        if (isinstance(child, dict) or items and isinstance(child, list)) and depth > 1:
+            yield from _key_paths(child, (*prefix, key), depth - 1, items)
 
 
-@settings(
-    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+def _with_any_value(data, tree, paths):
+    """``tree`` with the value at one drawn path replaced by a drawn JSON value."""
+    path = data.draw(st.sampled_from(sorted(paths, key=str)), label="field")
+    parent = tree
+    for key in path[:-1]:
+        parent = parent[key]
+    parent[path[-1]] = data.draw(JSON_VALUES, label="value")
+    return tree
+
+
+def _works_or_one_line(*args):
+    """Run the CLI: it must succeed, or end with exit 2 and one error line under 1 KB, no
+    traceback; returns whether it was refused."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = main([str(a) for a in args])
+    lines = err.getvalue().strip().splitlines()
+    assert code in (0, 2), err.getvalue()
+    if code == 2:
+        assert "Traceback" not in err.getvalue() and len(lines[-1]) < 1024, lines
+        assert lines[-1].startswith(f"gas-solver {args[0]}: error: "), lines
+    return code == 2
+
+
+PROPERTY = settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
+
+
+@PROPERTY
 @given(data=st.data())
 def test_any_resealed_metadata_is_used_or_refused_in_one_line(run, tmp_path, data):
     """Property: a solver file whose metadata field holds any JSON value, re-sealed, is either a
     working solver or refused with one line of at most 1 KB, no traceback, no samples written."""
     with safe_open(str(run / "solver.safetensors"), framework="pt") as f:
         meta = json.loads(f.metadata()["gas_solver"])
-    path = data.draw(st.sampled_from(sorted(_key_paths(meta))), label="field")
-    value = data.draw(JSON_VALUES, label="value")
-    parent = meta
-    for key in path[:-1]:
-        parent = parent[key]
-    parent[path[-1]] = value
+    meta = _with_any_value(data, meta, _key_paths(meta))
     work = Path(tempfile.mkdtemp(dir=tmp_path))
     bad = _reseal(run / "solver.safetensors", work / "bad.safetensors", text=json.dumps(meta))
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        code = main(["sample", "--solver", str(bad), "--seeds", "0-3", "--out", str(work / "s")])
-    lines = err.getvalue().strip().splitlines()
-    assert code in (0, 2), err.getvalue()
-    if code == 2:
-        assert "Traceback" not in err.getvalue() and len(lines[-1]) < 1024, lines
-        assert lines[-1].startswith("gas-solver sample: error: "), lines
+    if _works_or_one_line("sample", "--solver", bad, "--seeds", "0-3", "--out", work / "s"):
         assert not (work / "s" / "samples.npz").exists()
 
 
@@ -201,42 +217,17 @@ def _edit_manifest(folder, change):
     (folder / "manifest.json").write_text(json.dumps(manifest))
 
 
-def _key_paths_and_items(value, prefix=(), depth=3):
-    """Key paths (and list indices) of a JSON value, down to ``depth`` levels."""
-    children = value.items() if isinstance(value, dict) else enumerate(value)
-    for key, child in children:
-        yield (*prefix, key)
-        if isinstance(child, (dict, list)) and depth > 1:
-            yield from _key_paths_and_items(child, (*prefix, key), depth - 1)
-
-
-@settings(
-    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@PROPERTY
 @given(data=st.data())
 def test_any_edited_manifest_trains_or_is_refused_in_one_line(teacher, tmp_path, data):
     """Property: a teacher manifest with any field (or list item) replaced by any JSON value
-    trains, or is refused with one line of at most 1 KB naming the set, before any checkpoint."""
+    trains, or is refused with one line of at most 1 KB, before any checkpoint."""
     manifest = json.loads((teacher / "manifest.json").read_text())
-    path = data.draw(
-        st.sampled_from(sorted(_key_paths_and_items(manifest), key=str)), label="field"
-    )
-    value = data.draw(JSON_VALUES, label="value")
-    parent = manifest
-    for key in path[:-1]:
-        parent = parent[key]
-    parent[path[-1]] = value
+    manifest = _with_any_value(data, manifest, _key_paths(manifest, depth=3, items=True))
     work = Path(tempfile.mkdtemp(dir=tmp_path))
     copy = _copy(teacher, work)
     (copy / "manifest.json").write_text(json.dumps(manifest))
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        code = main(["train", "--teacher", str(copy), "--out", str(work / "run"), *TRAIN])
-    lines = err.getvalue().strip().splitlines()
-    assert code in (0, 2), err.getvalue()
-    if code == 2:
-        assert "Traceback" not in err.getvalue() and len(lines[-1]) < 1024, lines
-        assert lines[-1].startswith("gas-solver train: error: "), lines
+    if _works_or_one_line("train", "--teacher", copy, "--out", work / "run", *TRAIN):
         assert not (work / "run" / "checkpoint.pt").exists()
 
 
