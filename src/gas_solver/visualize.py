@@ -140,12 +140,12 @@ def plot_time_grids(
 ) -> Path:
     """Each solver's time grid as a row of markers on a log-t axis."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8, 0.6 + 0.45 * len(grids)))
+    labels = ["\n".join(wrap_label(name, TICK_LABEL_WIDTH)) for name in grids]
+    lines = sum(label.count("\n") + 1 for label in labels)  # a long spec wraps onto many
+    fig, ax = plt.subplots(figsize=(8, 0.6 + max(0.45 * len(grids), 0.17 * lines)))
     for row, (name, times) in enumerate(grids.items()):
         ax.plot(list(times), [row] * len(times), "o-", markersize=5, label=name)
-    ax.set_yticks(
-        range(len(grids)), ["\n".join(wrap_label(name, TICK_LABEL_WIDTH)) for name in grids]
-    )
+    ax.set_yticks(range(len(grids)), labels)
     ax.set_xscale("log")
     ax.set_xlabel("t (log scale; sampling runs from t = 1 down to t_eps)")
     ax.invert_xaxis()
@@ -161,11 +161,11 @@ def save_scatter(points: Mapping[str, Tensor], path: str | Path, title: str = ""
     fig, ax = plt.subplots(figsize=(5, 5))
     for name, xy in points.items():
         xy = xy.detach().double().cpu().reshape(xy.shape[0], -1)[:, :2]
-        ax.scatter(xy[:, 0], xy[:, 1], s=6, alpha=0.6, label=name)
+        ax.scatter(xy[:, 0], xy[:, 1], s=6, alpha=0.6, label="\n".join(wrap_label(name, 40)))
     ax.set_aspect("equal")
     ax.legend(loc="upper right", fontsize=8)
     if title:
-        ax.set_title(title)
+        ax.set_title("\n".join(wrap_label(title, 60)), fontsize=9)
     fig.tight_layout()
     return _save_figure(fig, path)
 
