@@ -4,7 +4,6 @@ against the checksum in their header and for finite parameters."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -13,20 +12,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from gas_solver.commands.teacher import TeacherConfig, run_teacher
 from gas_solver.commands.train import TrainConfig, run_train
 from gas_solver.config import load_config
 from gas_solver.data.teacher import TeacherSet, shard_name
 from gas_solver.errors import CheckpointMismatchError, GasSolverError, MissingAssetError
 from gas_solver.solvers.generalized import GeneralizedSolver
-
-
-@pytest.fixture(scope="module")
-def teacher(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ring") / "teacher"
-    config = {"model": "gmm-ring", "seeds": "0-59", "out": str(out), "shard_size": 20}
-    run_teacher(load_config(TeacherConfig, overrides=config), progress=False)
-    return out
+from teacher_files import copy_files, edit_manifest
 
 
 @pytest.fixture(scope="module")
@@ -41,25 +32,10 @@ def _train_config(teacher, out, **overrides):
     return load_config(TrainConfig, overrides={**base, **overrides})
 
 
-def _copy(folder, tmp_path):
-    copy = tmp_path / folder.name
-    copy.mkdir()
-    for path in folder.iterdir():
-        if path.is_file():
-            (copy / path.name).write_bytes(path.read_bytes())
-    return copy
-
-
 def _flip(path, position):
     data = bytearray(path.read_bytes())
     data[position] ^= 0x01
     path.write_bytes(bytes(data))
-
-
-def _edit_manifest(folder, change):
-    manifest = json.loads((folder / "manifest.json").read_text())
-    change(manifest)
-    (folder / "manifest.json").write_text(json.dumps(manifest))
 
 
 def _cli(*args, cwd):
@@ -70,7 +46,7 @@ def _cli(*args, cwd):
 
 
 def test_train_refuses_a_shard_with_a_flipped_bit(teacher, tmp_path):
-    copy = _copy(teacher, tmp_path)
+    copy = copy_files(teacher, tmp_path)
     _flip(copy / shard_name(1), -5)  # tensor data: the file still parses, same size
     with pytest.raises(GasSolverError, match=rf"{shard_name(1)} does not match its sha256 in"):
         run_train(_train_config(copy, tmp_path / "run"), progress=False)
@@ -78,7 +54,7 @@ def test_train_refuses_a_shard_with_a_flipped_bit(teacher, tmp_path):
 
 
 def test_a_missing_shard_is_refused_before_any_row_is_read(teacher, tmp_path):
-    copy = _copy(teacher, tmp_path)
+    copy = copy_files(teacher, tmp_path)
     (copy / shard_name(2)).unlink()
     with pytest.raises(MissingAssetError, match=shard_name(2)):
         _ = TeacherSet(copy).noise
@@ -98,16 +74,16 @@ def test_a_missing_shard_is_refused_before_any_row_is_read(teacher, tmp_path):
     ids=["missing", "shifted", "short", "escapes", "no-shard-size", "no-sha256", "mistyped"],
 )
 def test_a_damaged_manifest_is_refused_naming_it(teacher, tmp_path, change, message):
-    copy = _copy(teacher, tmp_path)
-    _edit_manifest(copy, change)
+    copy = copy_files(teacher, tmp_path)
+    edit_manifest(copy, change)
     with pytest.raises(GasSolverError, match=message) as caught:
         TeacherSet(copy)
     assert "manifest.json" in str(caught.value)
 
 
 def test_cli_reports_a_damaged_manifest_in_one_line(teacher, tmp_path):
-    copy = _copy(teacher, tmp_path)
-    _edit_manifest(copy, lambda m: m.pop("seeds"))
+    copy = copy_files(teacher, tmp_path)
+    edit_manifest(copy, lambda m: m.pop("seeds"))
     result = _cli("train", "--teacher", copy, "--out", "run", "--nfe", 2, "--iterations", 2,
                   "--train-size", 40, "--val-size", 20, "--device", "cpu", cwd=tmp_path)  # fmt: skip
     assert result.returncode == 2, result.stderr

@@ -21,7 +21,6 @@ from safetensors.torch import save as safetensors_bytes
 
 from gas_solver.cli import main
 from gas_solver.commands import sweep
-from gas_solver.commands.teacher import TeacherConfig, run_teacher
 from gas_solver.commands.train import TrainConfig, run_train
 from gas_solver.config import load_config
 from gas_solver.data.teacher_format import shard_metadata, shard_name
@@ -30,17 +29,10 @@ from gas_solver.errors import CorruptFileError, GasSolverError
 from gas_solver.models.loading import load_model
 from gas_solver.runtime import load_checkpoint_file, save_checkpoint_file, tensors_digest
 from gas_solver.validation import Invalid, integer, list_of, mapping, parse_json
+from teacher_files import copy_files, edit_manifest
 
 TRAIN = ["--nfe", "2", "--iterations", "4", "--batch-size", "8", "--train-size", "40",
          "--val-size", "20", "--val-every", "0", "--checkpoint-every", "2", "--device", "cpu"]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def teacher(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ring") / "teacher"
-    config = {"model": "gmm-ring", "seeds": "0-59", "out": str(out), "shard_size": 20}
-    run_teacher(load_config(TeacherConfig, overrides=config), progress=False)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -50,15 +42,6 @@ def run(teacher, tmp_path_factory):
                      train_size=40, val_size=20, val_every=0, checkpoint_every=2, device="cpu")  # fmt: skip
     run_train(load_config(TrainConfig, overrides=overrides), progress=False)
     return out
-
-
-def _copy(folder, tmp_path):
-    copy = tmp_path / folder.name
-    copy.mkdir()
-    for path in folder.iterdir():
-        if path.is_file():
-            (copy / path.name).write_bytes(path.read_bytes())
-    return copy
 
 
 def _cli(capsys, *args):
@@ -211,12 +194,6 @@ def test_parse_json_and_schema_report_the_path_of_the_field():
 
 
 # -- 2. the teacher manifest against its shards --------------------------------------------------
-def _edit_manifest(folder, change):
-    manifest = json.loads((folder / "manifest.json").read_text())
-    change(manifest)
-    (folder / "manifest.json").write_text(json.dumps(manifest))
-
-
 @PROPERTY
 @given(data=st.data())
 def test_any_edited_manifest_trains_or_is_refused_in_one_line(teacher, tmp_path, data):
@@ -225,15 +202,15 @@ def test_any_edited_manifest_trains_or_is_refused_in_one_line(teacher, tmp_path,
     manifest = json.loads((teacher / "manifest.json").read_text())
     manifest = _with_any_value(data, manifest, _key_paths(manifest, depth=3, items=True))
     work = Path(tempfile.mkdtemp(dir=tmp_path))
-    copy = _copy(teacher, work)
+    copy = copy_files(teacher, work)
     (copy / "manifest.json").write_text(json.dumps(manifest))
     if _works_or_one_line("train", "--teacher", copy, "--out", work / "run", *TRAIN):
         assert not (work / "run" / "checkpoint.pt").exists()
 
 
 def test_edited_manifest_seeds_are_refused_at_open(teacher, tmp_path, capsys):
-    copy = _copy(teacher, tmp_path)
-    _edit_manifest(copy, lambda m: m.update(seeds="1000000-1000059"))
+    copy = copy_files(teacher, tmp_path)
+    edit_manifest(copy, lambda m: m.update(seeds="1000000-1000059"))
     code, err = _cli(capsys, "train", "--teacher", copy, "--out", tmp_path / "run", *TRAIN)
     assert code == 2 and "manifest.json: key 'seeds' says \"1000000-1000059\"" in err
     assert 'the shards hold seeds "0-59"' in err
@@ -243,8 +220,8 @@ def test_edited_manifest_seeds_are_refused_at_open(teacher, tmp_path, capsys):
 
 
 def test_a_shard_entrys_seeds_must_be_the_shards(teacher, tmp_path):
-    copy = _copy(teacher, tmp_path)
-    _edit_manifest(copy, lambda m: m["shards"][1].update(seeds="900-919"))
+    copy = copy_files(teacher, tmp_path)
+    edit_manifest(copy, lambda m: m["shards"][1].update(seeds="900-919"))
     with pytest.raises(GasSolverError, match=r"key 'shards\[1\].seeds' says \"900-919\""):
         TeacherSet(copy)
 
@@ -282,16 +259,16 @@ def _one_shard_claiming(count):
     ],  # fmt: skip
 )
 def test_manifest_layout_is_checked_against_the_shard_headers(teacher, tmp_path, change, message):
-    copy = _copy(teacher, tmp_path)
-    _edit_manifest(copy, change)
+    copy = copy_files(teacher, tmp_path)
+    edit_manifest(copy, change)
     with pytest.raises(GasSolverError, match=message) as caught:
         TeacherSet(copy)  # refused at open, before any tensor is allocated
     assert "manifest.json" in str(caught.value) or "shard-00000" in str(caught.value)
 
 
 def test_a_huge_item_count_is_one_line_from_train(teacher, tmp_path, capsys):
-    copy = _copy(teacher, tmp_path)
-    _edit_manifest(copy, _one_shard_claiming(10**13))
+    copy = copy_files(teacher, tmp_path)
+    edit_manifest(copy, _one_shard_claiming(10**13))
     code, err = _cli(capsys, "train", "--teacher", copy, "--out", tmp_path / "run", *TRAIN)
     assert code == 2 and "num_samples" in err and "manifest.json" in err
 
@@ -307,12 +284,12 @@ def _reseal_shard(folder, index, change):
     path.write_bytes(data)
 
     digest = hashlib.sha256(data).hexdigest()
-    _edit_manifest(folder, lambda m: m["shards"][index].update(sha256=digest, bytes=len(data)))
+    edit_manifest(folder, lambda m: m["shards"][index].update(sha256=digest, bytes=len(data)))
 
 
 @pytest.mark.parametrize("value", [math.nan, math.inf])
 def test_non_finite_teacher_items_are_refused_before_training(teacher, tmp_path, capsys, value):
-    copy = _copy(teacher, tmp_path)
+    copy = copy_files(teacher, tmp_path)
     _reseal_shard(copy, 1, lambda t: t["target"][3].fill_(value))
     code, err = _cli(capsys, "train", "--teacher", copy, "--out", tmp_path / "run", *TRAIN)
     assert code == 2 and f"{shard_name(1)}: 'target' of item 23 (seed 23;" in err, err
@@ -342,7 +319,7 @@ def test_resume_on_a_teacher_set_made_again_in_place_is_refused(tmp_path, capsys
 
 
 def test_a_checkpoint_without_the_record_still_resumes(run, tmp_path, capsys):
-    copy = _copy(run, tmp_path)
+    copy = copy_files(run, tmp_path)
     state = load_checkpoint_file(copy / "checkpoint.pt")
     del state["teacher"]
     save_checkpoint_file(copy / "checkpoint.pt", state)
@@ -377,7 +354,7 @@ def test_a_damaged_sweep_state_is_one_line(tmp_path, capsys, text, message):
 
 
 def test_a_row_is_finished_only_when_its_solver_loads(run, tmp_path, caplog):
-    folder = _copy(run, tmp_path)
+    folder = copy_files(run, tmp_path)
     assert sweep._finished(folder)
     summary = json.loads((folder / "summary.json").read_text())
     del summary["seconds"]
@@ -403,7 +380,7 @@ def test_a_sweep_trains_again_a_row_whose_solver_is_gone(teacher, run, tmp_path)
         },  # fmt: skip
     )
     (tmp_path / "nfe2").mkdir()
-    folder = _copy(run, tmp_path / "nfe2")
+    folder = copy_files(run, tmp_path / "nfe2")
     folder = folder.rename(tmp_path / "nfe2" / "gs")
     (folder / "solver.safetensors").unlink()  # a finished run whose solver is gone
     model = load_model("gmm-ring", "cpu")
