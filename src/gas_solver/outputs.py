@@ -311,9 +311,10 @@ def folder_lock(folder: str | os.PathLike, fresh: bool = False) -> Iterator[Path
     writing into it; within one process the lock is re-entrant (a command's step that locks the
     folder its command holds). Once the lock is held, the temporaries of interrupted writes are removed from
     the whole tree (:func:`remove_temporaries`) and every file this process writes under the folder
-    is recorded in its run record. ``fresh``: the run will replace the folder's outputs, so a
-    folder holding anything no run record lists is refused now, before any work
-    (:func:`clear_earlier_run` deletes the recorded files when the run is ready to write). The lock
+    is recorded in its run record. ``fresh``: the run will replace the folder's outputs later
+    (:func:`clear_earlier_run` deletes the recorded files when it is ready to write), so a folder
+    holding anything no run record lists is refused now, before any work; a run that clears at
+    once needs no ``fresh``, the clearing refuses the same folders. The lock
     (``fcntl.flock`` on ``FOLDER/.gas-solver.lock``) goes with the process, so a killed run leaves
     no stale lock; the small file itself stays, unless the run made the folder and wrote nothing.
 

@@ -101,7 +101,7 @@ def write_report(
     and ``comparison.png``, from ``kept``, each label's first images; others: scatter plots),
     ``time_grids.png``, ``compare.md`` and ``compare.json``; returns the rows with the pictures
     they got."""
-    with folder_lock(out, fresh=True):
+    with folder_lock(out):
         clear_earlier_run(out)  # no picture of an earlier comparison passes for this one's
         return _write_report(out, rows, kept, is_image, context)
 

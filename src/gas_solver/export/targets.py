@@ -78,7 +78,7 @@ class DiffusersTarget:
 
         guidance = model.guidance_scale if model.conditioning != "none" else None
         scheduler = GeneralizedSolverScheduler.from_table(table, model.prediction_type, guidance)
-        with folder_lock(out, fresh=True) as folder:  # the folder is replaced file by file
+        with folder_lock(out) as folder:  # the folder is replaced file by file
             clear_earlier_run(folder)
             write_files(folder, scheduler.save_pretrained)
         return (

@@ -195,7 +195,7 @@ def noisy_batch(
 
 def train_denoiser(config: DenoiserConfig, progress: bool = True) -> Path:
     """Train and save (the output folder locked); returns the pipeline folder ``OUT/model``."""
-    with folder_lock(config.out, fresh=not config.resume) as out:
+    with folder_lock(config.out) as out:
         if not config.resume:
             clear_earlier_run(out)
         return _train(config, out, progress)

@@ -519,7 +519,7 @@ class Trainer:
     # -- the loop -----------------------------------------------------------------------------
     def run(self, progress: bool = True) -> Path:
         """Train (resuming if asked) with the output folder locked; returns the solver's path."""
-        with main_lock(self.out, fresh=not self.config.resume):
+        with main_lock(self.out):
             return self._run(progress)
 
     def _run(self, progress: bool) -> Path:
