@@ -190,7 +190,8 @@ class TeacherSet:
 
     def verify(self) -> None:
         """Check every shard's size and sha256 against the manifest, and every floating-point
-        value in it for NaN and infinity (one pass over the data).
+        value in it for NaN and infinity (each shard hashed in blocks, then its fields read one
+        at a time: two reads of the file, the second mostly from the page cache).
 
         Reading a field does this once per :class:`TeacherSet` (on the first field read), so
         a damaged shard, or an item a diverged teacher left non-finite, is never used; call it
