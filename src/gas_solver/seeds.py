@@ -137,14 +137,17 @@ def _seed_ranges(text: str) -> list[tuple[int, int]]:
         if stop < start:
             raise ConfigError(f"seeds: range {excerpt(part.strip())} goes downwards (start > end)")
         ranges.append((start, stop))
-    total = sum(stop - start + 1 for start, stop in ranges)
-    if total > MAX_SEEDS:
-        raise ConfigError(f"seeds: {total} seeds, more than the {MAX_SEEDS:,} one list may hold")
+    _check_count(sum(stop - start + 1 for start, stop in ranges))
     ordered = sorted(ranges)
     for (_, stop), (start, _) in zip(ordered, ordered[1:], strict=False):
         if start <= stop:
             raise ConfigError(f"seeds: seed {start} is listed more than once")
     return ranges
+
+
+def _check_count(count: int) -> None:
+    if count > MAX_SEEDS:
+        raise ConfigError(f"seeds: {count} seeds, more than the {MAX_SEEDS:,} one list may hold")
 
 
 def _seed_text(digits: str) -> int:
@@ -175,10 +178,8 @@ def _seed_list(seeds: str | int | Iterable[int]) -> list[int]:
         seeds = seeds.tolist()
     if isinstance(seeds, int) and not isinstance(seeds, bool):
         seeds = [seeds]
-    if isinstance(seeds, Sized) and len(seeds) > MAX_SEEDS:  # a range(10**12), say
-        raise ConfigError(
-            f"seeds: {len(seeds)} seeds, more than the {MAX_SEEDS:,} one list may hold"
-        )
+    if isinstance(seeds, Sized):  # a range(10**12), say: refused before it is iterated
+        _check_count(len(seeds))
     try:
         return [_check_range(_as_seed(s)) for s in seeds]
     except TypeError as err:
