@@ -17,7 +17,7 @@ from pathlib import Path
 
 from gas_solver.commands.fid import FIDConfig, run_fid
 from gas_solver.outputs import write_json
-from gas_solver.solvers.registry import DEFAULT_TEACHER
+from gas_solver.solvers.teacher import DEFAULT_TEACHER
 from gas_solver.visualize import save_curve
 
 

@@ -23,7 +23,7 @@ from gas_solver.outputs import write_json
 from gas_solver.runtime import run_metadata
 from gas_solver.sampling import generate
 from gas_solver.seeds import parse_seeds
-from gas_solver.solvers.registry import DEFAULT_TEACHER, teacher_spec
+from gas_solver.solvers.teacher import DEFAULT_TEACHER, teacher_spec
 
 
 def statistics(images: torch.Tensor) -> dict[str, float]:

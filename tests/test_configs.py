@@ -21,7 +21,7 @@ from gas_solver.config import load_config
 from gas_solver.errors import ConfigError
 from gas_solver.schedules import DiscreteVPSchedule
 from gas_solver.seeds import parse_seeds
-from gas_solver.solvers.registry import parse_solver_spec
+from gas_solver.solvers.spec_text import parse_solver_spec
 from gas_solver.training.discriminator_arch import preset_arch
 
 ROOT = Path(__file__).parents[1]

@@ -29,7 +29,7 @@ from gas_solver.models.loading import load_model  # noqa: E402
 from gas_solver.schedules import explicit_grid  # noqa: E402
 from gas_solver.seeds import seeded_noise  # noqa: E402
 from gas_solver.solvers import ddim, dpm_solver_pp  # noqa: E402
-from gas_solver.solvers.registry import parse_solver_spec  # noqa: E402
+from gas_solver.solvers.spec_text import parse_solver_spec  # noqa: E402
 from gas_solver.training.trainer import Trainer, TrainSettings  # noqa: E402
 from tiny_text import clip_text_parts  # noqa: E402
 

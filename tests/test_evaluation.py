@@ -39,8 +39,9 @@ from gas_solver.evaluation import (
 from gas_solver.models.loading import load_model
 from gas_solver.seeds import seeded_noise
 from gas_solver.solvers.generalized import GeneralizedSolver, load_metadata
-from gas_solver.solvers.registry import parse_solver_spec, teacher_spec
 from gas_solver.solvers.resolve import resolve_solver
+from gas_solver.solvers.spec_text import parse_solver_spec
+from gas_solver.solvers.teacher import teacher_spec
 from gas_solver.training.trainer import Trainer, TrainSettings
 
 N = 6  # images per FID (and reference images): one Inception batch shape throughout

@@ -31,7 +31,7 @@ from gas_solver.models.edm import EDMModel  # noqa: E402
 from gas_solver.models.edm_networks import VPPrecond  # noqa: E402
 from gas_solver.models.loading import ASSETS, load_model  # noqa: E402
 from gas_solver.solvers.generalized import GeneralizedSolver  # noqa: E402
-from gas_solver.solvers.registry import parse_solver_spec  # noqa: E402
+from gas_solver.solvers.spec_text import parse_solver_spec  # noqa: E402
 from tiny_text import clip_text_parts  # noqa: E402
 
 TOLERANCE = 1e-5

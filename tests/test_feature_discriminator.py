@@ -11,7 +11,7 @@ from gas_solver.config import load_config  # noqa: E402
 from gas_solver.data.teacher import generate_teacher_set  # noqa: E402
 from gas_solver.errors import ConfigError  # noqa: E402
 from gas_solver.models.loading import load_model  # noqa: E402
-from gas_solver.solvers.registry import parse_solver_spec  # noqa: E402
+from gas_solver.solvers.spec_text import parse_solver_spec  # noqa: E402
 from gas_solver.training.adversarial import Adversary  # noqa: E402
 from gas_solver.training.feature_discriminator import FeatureDiscriminator  # noqa: E402
 from gas_solver.training.trainer import Trainer, TrainSettings  # noqa: E402

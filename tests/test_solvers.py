@@ -379,7 +379,7 @@ CALLBACK_CASES = [
 @pytest.mark.parametrize("text", CALLBACK_CASES)
 def test_callback_sees_every_call_and_the_solvers_own_data_prediction(text):
     from gas_solver.sampling import sample
-    from gas_solver.solvers.registry import parse_solver_spec
+    from gas_solver.solvers.spec_text import parse_solver_spec
 
     model = GaussianMixtureModel.ring().double()
     spec = parse_solver_spec(text)

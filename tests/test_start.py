@@ -15,7 +15,8 @@ from gas_solver.errors import ConfigError
 from gas_solver.models.loading import load_model
 from gas_solver.solvers.generalized import GeneralizedSolver
 from gas_solver.solvers.linear_form import classic_history
-from gas_solver.solvers.registry import auto_candidates, parse_solver_spec
+from gas_solver.solvers.registry import auto_candidates
+from gas_solver.solvers.spec_text import parse_solver_spec
 from gas_solver.training.start import FINALISTS
 from gas_solver.training.trainer import Trainer, TrainSettings
 

@@ -20,8 +20,8 @@ from .models.loading import load_model
 from .schedules import explicit_grid
 from .seeds import seeded_noise
 from .solvers._common import Callback
-from .solvers.registry import SolverSpec, check_noise
 from .solvers.resolve import resolve_solver
+from .solvers.spec import SolverSpec, check_noise
 
 Sampler = Callable[[DiffusionModel, Tensor, Any], Tensor]
 """``sampler(model, noise, cond) -> samples``, noise ``(B, *model.sample_shape)`` on the model's

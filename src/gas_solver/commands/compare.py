@@ -16,7 +16,9 @@ from ..models.loading import load_model
 from ..outputs import check_output
 from ..runtime import resolve_device
 from ..seeds import parse_seeds
-from ..solvers.registry import DEFAULT_TEACHER, classic_solvers_help, parse_solver_spec
+from ..solvers.registry import classic_solvers_help
+from ..solvers.spec_text import parse_solver_spec
+from ..solvers.teacher import DEFAULT_TEACHER
 
 
 @dataclasses.dataclass

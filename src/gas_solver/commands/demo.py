@@ -31,7 +31,7 @@ from ..models.loading import load_model
 from ..outputs import check_output, folder_lock, write_json, write_text
 from ..runtime import resolve_device, run_metadata
 from ..solvers.generalized import SOLVER_FILE
-from ..solvers.registry import DEFAULT_TEACHER
+from ..solvers.teacher import DEFAULT_TEACHER
 from ..training.discriminators import CHOICES as DISCRIMINATOR_CHOICES
 from ..training.discriminators import FEATURE_PRESET
 from ..training.settings import DISTANCES, R3GAN_BETAS

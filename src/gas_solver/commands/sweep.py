@@ -45,7 +45,8 @@ from ..runtime import reading, resolve_device, run_metadata
 from ..schedules import GRID_KINDS
 from ..seeds import parse_seeds
 from ..solvers.generalized import SOLVER_FILE, load_metadata
-from ..solvers.registry import DEFAULT_TEACHER, parse_solver_spec
+from ..solvers.spec_text import parse_solver_spec
+from ..solvers.teacher import DEFAULT_TEACHER
 from ..training.discriminators import CHOICES as DISCRIMINATOR_CHOICES
 from ..training.discriminators import FEATURE_PRESET
 from ..training.settings import R3GAN_BETAS

@@ -17,7 +17,8 @@ from ..outputs import check_output
 from ..runtime import resolve_device
 from ..sampling import seed_cond_fn
 from ..seeds import parse_seeds
-from ..solvers.registry import DEFAULT_TEACHER, parse_solver_spec, teacher_spec
+from ..solvers.spec_text import parse_solver_spec
+from ..solvers.teacher import DEFAULT_TEACHER, teacher_spec
 
 
 @dataclasses.dataclass

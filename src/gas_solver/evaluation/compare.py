@@ -64,8 +64,9 @@ from ..models.loading import load_model
 from ..runtime import resolve_device
 from ..sampling import Sampler, generate, seed_cond_fn
 from ..seeds import format_seeds, parse_seeds
-from ..solvers.registry import DEFAULT_TEACHER, SolverSpec, teacher_spec
 from ..solvers.resolve import ResolvedSolver, resolve_solver
+from ..solvers.spec import SolverSpec
+from ..solvers.teacher import DEFAULT_TEACHER, teacher_spec
 from .report import GRID_IMAGES, SCATTER_POINTS, Comparison, Row, write_report
 from .sample_cache import (
     CachedSamples,

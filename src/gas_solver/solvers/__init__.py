@@ -12,7 +12,9 @@ from .dpm_solver import ddim, dpm_solver_pp
 from .generalized import GeneralizedSolver
 from .heun import heun
 from .ipndm import ipndm
-from .registry import SOLVERS, SolverSpec, parse_solver_spec, register_classic_solver
+from .registry import SOLVERS, register_classic_solver
+from .spec import SolverSpec
+from .spec_text import parse_solver_spec
 from .unipc import unipc
 
 __all__ = [

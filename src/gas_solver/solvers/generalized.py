@@ -62,7 +62,6 @@ from ..schedules import GRID_KINDS, NoiseSchedule, schedule_from_dict, time_grid
 from ..validation import quote
 from ._common import Callback, report
 from .linear_form import StepWeights, check_representable, classic_weights
-from .registry import SolverSpec, parse_solver_spec
 from .solver_file import (
     CHECKPOINT_FORMAT,
     SOLVER_FILE,
@@ -71,6 +70,8 @@ from .solver_file import (
     read_solver_file,
     write_solver_file,
 )
+from .spec import SolverSpec
+from .spec_text import parse_solver_spec
 
 PAPER_THEORY = "dpmpp3m"
 """The name of the paper's theory, DPM-Solver++(3M), in solver files and on the command line."""

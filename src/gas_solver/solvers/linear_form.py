@@ -32,7 +32,8 @@ from torch import Tensor
 from ..errors import ConfigError
 from ..models.base import DiffusionModel
 from ..schedules import NoiseSchedule
-from .registry import SOLVERS, SolverSpec
+from .registry import SOLVERS
+from .spec import SolverSpec
 
 StepWeights = tuple[list[Tensor], list[Tensor]]
 """``(w, v)`` of one step ``k``: ``k`` weights on the states ``y_0 … y_{k−1}`` and ``k`` on the

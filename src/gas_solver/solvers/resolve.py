@@ -2,7 +2,7 @@
 
 Commands take solvers as text: ``unipc:nfe=4,grid=uniform`` or the path of a trained GS/GAS
 (``runs/gs4/solver.safetensors`` or its run folder). :func:`resolve_solver` turns the text into a
-:class:`~gas_solver.solvers.registry.SolverSpec` or a :class:`TrainedSolver`; both are a
+:class:`~gas_solver.solvers.spec.SolverSpec` or a :class:`TrainedSolver`; both are a
 :class:`ResolvedSolver`, what callers use: ``kind``, ``nfe``, ``label``, ``build(model)`` (the
 callable ``solver(model, x, cond=None, *, callback=None)`` for that model), ``describe()`` and
 what a trained one records (``checkpoint``, ``model_source``, ``trained_on``; ``None`` for a
@@ -22,7 +22,7 @@ from torch import Tensor
 
 from ..models.base import DiffusionModel
 from .generalized import SOLVER_FILE, GeneralizedSolver, load_metadata
-from .registry import parse_solver_spec
+from .spec_text import parse_solver_spec
 
 
 class ResolvedSolver(Protocol):

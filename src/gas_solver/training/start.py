@@ -23,8 +23,10 @@ from ..distributed import all_sum, owns, show_progress
 from ..errors import ConfigError
 from ..models.base import DiffusionModel
 from ..solvers.generalized import PAPER_THEORY, GeneralizedSolver
-from ..solvers.registry import SolverSpec, auto_candidates, parse_solver_spec
+from ..solvers.registry import auto_candidates
 from ..solvers.resolve import is_checkpoint
+from ..solvers.spec import SolverSpec
+from ..solvers.spec_text import parse_solver_spec
 from .losses import DistillationLoss
 
 log = logging.getLogger(__name__)

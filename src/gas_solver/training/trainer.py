@@ -81,7 +81,8 @@ from ..runtime import (
 )
 from ..schedules import GRID_KINDS
 from ..solvers.generalized import SOLVER_FILE, GeneralizedSolver
-from ..solvers.registry import SolverSpec, parse_solver_spec
+from ..solvers.spec import SolverSpec
+from ..solvers.spec_text import parse_solver_spec
 from ..visualize import save_comparison_grid, save_scatter
 from .adversarial import Adversary, NonFiniteLossError
 from .discriminators import make_discriminator
