@@ -23,7 +23,7 @@ import torch
 
 from gas_solver.data.datasets import load_dataset
 from gas_solver.metrics import inception
-from gas_solver.metrics.fid import compute_statistics
+from gas_solver.metrics.fid_statistics import compute_statistics
 from gas_solver.metrics.inception_onnx import onnx_path
 
 

@@ -21,7 +21,7 @@ import json
 from pathlib import Path
 
 from gas_solver.evaluation.report import gap_closed
-from gas_solver.metrics.fid import reference_statistics
+from gas_solver.metrics.fid_reference import reference_statistics
 from gas_solver.models.loading import load_model
 from gas_solver.outputs import write_json
 from gas_solver.runtime import run_metadata

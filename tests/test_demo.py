@@ -13,7 +13,7 @@ pytest.importorskip("diffusers")
 from gas_solver.config import load_config  # noqa: E402
 from gas_solver.evaluation import Row  # noqa: E402
 from gas_solver.evaluation.report import gap_closed  # noqa: E402
-from gas_solver.metrics.fid import FIDStatistics  # noqa: E402
+from gas_solver.metrics.fid_statistics import FIDStatistics  # noqa: E402
 from gas_solver.training.denoiser import DenoiserConfig, train_denoiser  # noqa: E402
 
 

@@ -23,8 +23,8 @@ from gas_solver.models.diffusers import (  # noqa: E402
     DiffusersUNetModel,
     class_cond_fn,
     prompt_cond_fn,
-    split_source,
 )
+from gas_solver.models.diffusers_folder import split_source  # noqa: E402
 from gas_solver.models.loading import load_model  # noqa: E402
 from gas_solver.schedules import explicit_grid  # noqa: E402
 from gas_solver.seeds import seeded_noise  # noqa: E402

@@ -390,7 +390,7 @@ def _latents_and_images(model_dir, spec: str):
 
 
 def _reference(path):
-    from gas_solver.metrics.fid import FIDStatistics
+    from gas_solver.metrics.fid_statistics import FIDStatistics
 
     FIDStatistics(np.zeros(3), np.eye(3) * 1e-2).save(path)
     return FIDStatistics(np.zeros(3), np.eye(3) * 1e-2)
@@ -401,7 +401,7 @@ def test_compare_command_on_a_latent_model_scores_decoded_images(
 ):
     from PIL import Image
 
-    from gas_solver.metrics.fid import compute_statistics
+    from gas_solver.metrics.fid_statistics import compute_statistics
 
     ref = _reference(tmp_path / "ref.npz")
     out = tmp_path / "cmp"
@@ -435,7 +435,8 @@ def test_compare_command_on_a_latent_model_scores_decoded_images(
 
 
 def test_fid_command_on_a_latent_model(latent_model_dir, detector, tmp_path, capsys):
-    from gas_solver.metrics.fid import compute_statistics, load_statistics
+    from gas_solver.metrics.fid_reference import load_statistics
+    from gas_solver.metrics.fid_statistics import compute_statistics
 
     args = [
         "fid", "--solver", "ddim:nfe=2", "--model", str(latent_model_dir), "--seeds", SEEDS,

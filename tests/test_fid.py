@@ -18,16 +18,12 @@ import torch
 
 from gas_solver.data import load_dataset
 from gas_solver.errors import ConfigError, MissingAssetError
-from gas_solver.metrics import fid
+from gas_solver.metrics import fid_reference, frechet
 from gas_solver.metrics import inception as detector
-from gas_solver.metrics.fid import (
-    FIDStatistics,
-    compute_fid,
-    compute_statistics,
-    frechet_distance,
-    load_statistics,
-    reference_statistics,
-)
+from gas_solver.metrics.fid import compute_fid
+from gas_solver.metrics.fid_reference import load_statistics, reference_statistics
+from gas_solver.metrics.fid_statistics import FIDStatistics, compute_statistics
+from gas_solver.metrics.frechet import frechet_distance
 from gas_solver.metrics.inception import (
     INCEPTION_SHA1,
     inception_features,
@@ -178,15 +174,15 @@ def test_sqrtm_edge_cases(monkeypatch, caplog) -> None:
     singular = np.diag([2.0, 1.0, 0.0])
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no LinAlgWarning, no disp DeprecationWarning
-        root = fid._sqrtm(singular @ singular)
+        root = frechet._sqrtm(singular @ singular)
     np.testing.assert_allclose(np.real(root), singular, atol=1e-7)
 
     eye, mu = np.eye(3), np.zeros(3)
     # complex round-off: the real part is used; a large imaginary trace is reported
-    monkeypatch.setattr(fid, "_sqrtm", lambda a: eye + 1e-9j)
+    monkeypatch.setattr(frechet, "_sqrtm", lambda a: eye + 1e-9j)
     assert frechet_distance(mu, eye, mu, eye) == pytest.approx(0.0, abs=1e-12)
-    monkeypatch.setattr(fid, "_sqrtm", lambda a: eye + 1j)
-    with caplog.at_level(logging.WARNING, logger=fid.__name__):
+    monkeypatch.setattr(frechet, "_sqrtm", lambda a: eye + 1j)
+    with caplog.at_level(logging.WARNING, logger=frechet.__name__):
         frechet_distance(mu, eye, mu, eye)
     assert "imaginary" in caplog.text
     # non-finite sqrtm: retried with an offset on the diagonals
@@ -196,9 +192,9 @@ def test_sqrtm_edge_cases(monkeypatch, caplog) -> None:
         calls.append(a)
         return eye * np.nan if len(calls) == 1 else eye
 
-    monkeypatch.setattr(fid, "_sqrtm", nan_then_identity)
+    monkeypatch.setattr(frechet, "_sqrtm", nan_then_identity)
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger=fid.__name__):
+    with caplog.at_level(logging.WARNING, logger=frechet.__name__):
         assert frechet_distance(mu, eye, mu, eye) == pytest.approx(0.0, abs=1e-12)
     assert len(calls) == 2 and "not finite" in caplog.text
     assert calls[1][0, 0] == pytest.approx((1 + 1e-6) ** 2)
@@ -283,7 +279,7 @@ def test_dataset_reference_statistics_are_cached(features, tmp_path, monkeypatch
     def no_compute(*args, **kwargs):
         raise AssertionError("cache not used")
 
-    monkeypatch.setattr(fid, "compute_statistics", no_compute)
+    monkeypatch.setattr(fid_reference, "compute_statistics", no_compute)
     again = reference_statistics("mnist", num_images=4)
     assert np.array_equal(again.mu, stats.mu) and np.array_equal(again.sigma, stats.sigma)
     with pytest.raises(ConfigError, match="5001 images requested"):
@@ -336,7 +332,7 @@ def test_shipped_mnist_statistics_are_used(monkeypatch) -> None:
     def no_compute(*args, **kwargs):
         raise AssertionError("shipped statistics must not be recomputed")
 
-    monkeypatch.setattr(fid, "compute_statistics", no_compute)
+    monkeypatch.setattr(fid_reference, "compute_statistics", no_compute)
     stats = reference_statistics("mnist")
     assert stats.num_images == 5000 and stats.mu.shape == (2048,)
     assert np.array_equal(stats.sigma, stats.sigma.T)

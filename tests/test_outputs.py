@@ -386,7 +386,7 @@ def test_an_unwritable_cache_only_warns(tmp_path, caplog, monkeypatch):
     import torch
 
     from gas_solver.evaluation.sample_cache import CachedSamples, save_samples
-    from gas_solver.metrics.fid import FIDStatistics
+    from gas_solver.metrics.fid_statistics import FIDStatistics
 
     (tmp_path / "afile").write_text("x")
     cache = tmp_path / "afile" / "cache"  # a file where the cache folder should be

@@ -11,7 +11,7 @@ from ..distributed import main_lock
 from ..errors import ConfigError
 from ..evaluation.compare import COMPARE_SEEDS, compare, resolve_solvers
 from ..evaluation.report import Comparison
-from ..metrics.fid import FID_METHODS
+from ..metrics.frechet import FID_METHODS
 from ..models.loading import load_model
 from ..outputs import check_output
 from ..runtime import resolve_device

@@ -22,7 +22,7 @@ from ..config import option, require
 from ..distributed import is_main, on_main, own_batches
 from ..errors import ConfigError, MissingAssetError
 from ..images import image_batches, makes_images
-from ..metrics.fid import FID_METHODS
+from ..metrics.frechet import FID_METHODS
 from ..models.loading import load_model
 from ..outputs import check_output, json_safe, write_json
 from ..runtime import reading, resolve_device, run_metadata
@@ -171,7 +171,8 @@ def run_fid(config: FIDConfig, progress: bool = True) -> dict[str, Any]:
     ``batch_size`` and the decoded images, in [−1, 1], go to the Inception
     (``images.decoded`` is then ``True``).
     """
-    from ..metrics.fid import compute_statistics, reference_statistics
+    from ..metrics.fid_reference import reference_statistics
+    from ..metrics.fid_statistics import compute_statistics
     from ..metrics.inception import INCEPTION_SHA1
 
     device = resolve_device(config.device)

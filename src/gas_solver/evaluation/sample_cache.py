@@ -31,7 +31,8 @@ from torch import Tensor
 
 from ..distributed import is_main
 from ..errors import GasSolverError
-from ..metrics.fid import FIDStatistics, load_statistics
+from ..metrics.fid_reference import load_statistics
+from ..metrics.fid_statistics import FIDStatistics
 from ..outputs import cache_dir, write_cache
 from ..runtime import tensors_digest
 

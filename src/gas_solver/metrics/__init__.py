@@ -1,14 +1,10 @@
 """Evaluation: FID with the offline EDM/NVIDIA Inception, and fidelity to the teacher."""
 
-from .fid import (
-    FIDStatistics,
-    compute_fid,
-    compute_statistics,
-    frechet_distance,
-    load_statistics,
-    reference_statistics,
-)
+from .fid import compute_fid
+from .fid_reference import load_statistics, reference_statistics
+from .fid_statistics import FIDStatistics, compute_statistics
 from .fidelity import Fidelity, FidelitySummary, per_sample_fidelity, summarize_fidelity
+from .frechet import frechet_distance
 from .inception import InceptionFeatures, inception_features, load_inception
 
 __all__ = [

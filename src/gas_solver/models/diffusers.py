@@ -1,21 +1,15 @@
-"""diffusers models behind the model contract: UNets, class labels, text, guidance and VAEs.
+"""diffusers UNets behind the model contract: class labels, text, guidance and VAEs.
 
-A local folder in the diffusers pipeline layout (``save_pretrained`` of a pipeline)::
-
-    folder/
-      unet/config.json, unet/diffusion_pytorch_model.safetensors   UNet2DModel or UNet2DConditionModel
-      scheduler/scheduler_config.json                             any DDPM-family scheduler config
-      vae/ or vqvae/          (optional) AutoencoderKL or VQModel: a latent model
-      text_encoder/, tokenizer/  (optional) CLIPTextModel + CLIPTokenizer (needs transformers)
-
-becomes a :class:`DiffusersUNetModel`. The schedule is the scheduler's ``alphas_cumprod`` (built from
-its betas exactly as diffusers does, :class:`~gas_solver.schedules.DiscreteVPSchedule`,
+A :class:`DiffusersUNetModel` wraps a ``UNet2DModel`` or ``UNet2DConditionModel`` with its
+scheduler (and optional VAE and CLIP text encoder), as :mod:`gas_solver.models.diffusers_folder`
+loads them from a local pipeline folder. The schedule is the scheduler's ``alphas_cumprod`` (built
+from its betas exactly as diffusers does, :class:`~gas_solver.schedules.DiscreteVPSchedule`,
 t_i = (i+1)/N); the UNet is queried at the continuous timestep ``N·t − 1`` (integer on the
 training grid); its ``prediction_type`` (``epsilon``, ``v_prediction`` or ``sample``) is converted
 by the contract. A ``FlowMatchEulerDiscreteScheduler`` makes it a flow-matching UNet
 (:class:`~gas_solver.schedules.FlowSchedule` with the scheduler's ``shift``, velocity
-``flow_prediction``, timestep ``N·σ``). Folders with a ``transformer/`` (Stable Diffusion 3) are
-:mod:`gas_solver.models.diffusers_flow`'s. Nothing is downloaded: only local folders are accepted.
+``flow_prediction``, timestep ``N·σ``). Transformer pipelines (Stable Diffusion 3) are
+:mod:`gas_solver.models.diffusers_flow`'s.
 
 **Latent models.** With a ``vae/`` (or ``vqvae/``) folder, solvers work in latent space:
 ``sample_shape`` is the UNet's latent shape and :meth:`DiffusersUNetModel.decode` turns latents into
@@ -39,41 +33,25 @@ is applied to the native prediction: ε, x₀ and v are affine in one another wi
 do not depend on the condition, and the guidance weights sum to one, so this equals guidance in
 ε-space exactly. ``guidance_scale = 1`` makes a single conditional call.
 
-In a model source string the scale is an option after the folder, in the solver-spec style:
-``path/to/ldm:guidance=2`` (see :func:`split_source`), so checkpoints and teacher sets that record
-``model.source`` load the same guided model again; the scale is also part of ``identity()``.
+The scale is part of ``identity()``; in a model source string it is an option after the folder
+(``path/to/ldm:guidance=2``, :func:`~gas_solver.models.diffusers_folder.split_source`).
 
 Gradient checkpointing around each UNet call: ``GeneralizedSolver.forward(checkpoint=True)``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import re
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ..errors import ConfigError, MissingAssetError
+from ..errors import ConfigError
 from ..schedules import DiscreteVPSchedule, NoiseSchedule
 from .base import DiffusionModel
-from .diffusers_flow import (
-    FLOW_SCHEDULERS,
-    DiffusersFlowModel,
-    flow_schedule_from_config,
-    is_flow_pipeline_folder,
-    load_diffusers_flow_model,
-)
+from .diffusers_flow import FLOW_SCHEDULERS, flow_schedule_from_config
 from .unet_encoder import UNetEncoder
-
-UNET_CLASSES = ("UNet2DModel", "UNet2DConditionModel")
-VAE_FOLDERS = ("vae", "vqvae")
-VAE_CLASSES = ("AutoencoderKL", "VQModel")
-SOURCE_OPTIONS = {"guidance": float}
 
 
 class DiffusersUNetModel(DiffusionModel):
@@ -88,7 +66,8 @@ class DiffusersUNetModel(DiffusionModel):
         guidance_scale: classifier-free guidance scale ``s``; 1 means no guidance.
         null_class: the label of the unconditional class for guidance; by default the last one
             (``num_class_embeds − 1``) for class-conditional UNets.
-        fingerprint: a cheap identity of the weights (see :func:`load_diffusers_model`).
+        fingerprint: a cheap identity of the weights (see
+            :func:`~gas_solver.models.diffusers_folder.load_diffusers_model`).
 
     Attributes:
         conditioning: ``none`` | ``class`` | ``text`` | ``class+text`` (``uses_class``,
@@ -338,7 +317,7 @@ class DiffusersUNetModel(DiffusionModel):
         return identity
 
 
-# -- condition functions for teacher sets ---------------------------------------------------------
+# -- the scheduler's schedule ---------------------------------------------------------------------
 def scheduler_schedule(scheduler: Any) -> tuple[NoiseSchedule, str]:
     """The noise schedule and prediction type a diffusers scheduler describes: a flow-matching
     scheduler (its ``shift``; velocity output), or any DDPM-family one (its ``alphas_cumprod``)."""
@@ -347,6 +326,7 @@ def scheduler_schedule(scheduler: Any) -> tuple[NoiseSchedule, str]:
     return DiscreteVPSchedule(scheduler.alphas_cumprod), scheduler.config.prediction_type
 
 
+# -- condition functions for teacher sets ---------------------------------------------------------
 def class_cond_fn(num_classes: int) -> Callable[[Tensor], Tensor]:
     """``cond_fn(seeds) = seeds mod num_classes`` as ``(B,)`` int64 labels (paper App. D.2)."""
     if num_classes < 1:
@@ -365,111 +345,6 @@ def prompt_cond_fn(model: DiffusionModel, prompts: Sequence[str]) -> Callable[[T
     return model.prompt_cond_fn(list(prompts))
 
 
-# -- loading --------------------------------------------------------------------------------------
-def split_source(source: str) -> tuple[str, dict[str, Any]]:
-    """``"folder:guidance=2"`` → ``("folder", {"guidance": 2.0})``; a plain folder has no options."""
-    match = re.fullmatch(r"(.+?):((?:\w+=[^,:]+,?)+)", source)
-    if match is None or not Path(match.group(1)).is_dir():
-        return source, {}
-    options: dict[str, Any] = {}
-    for item in filter(None, match.group(2).split(",")):
-        key, value = item.split("=", 1)
-        if key not in SOURCE_OPTIONS:
-            raise ConfigError(
-                f"model {source!r}: unknown option {key!r} (known: {', '.join(SOURCE_OPTIONS)})"
-            )
-        try:
-            options[key] = SOURCE_OPTIONS[key](value)
-        except ValueError as err:
-            raise ConfigError(f"model {source!r}: bad value for {key}: {value!r}") from err
-    return match.group(1), options
-
-
-def is_diffusers_source(source: str) -> bool:
-    """A local folder, optionally with ``:key=value`` options (see :func:`split_source`)."""
-    return Path(split_source(source)[0]).is_dir()
-
-
-def load_diffusers_model(
-    folder: str | Path,
-    guidance_scale: float | None = None,
-    null_class: int | None = None,
-) -> DiffusersUNetModel | DiffusersFlowModel:
-    """Load a diffusers pipeline folder (see the module docstring).
-
-    Args:
-        folder: the folder, or a source string ``folder:guidance=S``.
-        guidance_scale: overrides the source's ``guidance`` option (default 1, no guidance).
-        null_class: the unconditional label (default: the last class embedding).
-    """
-    folder, options = split_source(str(folder))
-    if guidance_scale is None:
-        guidance_scale = options.get("guidance", 1.0)
-    folder = Path(folder)
-    if is_flow_pipeline_folder(folder):  # transformer/ + a flow scheduler (SD3 layout)
-        return load_diffusers_flow_model(folder, guidance_scale, _fingerprint)
-    unet_dir, scheduler_dir = folder / "unet", folder / "scheduler"
-    for needed in (unet_dir / "config.json", scheduler_dir / "scheduler_config.json"):
-        if not needed.is_file():
-            raise MissingAssetError(
-                f"{needed} not found: a diffusers model folder needs unet/ and scheduler/ "
-                "subfolders, as written by a pipeline's save_pretrained(folder)"
-            )
-    try:
-        import diffusers
-    except ImportError as err:
-        raise MissingAssetError(
-            "loading diffusers models needs the diffusers package: pip install 'gas-solver[diffusers]'"
-        ) from err
-    unet_class = _class_name(unet_dir / "config.json", "UNet2DModel")
-    if unet_class not in UNET_CLASSES:
-        raise ConfigError(f"{unet_dir}: the UNet must be one of {UNET_CLASSES}, got {unet_class}")
-    # low_cpu_mem_usage=False: no accelerate needed
-    unet = getattr(diffusers, unet_class).from_pretrained(unet_dir, low_cpu_mem_usage=False)
-    scheduler_config = json.loads((scheduler_dir / "scheduler_config.json").read_text())
-    if scheduler_config.pop("_class_name", None) in FLOW_SCHEDULERS:  # a flow-matching UNet
-        scheduler = diffusers.FlowMatchEulerDiscreteScheduler.from_config(scheduler_config)
-    else:  # the betas, hence alphas_cumprod, are built exactly as every DDPM-family scheduler does
-        scheduler = diffusers.DDPMScheduler.from_config(scheduler_config)
-
-    vae = None
-    for name in VAE_FOLDERS:
-        if (folder / name / "config.json").is_file():
-            vae_class = _class_name(folder / name / "config.json", "AutoencoderKL")
-            if vae_class not in VAE_CLASSES:
-                raise ConfigError(f"{folder / name}: the VAE must be one of {VAE_CLASSES}")
-            vae = getattr(diffusers, vae_class).from_pretrained(
-                folder / name, low_cpu_mem_usage=False
-            )
-            break
-
-    text_encoder = tokenizer = None
-    if (folder / "text_encoder" / "config.json").is_file():
-        try:
-            import transformers
-        except ImportError as err:
-            raise MissingAssetError(
-                f"{folder / 'text_encoder'}: text-conditional models need the transformers "
-                "package: pip install transformers"
-            ) from err
-        encoder_class = _class_name(
-            folder / "text_encoder" / "config.json", "CLIPTextModel", key="architectures"
-        )
-        text_encoder = getattr(transformers, encoder_class).from_pretrained(folder / "text_encoder")
-        tokenizer = transformers.AutoTokenizer.from_pretrained(folder / "tokenizer")
-
-    weights = [unet_dir] + [p for p in (folder / "vae", folder / "vqvae") if p.is_dir()]
-    return DiffusersUNetModel(
-        unet, scheduler, vae, text_encoder, tokenizer,
-        guidance_scale=guidance_scale, null_class=null_class, fingerprint=_fingerprint(*weights),
-    )  # fmt: skip
-
-
-def _class_name(config_path: Path, default: str, key: str = "_class_name") -> str:
-    value = json.loads(config_path.read_text()).get(key, default)
-    return value[0] if isinstance(value, list) else value
-
-
 def _as_dict(cond: Any) -> dict[str, Tensor]:
     """Read a bare tensor condition by its dtype and rank (see the module docstring)."""
     if isinstance(cond, dict):
@@ -486,17 +361,3 @@ def _check_batch(value: Tensor, batch: int, name: str) -> Tensor:
         shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
         raise ConfigError(f"cond {name} has shape {shape}; expected a batch of {batch}")
     return value
-
-
-def _fingerprint(*dirs: Path) -> str:
-    """A cheap identity of the weights: size plus SHA-256 of the first and last MiB of each file."""
-    digest = hashlib.sha256()
-    for folder in dirs:
-        for path in sorted(folder.glob("diffusion_pytorch_model*")):
-            size = path.stat().st_size
-            with open(path, "rb") as f:
-                digest.update(f"{path.name}:{size}".encode())
-                digest.update(f.read(1 << 20))
-                f.seek(max(size - (1 << 20), 0))
-                digest.update(f.read(1 << 20))
-    return digest.hexdigest()[:16]

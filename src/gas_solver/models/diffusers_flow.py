@@ -1,17 +1,10 @@
-"""diffusers flow-matching pipelines behind the model contract (Stable Diffusion 3 and its layout).
+"""diffusers flow-matching transformers behind the model contract (Stable Diffusion 3).
 
-A local folder written by ``StableDiffusion3Pipeline.save_pretrained``::
-
-    folder/
-      transformer/   SD3Transformer2DModel            the velocity network
-      scheduler/     FlowMatchEulerDiscreteScheduler  its ``shift`` (SD3: 3.0) sets the schedule
-      vae/           AutoencoderKL (optional)          latents → images
-      text_encoder/, text_encoder_2/ (+ tokenizers)    CLIP-L and CLIP-G; text_encoder_3/ T5 optional
-
-becomes a :class:`DiffusersFlowModel`: a :class:`~gas_solver.schedules.FlowSchedule` with the
-scheduler's shift, ``prediction_type = "flow_prediction"`` (``v = ε − x₀``), the transformer
-queried at the timestep ``N·σ`` as the pipeline does. Every classic solver, the teacher and GS/GAS
-then run on it unchanged.
+A folder written by ``StableDiffusion3Pipeline.save_pretrained`` (its layout and loading:
+:mod:`gas_solver.models.diffusers_folder`) becomes a :class:`DiffusersFlowModel`: a
+:class:`~gas_solver.schedules.FlowSchedule` with the scheduler's shift, ``prediction_type =
+"flow_prediction"`` (``v = ε − x₀``), the transformer queried at the timestep ``N·σ`` as the
+pipeline does. Every classic solver, the teacher and GS/GAS then run on it unchanged.
 
 **Conditions** are the pipeline's own text embeddings, ``{"encoder_hidden_states": (B, L, D),
 "pooled_projections": (B, P)}``; :meth:`DiffusersFlowModel.prompt_cond_fn` makes them from prompts
@@ -31,15 +24,13 @@ refused with a message: pass a fixed ``shift``.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ..errors import ConfigError, MissingAssetError
+from ..errors import ConfigError
 from ..schedules import FlowSchedule
 from .base import DiffusionModel
 
@@ -196,53 +187,8 @@ class DiffusersFlowModel(DiffusionModel):
         }
 
 
-def is_flow_pipeline_folder(folder: Path) -> bool:
-    """A pipeline folder with a ``transformer/`` (the SD3 layout)."""
-    return (folder / "transformer" / "config.json").is_file()
-
-
-def load_diffusers_flow_model(
-    folder: Path, guidance_scale: float, fingerprint: Callable[..., str]
-) -> DiffusersFlowModel:
-    """Load an SD3-layout folder (see the module docstring); nothing is downloaded."""
-    import diffusers
-
-    scheduler_config = folder / "scheduler" / "scheduler_config.json"
-    if not scheduler_config.is_file():
-        raise MissingAssetError(f"{scheduler_config} not found: a flow pipeline needs scheduler/")
-    config = json.loads(scheduler_config.read_text())
-    if config.get("_class_name") not in FLOW_SCHEDULERS:
-        raise ConfigError(
-            f"{scheduler_config}: a transformer pipeline needs a flow scheduler "
-            f"{FLOW_SCHEDULERS}, got {config.get('_class_name')}"
-        )
-    schedule = flow_schedule_from_config(config, str(scheduler_config))
-    has_text = (folder / "text_encoder" / "config.json").is_file()
-    if has_text:  # the whole pipeline: its encode_prompt is the reference text path
-        absent = {  # T5 is optional in SD3 (its embeddings are then zeros)
-            name: None for name in ("text_encoder_3", "tokenizer_3") if not (folder / name).is_dir()
-        }
-        pipeline = diffusers.StableDiffusion3Pipeline.from_pretrained(
-            folder, low_cpu_mem_usage=False, **absent
-        )
-        transformer, vae = pipeline.transformer, pipeline.vae
-    else:
-        pipeline, vae = None, None
-        transformer = diffusers.SD3Transformer2DModel.from_pretrained(
-            folder / "transformer", low_cpu_mem_usage=False
-        )
-        if (folder / "vae" / "config.json").is_file():
-            vae = diffusers.AutoencoderKL.from_pretrained(folder / "vae", low_cpu_mem_usage=False)
-    weights = [folder / "transformer"] + ([folder / "vae"] if vae is not None else [])
-    return DiffusersFlowModel(
-        transformer, schedule, vae, pipeline, guidance_scale, fingerprint(*weights)
-    )
-
-
 __all__ = [
     "FLOW_SCHEDULERS",
     "DiffusersFlowModel",
     "flow_schedule_from_config",
-    "is_flow_pipeline_folder",
-    "load_diffusers_flow_model",
 ]

@@ -7,7 +7,7 @@ is a local path, claimed by the first family in :data:`MODEL_FAMILIES` that reco
   written by ``gas-solver convert-edm`` (:mod:`gas_solver.models.edm`; pickles are read without
   running their code);
 * ``diffusers``: any other folder, the diffusers pipeline layout
-  (:mod:`gas_solver.models.diffusers`), optionally ``folder:guidance=S``.
+  (:mod:`gas_solver.models.diffusers_folder`), optionally ``folder:guidance=S``.
 
 A new family is one module with its loader and one entry in :data:`MODEL_FAMILIES` (see
 ``docs/ARCHITECTURE.md``). The string a model was loaded from is kept as ``model.source`` so
@@ -27,7 +27,7 @@ from ..errors import ConfigError
 from ..schedules import DiscreteVPSchedule, FlowSchedule
 from .analytic import GaussianMixtureModel
 from .base import DiffusionModel
-from .diffusers import is_diffusers_source, load_diffusers_model
+from .diffusers_folder import is_diffusers_source, load_diffusers_model
 from .edm import is_edm_source, load_edm_model
 
 
