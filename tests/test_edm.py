@@ -158,7 +158,7 @@ def test_persistence_pickle_loads_without_running_its_source(tmp_path, tiny_vp, 
 
     assert isinstance(model, EDMModel) and model.source == str(path)
     assert model.sample_shape == (3, 8, 8) and model.prediction_type == "sample"
-    assert model.schedule.describe() == {"kind": "linear_vp", "beta_0": 0.1, "beta_1": 20.0,
+    assert model.schedule.to_dict() == {"kind": "linear_vp", "beta_0": 0.1, "beta_1": 20.0,
                                          "t_eps": 1e-3}  # fmt: skip
     loaded = model.net
     assert type(loaded) is VPPrecond and isinstance(loaded.model, SongUNet)
@@ -272,7 +272,7 @@ def test_vp_wrapper_matches_the_exact_mixture():
     weights = torch.tensor([1.0, 2.0, 0.5, 1.5, 1.0], dtype=torch.float64)
     exact = GaussianMixtureModel(means, stds, weights)
     wrapped = EDMModel(MixtureDenoiser(means, stds, weights), (1, 4, 4))
-    assert wrapped.schedule.describe() == exact.schedule.describe()  # linear VP, 0.1 → 20
+    assert wrapped.schedule.to_dict() == exact.schedule.to_dict()  # linear VP, 0.1 → 20
     x0 = exact.sample_data(6, generator=gen)
     for t in (1.0, 0.7, 0.3, 0.05, 1e-3, 1e-4):
         t = torch.tensor(t, dtype=torch.float64)

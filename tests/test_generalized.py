@@ -189,7 +189,7 @@ def test_every_parameter_is_used_and_gets_a_gradient(nfe: int) -> None:
         "a_hat": nfe * (nfe + 1) // 2,
         "c_hat": nfe * (nfe + 1) // 2,
     }
-    assert solver.describe()["num_parameters"] == nfe * (nfe + 1) + (nfe - 1) + nfe
+    assert solver.learned_values()["num_parameters"] == nfe * (nfe + 1) + (nfe - 1) + nfe
     noise = torch.randn(6, 3, dtype=torch.float64)
     loss = (solver(model, noise) - torch.randn_like(noise)).pow(2).sum()
     loss.backward()
@@ -253,12 +253,12 @@ def test_checkpointing_gives_same_output_and_gradients() -> None:
         torch.testing.assert_close(g1, g0, rtol=1e-12, atol=1e-14)
 
 
-# -- describe, save and load --------------------------------------------------------------------
+# -- learned values, save and load---------------------------------------------------------------
 
 
-def test_describe_is_json() -> None:
+def test_learned_values_are_json() -> None:
     solver = GeneralizedSolver(3, LinearVPSchedule())
-    info = json.loads(json.dumps(solver.describe()))
+    info = json.loads(json.dumps(solver.learned_values()))
     assert info["nfe"] == 3 and len(info["grid"]) == 4 and len(info["offsets"]) == 3
     assert [len(step["a"]) for step in info["corrections"]] == [1, 2, 3]
     assert info["num_parameters"] == 3 * 4 + 2 + 3
@@ -277,7 +277,7 @@ def test_save_load_round_trip(tmp_path) -> None:
     meta = loaded.metadata
     assert meta["teacher"] == {"solver": "unipc", "nfe": 20} and meta["steps"] == 7
     assert meta["nfe"] == 4 and meta["t_eps"] == 1e-3 and meta["init_grid"] == "logsnr"
-    assert meta["schedule"] == model.schedule.describe() and "created" in meta["run"]
+    assert meta["schedule"] == model.schedule.to_dict() and "created" in meta["run"]
     assert meta["model"] == json.loads(json.dumps(model.identity()))
     assert json.loads((tmp_path / "gs.json").read_text()) == meta
     with safe_open(str(path), framework="pt") as f:

@@ -41,11 +41,11 @@ class ExpVPSchedule(NoiseSchedule):
     def inverse_lambda(self, lam: Tensor) -> Tensor:
         return 0.5 * torch.logaddexp(-2.0 * lam, torch.zeros_like(lam)) / self.rate
 
-    def describe(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "rate": self.rate, "t_eps": self.t_eps}
 
     @classmethod
-    def from_description(cls, spec: dict[str, Any]) -> ExpVPSchedule:
+    def from_dict(cls, spec: dict[str, Any]) -> ExpVPSchedule:
         return cls(spec["rate"], spec["t_eps"])
 
 

@@ -55,7 +55,7 @@ class NoiseSchedule(nn.Module):
             (``None``: the solver's own, ``t_eps``); models read it as
             :attr:`~gas_solver.models.base.DiffusionModel.teacher_t_eps`.
 
-    A schedule that can be rebuilt from its :meth:`describe` alone has :meth:`from_description`
+    A schedule that can be rebuilt from its :meth:`to_dict` alone has :meth:`from_dict`
     and an entry in :data:`SCHEDULES`.
     """
 
@@ -73,20 +73,20 @@ class NoiseSchedule(nn.Module):
         """The time ``t`` at which ``λ(t) = lam``."""
         raise NotImplementedError
 
-    def describe(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         """JSON-able identity of the schedule (stored in checkpoints and teacher manifests)."""
         raise NotImplementedError
 
     @classmethod
-    def from_description(cls, spec: dict[str, Any]) -> NoiseSchedule:
-        """The schedule :meth:`describe` gave ``spec`` (a ``KeyError`` for a missing field)."""
+    def from_dict(cls, spec: dict[str, Any]) -> NoiseSchedule:
+        """The schedule :meth:`to_dict` gave ``spec`` (a ``KeyError`` for a missing field)."""
         raise NotImplementedError
 
     def matches(self, description: dict[str, Any], rel_tol: float = 1e-6) -> bool:
-        """Whether ``description`` (a :meth:`describe`, read back from a file) is this noise
+        """Whether ``description`` (a :meth:`to_dict`, read back from a file) is this noise
         schedule: the same kind and every number within ``rel_tol``. ``t_eps`` is not compared:
         it is where a solver stops, not part of the noise."""
-        ours = self.describe()
+        ours = self.to_dict()
         return description.get("kind") == ours["kind"] and all(
             _close(value, description.get(key), rel_tol)
             for key, value in ours.items()
@@ -147,7 +147,7 @@ class LinearVPSchedule(NoiseSchedule):
         delta = self.beta_1 - self.beta_0
         return 2.0 * u / (torch.sqrt(self.beta_0**2 + 2.0 * delta * u) + self.beta_0)
 
-    def describe(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "kind": self.kind,
             "beta_0": self.beta_0,
@@ -156,7 +156,7 @@ class LinearVPSchedule(NoiseSchedule):
         }
 
     @classmethod
-    def from_description(cls, spec: dict[str, Any]) -> LinearVPSchedule:
+    def from_dict(cls, spec: dict[str, Any]) -> LinearVPSchedule:
         return cls(spec["beta_0"], spec["beta_1"], spec.get("t_eps", 1e-3))
 
 
@@ -220,7 +220,7 @@ class DiscreteVPSchedule(NoiseSchedule):
         log_alpha = -0.5 * torch.logaddexp(-2.0 * lam, torch.zeros_like(lam))
         return interp_linear(log_alpha, self.log_alpha_table.flip(0), self.t_table.flip(0))
 
-    def describe(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         ac = self.alphas_cumprod
         return {
             "kind": self.kind,
@@ -298,7 +298,7 @@ class FlowSchedule(NoiseSchedule):
     def t_from_timestep(self, timestep: Tensor) -> Tensor:
         return self.t_from_flow_sigma(timestep / self.num_train_timesteps)
 
-    def describe(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "kind": self.kind,
             "shift": self.shift,
@@ -307,7 +307,7 @@ class FlowSchedule(NoiseSchedule):
         }
 
     @classmethod
-    def from_description(cls, spec: dict[str, Any]) -> FlowSchedule:
+    def from_dict(cls, spec: dict[str, Any]) -> FlowSchedule:
         return cls(spec["shift"], spec["num_train_timesteps"], spec["t_eps"])
 
 
@@ -316,17 +316,17 @@ SCHEDULES: dict[str, type[NoiseSchedule]] = {
     FlowSchedule.kind: FlowSchedule,
 }
 """``kind`` → the schedule class that :func:`schedule_from_dict` rebuilds it with: a new kind is
-its class (with :meth:`~NoiseSchedule.from_description`) and one entry here. Discrete schedules
+its class (with :meth:`~NoiseSchedule.from_dict`) and one entry here. Discrete schedules
 are not here: their description holds only a checksum of their table, they come with their
 model."""
 
 
 def schedule_from_dict(spec: dict[str, Any]) -> NoiseSchedule:
-    """Rebuild a schedule of a kind in :data:`SCHEDULES` from its :meth:`~NoiseSchedule.describe`."""
+    """Rebuild a schedule of a kind in :data:`SCHEDULES` from its :meth:`~NoiseSchedule.to_dict`."""
     cls = SCHEDULES.get(spec.get("kind"))
     if cls is None:
         raise ConfigError(f"cannot rebuild schedule {spec.get('kind')!r} from a description")
-    return cls.from_description(spec)
+    return cls.from_dict(spec)
 
 
 def _close(ours: Any, theirs: Any, rel_tol: float) -> bool:

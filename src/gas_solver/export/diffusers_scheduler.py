@@ -30,12 +30,11 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
 from torch import Tensor
 
+from ..models.base import PREDICTION_TYPES, convert_prediction
 from ..models.diffusers import scheduler_schedule
 from .table import SolverTable
 
 log = logging.getLogger(__name__)
-
-PREDICTION_TYPES = ("epsilon", "v_prediction", "sample", "flow_prediction")
 
 
 class GeneralizedSolverScheduler(SchedulerMixin, ConfigMixin):
@@ -171,8 +170,9 @@ class GeneralizedSolverScheduler(SchedulerMixin, ConfigMixin):
         """One GS step: ``y_{k+1} = Σ_j W[k][j] y_j + Σ_j V[k][j] D_j`` over the whole history.
 
         With the model output ``o`` at the call time ``τ_k`` (``α = α(τ_k)``, ``σ = σ(τ_k)``),
-        the data prediction there is ``D̂ = (y_k − σ·o)/α`` (epsilon), ``α·y_k − σ·o``
-        (v_prediction), ``o`` (sample) or ``y_k − σ·o`` (flow_prediction), and
+        the data prediction there is ``D̂`` (:func:`~gas_solver.models.base.convert_prediction`:
+        ``(y_k − σ·o)/α`` for epsilon, ``α·y_k − σ·o`` for v_prediction, ``o`` for sample,
+        ``(y_k − σ·o)/(α + σ)`` for flow_prediction), and
         ``D_k = (y_k − σ(t_k)·ε̂)/α(t_k)`` (paper §2.4: the grid time converts), computed as
         ``(1 − σ(t_k)/σ)/α(t_k)·y_k + σ(t_k)α/(σ·α(t_k))·D̂`` (no cancellation at small α).
         """
@@ -189,14 +189,7 @@ class GeneralizedSolverScheduler(SchedulerMixin, ConfigMixin):
             )
         y, out = sample.float(), model_output.float()
         a, s = cfg.query_alphas[k], cfg.query_sigmas[k]
-        if cfg.prediction_type == "epsilon":
-            denoised = (y - s * out) / a
-        elif cfg.prediction_type == "v_prediction":
-            denoised = a * y - s * out
-        elif cfg.prediction_type == "flow_prediction":
-            denoised = y - s * out
-        else:
-            denoised = out
+        denoised = convert_prediction(out, y, a, s, cfg.prediction_type, "sample")
         states, preds = self._history
         states.append(y)
         alpha_t, sigma_t = cfg.alphas[k], cfg.sigmas[k]
@@ -219,7 +212,7 @@ class GeneralizedSolverScheduler(SchedulerMixin, ConfigMixin):
         ours = self.config.schedule or {}
         if not schedule.matches(ours):
             raise ValueError(
-                f"GeneralizedSolverScheduler: the pipeline's noise schedule {schedule.describe()} "
+                f"GeneralizedSolverScheduler: the pipeline's noise schedule {schedule.to_dict()} "
                 f"is not the one this solver was trained for {ours}"
             )
         if prediction != self.config.prediction_type:

@@ -95,6 +95,6 @@ def solver_table(
         model_timesteps=schedule.timestep(query).tolist(),
         state_weights=state_weights,
         pred_weights=pred_weights,
-        schedule=schedule.describe(),
+        schedule=schedule.to_dict(),
         provenance=dict(provenance or {}),
     )

@@ -119,7 +119,7 @@ class DiffusionModel(nn.Module):
         """JSON-able description used to match checkpoints and teacher sets to this model."""
         return {
             "class": type(self).__name__,
-            "schedule": self.schedule.describe(),
+            "schedule": self.schedule.to_dict(),
             "sample_shape": list(self.sample_shape),
             "prediction_type": self.prediction_type,
         }

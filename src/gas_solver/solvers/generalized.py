@@ -252,7 +252,7 @@ class GeneralizedSolver(nn.Module):
             )
         self.nfe, self.theory, self.theory_solver = nfe, theory, theory_solver
         self.t_max, self.t_eps = float(grid[0]), float(grid[-1])
-        self.schedule_spec = schedule.describe()
+        self.schedule_spec = schedule.to_dict()
         self.metadata: dict[str, Any] = {}
         dtype = torch.get_default_dtype()
         n_coef = nfe * (nfe + 1) // 2
@@ -385,7 +385,7 @@ class GeneralizedSolver(nn.Module):
         return weights
 
     @torch.no_grad()
-    def describe(self) -> dict[str, Any]:
+    def learned_values(self) -> dict[str, Any]:
         """JSON-able summary: grid, query times, offsets, corrections per step, parameter count."""
         return {
             "nfe": self.nfe,
@@ -436,10 +436,10 @@ class GeneralizedSolver(nn.Module):
             ``y_N``, the state at ``t_eps``, same shape and dtype as ``noise``; differentiable in
             every solver parameter.
         """
-        if model.schedule.describe() != self.schedule_spec:
+        if model.schedule.to_dict() != self.schedule_spec:
             raise ConfigError(
                 f"the solver was built for schedule {self.schedule_spec}, the model has "
-                f"{model.schedule.describe()}"
+                f"{model.schedule.to_dict()}"
             )
         dtype = torch.promote_types(self.mu_logit.dtype, noise.dtype)
         # the step weights are scalars with cancellations (φ2, φ3 at small h): float64 where the
@@ -496,7 +496,7 @@ class GeneralizedSolver(nn.Module):
         caller's ``metadata`` (e.g. teacher spec, training summary; ``run`` defaults to
         :func:`~gas_solver.runtime.run_metadata`) plus the solver's own fields, which take
         precedence: ``format``, ``nfe``, ``t_eps``, ``schedule``, ``init_grid``, ``theory``,
-        ``theory_solver`` and ``solver`` (:meth:`describe`). Both files are written atomically.
+        ``theory_solver`` and ``solver`` (:meth:`learned_values`). Both files are written atomically.
 
         Args:
             metadata: must contain ``"model"``, the ``identity()`` of the model the solver was
@@ -517,7 +517,7 @@ class GeneralizedSolver(nn.Module):
             "init_grid": self.init_grid,
             "theory": self.theory,
             "theory_solver": self.theory_label,
-            "solver": self.describe(),
+            "solver": self.learned_values(),
         }
         tensors = {name: p.detach().cpu().contiguous() for name, p in self.state_dict().items()}
         return write_solver_file(Path(path), meta, tensors)

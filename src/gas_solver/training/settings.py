@@ -15,7 +15,7 @@ from .feature_distance import MODEL_FEATURES
 from .losses import DISTILLATION_LOSSES
 from .start import THEORIES
 
-METHODS = ("gs", "gas")
+LOSSES = ("gs", "gas")
 DISTANCES = [*sorted(DISTILLATION_LOSSES), MODEL_FEATURES]
 """``--distillation``: the per-sample losses, and the distance in the model's own features."""
 LR_SCHEDULES = ("constant", "cosine")
@@ -51,7 +51,7 @@ class TrainSettings:
     out: str = option("runs/train", "output folder: solver, checkpoints, logs, pictures")
     model: str | None = option(None, "model name or path (default: the teacher set's model)")
     nfe: int = option(4, "number of model calls of the learned solver")
-    loss: str = option("gs", "method: gs (distillation) or gas (+ adversarial)", choices=METHODS)
+    loss: str = option("gs", "gs (distillation) or gas (+ adversarial)", choices=LOSSES)
     distillation: str = option(
         "l1",
         "per-sample distillation distance (model-features: LPIPS-style in the frozen diffusers "
@@ -170,9 +170,9 @@ class TrainSettings:
             require(getattr(self, name) >= 0, name, "must be >= 0")
         require(self.t_eps is None or 0 < self.t_eps < 1, "t_eps", "must be in (0, 1)")
         require(
-            self.loss in METHODS,
+            self.loss in LOSSES,
             "loss",
-            f"the method, one of {list(METHODS)}, got {self.loss!r}"
+            f"one of {list(LOSSES)}, got {self.loss!r}"
             + (
                 f" (the distillation distance is now `distillation: {self.loss}`)"
                 if self.loss in DISTILLATION_LOSSES
@@ -199,7 +199,7 @@ class TrainSettings:
         )
 
     @property
-    def method(self) -> str:
+    def loss_label(self) -> str:
         """``GS`` or ``GAS``, for labels."""
         return self.loss.upper()
 

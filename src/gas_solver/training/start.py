@@ -60,7 +60,8 @@ class Start:
     losses: dict[str, float] = field(default_factory=dict)
     screened: dict[str, float] = field(default_factory=dict)
 
-    def describe(self) -> dict[str, Any]:
+    def record(self) -> dict[str, Any]:
+        """What the summary and the solver's metadata keep of the start."""
         out: dict[str, Any] = {"solver": self.label, "theory": self.solver.theory_label}
         if self.losses:
             out.update(loss=self.losses[self.label], candidates=self.losses, screened=self.screened)

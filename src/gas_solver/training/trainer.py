@@ -345,7 +345,7 @@ class Trainer:
                 totals["val_l1"] += DISTILLATION_LOSSES["l1"](student, target).sum().item()
                 totals["val_l2"] += DISTILLATION_LOSSES["l2"](student, target).sum().item()
                 if first is None:
-                    label = f"{self.config.method} (EMA) @{self.iteration}"
+                    label = f"{self.config.loss_label} (EMA) @{self.iteration}"
                     first = {"teacher": target.cpu(), label: student.cpu()}
         if picture and first is not None and is_main():
             self._save_picture(first)
@@ -360,7 +360,7 @@ class Trainer:
             images = {name: to_images(self.model, x[:8]) for name, x in rows.items()}
             save_comparison_grid(images, path)
         elif self.model.sample_shape == (2,):
-            save_scatter(rows, path, title=f"validation: teacher vs {self.config.method}")
+            save_scatter(rows, path, title=f"validation: teacher vs {self.config.loss_label}")
 
     # -- persistence --------------------------------------------------------------------------
     def save_checkpoint(self) -> None:
@@ -369,13 +369,13 @@ class Trainer:
             return
         state = {
             "iteration": self.iteration,
-            "method": self.config.loss,
+            "loss": self.config.loss,
             "solver": self.solver.state_dict(),
             "ema": self.ema.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "config": dataclasses.asdict(self.config),
-            "start": self.start.describe(),
+            "start": self.start.record(),
             "initial": self.initial,
             "initial_validation": self.initial_validation,
             "teacher": self.teacher.provenance(),
@@ -392,10 +392,10 @@ class Trainer:
         if not path.is_file():
             raise GasSolverError(f"--resume: no checkpoint at {path}")
         state = load_checkpoint_file(path, map_location=self.device)
-        method = state.get("method", "gs")
-        if method != self.config.loss:
+        loss = state.get("loss", state.get("method", "gs"))  # "method" before 2026-12-07
+        if loss != self.config.loss:
             raise CheckpointMismatchError(
-                f"--resume: {path} was trained with --loss {method}, not --loss {self.config.loss}"
+                f"--resume: {path} was trained with --loss {loss}, not --loss {self.config.loss}"
             )
         check_resumed_config(
             state.get("config", {}), dataclasses.asdict(self.config), path, RESUME_MAY_CHANGE
@@ -541,7 +541,7 @@ class Trainer:
         bar = tqdm(
             total=cfg.iterations,
             initial=self.iteration,
-            desc=f"train {cfg.method}",
+            desc=f"train {cfg.loss_label}",
             disable=not show_progress(progress),
             unit="it",
         )
@@ -568,7 +568,7 @@ class Trainer:
             if self._writer is not None:
                 self._writer.close()
         summary = {
-            "start": self.start.describe(),
+            "start": self.start.record(),
             "initial_validation": self.initial_validation,
             "final_validation": self.last_validation or self.validate(picture=False),
             "seconds": time.perf_counter() - start,
