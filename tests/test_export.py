@@ -4,7 +4,8 @@
   schedule, v-prediction) and a tiny text-conditional latent
   ``StableDiffusionPipeline`` (UNet2DConditionModel + AutoencoderKL + CLIP text encoder, guidance
   7.5 and 1.0) with the exported scheduler, from the same noise, against ``GeneralizedSolver``.
-* k-diffusion: ``sample_gs`` on an EDM VP denoiser against ``GeneralizedSolver`` on the EDM model.
+* k-diffusion: ``sample_gs`` on an EDM VP denoiser (``eps``) and on the bundled flow model
+  (``const``) against ``GeneralizedSolver`` on the same model.
 
 Every GS here has all of its parameters non-zero (timesteps moved, offsets, corrections), so a
 dropped term or a wrong index shows.
@@ -12,16 +13,19 @@ dropped term or a wrong index shows.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
 diffusers = pytest.importorskip("diffusers")
 
-from gas_solver.errors import ConfigError  # noqa: E402
+from gas_solver.errors import ConfigError, CorruptFileError  # noqa: E402
 from gas_solver.export import (  # noqa: E402
     GeneralizedSolverScheduler,
     KDiffusionSolver,
     load_k_diffusion_solver,
+    read_k_diffusion_solver,
     sample_gs,
     solver_table,
     use_in_pipeline,
@@ -233,11 +237,67 @@ def test_sample_gs_on_a_karras_denoiser_equals_gs(tmp_path, edm_model, nfe, theo
         sampler(lambda x, sigma: net(x, sigma), x0, torch.cat([sigmas, sigmas.new_zeros(1)]))
 
 
+@pytest.mark.parametrize("start", [None, UNIPC])
+def test_sample_gs_on_a_flow_denoiser_equals_gs(tmp_path, start):
+    """``const`` sampling (ComfyUI's CONST): x = (1 − σ)·x₀ + σ·ε is the GS state itself, the
+    denoiser is queried at the shifted flow σ of the learned times."""
+    model = load_model("mnist32")
+    gs = trained_looking(4, model.schedule, seed=5, start=start)
+    noise = torch.randn(2, *model.sample_shape, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ours = gs(model, noise)
+    solver = KDiffusionSolver.from_table(solver_table(gs, model))
+    solver.save(tmp_path / "gs.json")
+    assert (solver.sampling, solver.shift) == ("const", model.schedule.shift)
+    sigmas, sampler = load_k_diffusion_solver(tmp_path / "gs.json")
+    expected = model.schedule.flow_sigma(gs.timesteps().double())
+    assert torch.allclose(sigmas.double(), expected, rtol=1e-6)
+
+    def denoiser(x, sigma):  # D(x; σ) of a flow model: the data prediction at flow level σ
+        return model.data_prediction(x, model.schedule.t_from_flow_sigma(sigma))
+
+    out = sampler(denoiser, noise, sigmas, disable=True)
+    assert relative_error(out, ours) < TOLERANCE
+
+
+def test_version_1_files_are_read_as_eps(tmp_path, edm_model):
+    gs = trained_looking(4, edm_model.schedule)
+    KDiffusionSolver.from_table(solver_table(gs, edm_model)).save(tmp_path / "v2.json")
+    data = json.loads((tmp_path / "v2.json").read_text())
+    old = {k: data[k] for k in ("sigmas", "query_sigmas", "state_weights", "pred_weights")}
+    (tmp_path / "v1.json").write_text(json.dumps({"format": data["format"], "version": 1, **old}))
+    assert read_k_diffusion_solver(tmp_path / "v1.json").sampling == "eps"
+    assert read_k_diffusion_solver(tmp_path / "v1.json").sigmas == data["sigmas"]
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        ({"version": 3}, "key 'version' must be one of 1, 2"),
+        ({"sampling": "v"}, "key 'sampling' must be one of"),
+        ({"sigmas": [1.0, float("nan")]}, "NaN is not a JSON number"),
+        (
+            {"query_sigmas": [-1.0, 0.5, 0.2, 0.1]},
+            r"key 'query_sigmas\[0\]' must be a finite number",
+        ),
+        ({"state_weights": [[1.0]]}, "state_weights: row k must hold k \\+ 1 weights"),
+        ({"sigmas": [1.0, 0.5]}, "2 sigmas for 4 model calls"),
+    ],
+)
+def test_damaged_k_diffusion_files_are_refused_naming_the_field(tmp_path, edm_model, edit, message):
+    gs = trained_looking(4, edm_model.schedule)
+    KDiffusionSolver.from_table(solver_table(gs, edm_model)).save(tmp_path / "gs.json")
+    data = {**json.loads((tmp_path / "gs.json").read_text()), **edit}
+    (tmp_path / "gs.json").write_text(json.dumps(data))
+    with pytest.raises(CorruptFileError, match=message):
+        load_k_diffusion_solver(tmp_path / "gs.json")
+
+
 def test_k_diffusion_file_errors_name_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="gas-solver export"):
         load_k_diffusion_solver(tmp_path / "missing.json")
     (tmp_path / "bad.json").write_text("{}")
-    with pytest.raises(ConfigError, match="bad.json: not a gas-solver k-diffusion solver file"):
+    with pytest.raises(CorruptFileError, match="bad.json: not a gas-solver k-diffusion solver"):
         load_k_diffusion_solver(tmp_path / "bad.json")
 
 

@@ -40,6 +40,7 @@ def commands() -> dict[str, tuple[str, type | None, Action]]:
     from .commands.demo import DemoConfig, run_demo
     from .commands.export import ExportConfig, run_export
     from .commands.fid import FIDConfig, format_fid, run_fid
+    from .commands.info import InfoConfig, run_info
     from .commands.sample import SampleConfig, run_sample
     from .commands.sweep import SweepConfig, run_sweep
     from .commands.teacher import TeacherConfig, run_teacher
@@ -93,6 +94,7 @@ def commands() -> dict[str, tuple[str, type | None, Action]]:
             ExportConfig,
             run_export,
         ),
+        "info": ("say what a solver file is and what it fits (trained solver, k-diffusion file, diffusers scheduler folder)", InfoConfig, run_info),
         "convert-edm": (
             "convert an NVIDIA EDM network pickle into a safe folder (edm.json + model.safetensors) without running its code",
             ConvertEDMConfig,

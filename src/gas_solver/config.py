@@ -80,7 +80,7 @@ def shorten(text: str, limit: int = EXCERPT) -> str:
 def option(default: Any, help: str | Callable[[], str], **kwargs: Any) -> Any:  # noqa: A002
     """A dataclass field with its help text (or a function giving it when the parser is built:
     help read from a registry). ``choices`` may be a registry too (a dict: its keys, as they are
-    when the flags are parsed)."""
+    when the flags are parsed). ``positional=True``: an argument without a flag (``info FILE``)."""
     return dataclasses.field(default=default, metadata={"help": help, **kwargs})
 
 
@@ -218,7 +218,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
             help_text += f" ({' | '.join(map(str, choices))})"
         if f.default not in (None, ""):
             help_text += f" (default: {f.default})"
-        if kind is bool:
+        if f.metadata.get("positional"):
+            parser.add_argument(f.name, metavar=f.name.upper(), nargs="?", help=help_text)
+        elif kind is bool:
             parser.add_argument(
                 flag, dest=f.name, action=argparse.BooleanOptionalAction, help=help_text
             )

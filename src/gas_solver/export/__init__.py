@@ -10,7 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from .k_diffusion import KDiffusionSolver, load_k_diffusion_solver, sample_gs
+from .k_diffusion import (
+    KDiffusionSolver,
+    load_k_diffusion_solver,
+    read_k_diffusion_solver,
+    sample_gs,
+)
 from .table import SolverTable, solver_table
 from .targets import EXPORT_TARGETS, ExportTarget
 
@@ -32,6 +37,7 @@ __all__ = [
     "KDiffusionSolver",
     "SolverTable",
     "load_k_diffusion_solver",
+    "read_k_diffusion_solver",
     "sample_gs",
     "solver_table",
     "use_in_pipeline",

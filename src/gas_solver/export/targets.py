@@ -92,25 +92,25 @@ class KDiffusionTarget:
     """A k-diffusion-style sampler file (:func:`~gas_solver.export.load_k_diffusion_solver`)."""
 
     name = "k-diffusion"
-    help = "a k-diffusion-style sampler (JSON file) for Karras denoisers D(x; sigma)"
+    help = (
+        "a k-diffusion-style sampler (JSON file) for denoisers D(x; sigma): Karras VP (eps) or "
+        "flow matching (const), for k-diffusion loops and ComfyUI"
+    )
     output_kind: OutputKind = "file"
     suffix = ".json"
 
     def supports(self, solver: GeneralizedSolver, model: DiffusionModel) -> str | None:
-        if model.schedule.kind != "flow":
-            return None
-        return (  # k-diffusion has no flow-matching denoiser convention
-            "a k-diffusion file is for Karras denoisers D(x/alpha; sigma/alpha); a "
-            "solver of a flow-matching model exports with --format diffusers"
-        )
+        return None  # every schedule has a convention: eps (VP, continuous or discrete), const
 
     def write(
         self, solver: GeneralizedSolver, model: DiffusionModel, table: SolverTable, out: str
     ) -> str:
-        path = KDiffusionSolver.from_table(table).save(out)
+        guidance = model.guidance_scale if model.conditioning != "none" else None
+        path = KDiffusionSolver.from_table(table, guidance).save(out)
         return (
             f"{path}: {solver_label(table)}; in Python: "
-            f"sigmas, sampler = gas_solver.export.load_k_diffusion_solver({str(path)!r})"
+            f"sigmas, sampler = gas_solver.export.load_k_diffusion_solver({str(path)!r}); "
+            f"`gas-solver info {path}` says what it fits"
         )
 
 
