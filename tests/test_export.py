@@ -199,6 +199,36 @@ def test_text_pipeline_with_the_exported_scheduler_equals_gs(
     assert relative_error(latents, ours) < TOLERANCE
 
 
+def test_text_pipeline_at_another_size_with_the_exported_scheduler_equals_gs(
+    tmp_path, text_pipeline_dir
+):
+    """``folder:height=H,width=W`` (pixels; latents H/2 x W/2 here) against the pipeline called at
+    that size; a size the UNet cannot take is refused naming what to pass."""
+    model = load_model(f"{text_pipeline_dir}:guidance=7.5,height=32,width=24")
+    assert model.sample_shape == (4, 16, 12)
+    gs = trained_looking(4, model.schedule, seed=3)
+    prompts = ["a cat", "tea"]
+    cond = prompt_cond_fn(model, prompts)(torch.tensor([0, 1]))
+    noise = torch.randn(2, 4, 16, 12, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        ours = gs(model, noise, cond)
+    GeneralizedSolverScheduler.from_table(
+        solver_table(gs, model), model.prediction_type, 7.5
+    ).save_pretrained(tmp_path / "gs")
+    pipe = diffusers.StableDiffusionPipeline.from_pretrained(
+        text_pipeline_dir, safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
+    )  # fmt: skip
+    use_in_pipeline(pipe, tmp_path / "gs", guidance_scale=7.5)
+    latents = pipe(
+        prompt=prompts, num_inference_steps=4, guidance_scale=7.5, latents=noise.clone(),
+        height=32, width=24, output_type="latent",
+    ).images  # fmt: skip
+    assert relative_error(latents, ours) < TOLERANCE
+    with pytest.raises(ConfigError, match="height=18 is not a positive multiple of 4"):
+        load_model(f"{text_pipeline_dir}:height=18")
+
+
 # -- k-diffusion: a Karras denoiser -----------------------------------------------------------------
 @pytest.fixture(scope="module")
 def edm_model():

@@ -122,3 +122,32 @@ def test_guidance_needs_negatives_without_text_encoders(sd3_folder, tmp_path):
         x, 0.5, {"encoder_hidden_states": states, "pooled_projections": pooled, **negatives}
     )
     assert torch.isfinite(out).all()
+
+
+def test_another_resolution_matches_the_pipeline_at_that_size(sd3_folder):
+    """``folder:height=H,width=W`` (pixels) samples what the pipeline samples at that size; sizes
+    the pipeline cannot make are refused naming what to pass."""
+    import diffusers
+
+    model = load_model(f"{sd3_folder}:height=16,width=12")
+    assert model.sample_shape == (4, 16, 12)
+    assert load_model(str(sd3_folder)).sample_shape == (4, 8, 8)  # the default is unchanged
+    pipe = diffusers.StableDiffusion3Pipeline.from_pretrained(
+        sd3_folder, text_encoder_3=None, tokenizer_3=None
+    )
+    noise = torch.randn(2, 4, 16, 12, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        expected = pipe(
+            prompt=PROMPTS, num_inference_steps=4, guidance_scale=1.0, latents=noise.clone(),
+            height=16, width=12, output_type="latent",
+        ).images  # fmt: skip
+        cond = prompt_cond_fn(model, PROMPTS)(torch.arange(2))
+        got = sample(
+            model, noise, "ddim", grid=pipe.scheduler.sigmas.double(), grid_unit="flow_sigma",
+            cond=cond,
+        )  # fmt: skip
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
+    with pytest.raises(ConfigError, match="width=13 is not a positive multiple of 2"):
+        load_model(f"{sd3_folder}:width=13")
+    with pytest.raises(ConfigError, match="position embedding.*at most 16"):
+        load_model(f"{sd3_folder}:height=20")

@@ -47,8 +47,15 @@ def _schedule(schedule: dict[str, Any] | None) -> str:
     return f"{schedule.get('kind')} ({rest})" if rest else str(schedule.get("kind"))
 
 
-def _guidance(scale: float | None) -> str:
-    return "none (unguided)" if scale is None else f"{scale:g} (classifier-free)"
+def _guidance(scale: float | None, model: dict[str, Any] | None) -> str:
+    """The guidance a solver was trained at: classifier-free (two predictions per call) or, for a
+    guidance-distilled model (FLUX.1-dev: ``guidance_kind`` ``embedding``), an input of the
+    network."""
+    if scale is None:
+        return "none (unguided)"
+    if (model or {}).get("guidance_kind") == "embedding":
+        return f"{scale:g} (the network's guidance embedding; no classifier-free guidance)"
+    return f"{scale:g} (classifier-free)"
 
 
 def _trained_solver(path: str) -> list[tuple[str, str]]:
@@ -66,7 +73,7 @@ def _trained_solver(path: str) -> list[tuple[str, str]]:
         ("model calls (NFE)", str(meta.get("nfe"))),
         ("model", f"{source}: {model.get('class')}, predicts {model.get('prediction_type')}"),
         ("noise schedule", _schedule(meta.get("schedule"))),
-        ("guidance", _guidance(model.get("guidance_scale"))),
+        ("guidance", _guidance(model.get("guidance_scale"), model)),
         (
             "teacher",
             f"{SolverSpec.from_dict(teacher['solver']).label} on seeds {teacher.get('seeds')}"
@@ -103,7 +110,7 @@ def _k_diffusion(path: str) -> list[tuple[str, str]]:
         ("noise schedule", _schedule(solver.schedule)),
         ("sigmas", _numbers(solver.sigmas)),
         ("query sigmas", _numbers(solver.query_sigmas)),
-        ("guidance", _guidance(solver.guidance_scale)),
+        ("guidance", _guidance(solver.guidance_scale, model.get("model"))),
         ("trained as", f"{str(solver.provenance.get('solver', 'gs')).upper()}, for {source}"),
         (
             "fits",
@@ -123,7 +130,7 @@ def _scheduler_folder(path: str, config: dict[str, Any]) -> list[tuple[str, str]
         ("model", f"{source}, predicts {config.get('prediction_type')}"),
         ("noise schedule", _schedule(config.get("schedule"))),
         ("timesteps", _numbers(config.get("model_timesteps") or [], "the network's")),
-        ("guidance", _guidance(config.get("guidance_scale"))),
+        ("guidance", _guidance(config.get("guidance_scale"), provenance.get("model"))),
         (
             "fits",
             f"a diffusers pipeline of {source}: `pipe.scheduler = "

@@ -297,8 +297,11 @@ class TeacherSet:
             details = "; ".join(
                 f"{k}: set {short(stored.get(k))}, model {short(given.get(k))}" for k in keys
             )
+            hint = model.mismatch_hint(stored)
             raise CheckpointMismatchError(
-                f"teacher set {self.path} was made with a different model ({details})"
+                f"teacher set {self.path} was made with a different model"
+                + (f": {hint}" if hint else "")
+                + f" ({details})"
             )
 
     def _field(self, key: str) -> Tensor:

@@ -16,6 +16,15 @@
 learned evaluation times, the schedule's α and σ there and on the grid, and the effective history
 weights of :mod:`gas_solver.export.table`, with the solver's provenance. The update is the GS's
 (paper eq. 12); ``step`` keeps the whole history of states and data predictions.
+
+**FLUX** (``FluxPipeline``): the pipeline calls ``set_timesteps(sigmas=linspace(1, 1/N, N),
+device=…, mu=…)`` with no step count, then ``set_begin_index(0)``, and computes ``mu`` from this
+scheduler's config (``base_image_seq_len``, ``max_image_seq_len``, ``base_shift``, ``max_shift``),
+which holds the trained model's values. The number of sigmas is the step count; the sigmas
+themselves must be the pipeline's default (the GS has its own times); ``mu`` must give the shift
+the solver was trained at (``e^mu``, the time shift of the trained resolution: another resolution
+is refused, naming the trained ``height`` and ``width``). Without ``use_dynamic_shifting``
+(FLUX.1-schnell) ``mu`` is ignored, as ``FlowMatchEulerDiscreteScheduler`` ignores it.
 """
 
 from __future__ import annotations
@@ -32,6 +41,9 @@ from torch import Tensor
 
 from ..models.base import PREDICTION_TYPES, convert_prediction
 from ..models.diffusers import scheduler_schedule
+from ..models.diffusers_flow import FLOW_SCHEDULERS
+from ..models.diffusers_flux import TIME_SHIFT_DEFAULTS, flux_time_shift, shift_of_mu
+from ..schedules import FlowSchedule
 from .table import SolverTable
 
 log = logging.getLogger(__name__)
@@ -61,6 +73,14 @@ class GeneralizedSolverScheduler(SchedulerMixin, ConfigMixin):
         guidance_scale: the classifier-free guidance scale the solver was trained with (``None``
             for unconditional models); :func:`use_in_pipeline` warns when another is used.
         provenance: where the solver comes from: model identity, teacher, training summary.
+        use_dynamic_shifting: whether the model's schedule is a resolution-dependent time shift
+            (FLUX.1-dev); the next five are what ``FluxPipeline`` computes ``mu`` from (the
+            trained model's scheduler config, or ``FlowMatchEulerDiscreteScheduler``'s defaults).
+        base_image_seq_len, max_image_seq_len, base_shift, max_shift, time_shift_type: as in
+            ``FlowMatchEulerDiscreteScheduler``.
+        mu: the time shift the solver was trained at (``None``: a fixed shift).
+        image_seq_len: image tokens at the trained resolution (FLUX; ``None`` otherwise).
+        resolution: ``[height, width]`` in pixels the solver was trained at (FLUX).
     """
 
     order = 1
@@ -82,6 +102,15 @@ class GeneralizedSolverScheduler(SchedulerMixin, ConfigMixin):
         schedule: dict[str, Any] | None = None,
         guidance_scale: float | None = None,
         provenance: dict[str, Any] | None = None,
+        use_dynamic_shifting: bool = False,
+        base_image_seq_len: int = TIME_SHIFT_DEFAULTS["base_image_seq_len"],
+        max_image_seq_len: int = TIME_SHIFT_DEFAULTS["max_image_seq_len"],
+        base_shift: float = TIME_SHIFT_DEFAULTS["base_shift"],
+        max_shift: float = TIME_SHIFT_DEFAULTS["max_shift"],
+        time_shift_type: str = "exponential",
+        mu: float | None = None,
+        image_seq_len: int | None = None,
+        resolution: list[int] | None = None,
     ) -> None:
         n = num_inference_steps
         lengths = {
@@ -109,9 +138,26 @@ class GeneralizedSolverScheduler(SchedulerMixin, ConfigMixin):
 
     @classmethod
     def from_table(
-        cls, table: SolverTable, prediction_type: str, guidance_scale: float | None = None
+        cls,
+        table: SolverTable,
+        prediction_type: str,
+        guidance_scale: float | None = None,
+        model_identity: dict[str, Any] | None = None,
     ) -> GeneralizedSolverScheduler:
-        """The scheduler of a :class:`~gas_solver.export.table.SolverTable`."""
+        """The scheduler of a :class:`~gas_solver.export.table.SolverTable`.
+
+        ``model_identity`` (default: the table's ``provenance["model"]``, which ``gas-solver
+        export`` records) gives a FLUX model's time shift and resolution (its ``time_shift`` and
+        ``resolution``), which the scheduler checks ``FluxPipeline``'s ``mu`` against.
+        """
+        if model_identity is None:
+            model_identity = table.provenance.get("model")
+        shift = (model_identity or {}).get("time_shift") or {}
+        keys = (*TIME_SHIFT_DEFAULTS, "use_dynamic_shifting", "time_shift_type", "mu")
+        flux = {key: shift[key] for key in keys if key in shift}
+        if shift:
+            flux["image_seq_len"] = shift.get("image_seq_len")
+            flux["resolution"] = model_identity.get("resolution")
         return cls(
             num_inference_steps=table.nfe, model_timesteps=table.model_timesteps,
             alphas=table.alphas, sigmas=table.sigmas, query_alphas=table.query_alphas,
@@ -119,6 +165,7 @@ class GeneralizedSolverScheduler(SchedulerMixin, ConfigMixin):
             pred_weights=table.pred_weights, prediction_type=prediction_type,
             num_train_timesteps=table.schedule.get("num_train_timesteps", 1000),
             schedule=table.schedule, guidance_scale=guidance_scale, provenance=table.provenance,
+            **flux,
         )  # fmt: skip
 
     def __len__(self) -> int:
@@ -130,30 +177,78 @@ class GeneralizedSolverScheduler(SchedulerMixin, ConfigMixin):
         device: str | torch.device | None = None,
         timesteps: list[int] | None = None,
         sigmas: list[float] | None = None,
+        mu: float | None = None,
         **_: Any,
     ) -> None:
         """Prepare one sampling run of exactly the trained number of steps.
 
+        ``sigmas`` are accepted as ``FluxPipeline`` passes them, its default
+        ``linspace(1, 1/N, N)``: their number is the step count. ``mu`` (``FluxPipeline``,
+        SD3-family pipelines with dynamic shifting) must give the trained shift when the solver
+        was trained on a resolution-dependent shift, and is ignored otherwise (as
+        ``FlowMatchEulerDiscreteScheduler`` does); without ``mu`` (a loop of one's own) nothing
+        is checked.
+
         Raises:
-            ValueError: another step count, or custom ``timesteps``/``sigmas``: the learned
-                coefficients belong to the learned times and count.
+            ValueError: another step count, custom ``timesteps`` or other ``sigmas`` (the learned
+                coefficients belong to the learned times and count), or a ``mu`` of another
+                resolution (the learned times belong to the trained time shift).
         """
         trained = self.config.num_inference_steps
-        if timesteps is not None or sigmas is not None:
-            raise ValueError(
-                "GeneralizedSolverScheduler: custom timesteps or sigmas cannot be used; the "
-                f"solver's {trained} times were learned together with its coefficients"
-            )
+        custom = ValueError(
+            "GeneralizedSolverScheduler: custom timesteps or sigmas cannot be used; the "
+            f"solver's {trained} times were learned together with its coefficients"
+        )
+        if timesteps is not None:
+            raise custom
+        if sigmas is not None:  # FluxPipeline: its default sigmas, no step count
+            if num_inference_steps not in (None, len(sigmas)):
+                raise custom
+            num_inference_steps = len(sigmas)
         if num_inference_steps != trained:
             raise ValueError(
                 f"GeneralizedSolverScheduler: this solver was trained for {trained} steps; call "
                 f"the pipeline with num_inference_steps={trained} (got {num_inference_steps}). "
                 "Train and export another solver for another count"
             )
+        if sigmas is not None:  # the GS has its own times: only the default stands for them
+            default = torch.linspace(1.0, 1.0 / trained, trained, dtype=torch.float64)
+            given = torch.as_tensor(sigmas, dtype=torch.float64).cpu().flatten()
+            if not torch.allclose(given, default, rtol=1e-6, atol=1e-7):
+                raise custom
+        if mu is not None and self.config.use_dynamic_shifting:
+            self._check_mu(float(mu))
         self.timesteps = torch.tensor(
             self.config.model_timesteps, dtype=torch.float32, device=device
         )
         self._history, self._step_index = ([], []), 0
+
+    def _check_mu(self, mu: float) -> None:
+        """Refuse a pipeline's ``mu`` whose time shift is not the trained one."""
+        cfg = self.config
+        shift, trained = shift_of_mu(mu, cfg.time_shift_type), float(cfg.schedule["shift"])
+        if math.isclose(shift, trained, rel_tol=1e-6):
+            return
+        at = "" if cfg.mu is None else f"{cfg.mu:.4f}"
+        size, call = "", ""
+        if cfg.resolution:
+            height, width = cfg.resolution
+            size = f" ({height}x{width} pixels)"
+            call = f"call the pipeline with height={height}, width={width}, or "
+        raise ValueError(
+            f"GeneralizedSolverScheduler: the pipeline passes the time shift mu={mu:.4f} (another "
+            f"image size), but this solver was trained at mu={at}{size} and its learned "
+            f"times belong to that shift; {call}train and export a solver at this image size"
+        )
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        """``FluxPipeline`` calls this with 0; a later start (image-to-image ``strength`` below 1)
+        is refused: the solver's steps are one method from the noise to the end."""
+        if begin_index != 0:
+            raise ValueError(
+                f"GeneralizedSolverScheduler: cannot start at step {begin_index}; a GS runs all "
+                "of its trained steps from pure noise (use strength=1 or another scheduler)"
+            )
 
     def scale_model_input(self, sample: Tensor, timestep: Any = None) -> Tensor:
         """The model sees the state itself (VP: ``init_noise_sigma = 1``)."""
@@ -207,9 +302,23 @@ class GeneralizedSolverScheduler(SchedulerMixin, ConfigMixin):
     def check_model_schedule(self, scheduler: Any) -> None:
         """Raise ``ValueError`` unless ``scheduler`` (the pipeline's own: any DDPM-family diffusers
         scheduler, or a flow-matching one) has the noise schedule and prediction type this solver
-        was trained for."""
-        schedule, prediction = scheduler_schedule(scheduler)
-        ours = self.config.schedule or {}
+        was trained for. A flow scheduler with ``use_dynamic_shifting`` (FLUX) is read at the
+        trained resolution: the shift its config gives for the trained number of image tokens."""
+        cfg = self.config
+        config = dict(scheduler.config)
+        if type(scheduler).__name__ in FLOW_SCHEDULERS and config.get("use_dynamic_shifting"):
+            if not cfg.use_dynamic_shifting or cfg.image_seq_len is None:
+                raise ValueError(
+                    "GeneralizedSolverScheduler: the pipeline's scheduler shifts its times with "
+                    "the image size (use_dynamic_shifting, FLUX); this solver was trained on a "
+                    f"fixed schedule {cfg.schedule}"
+                )
+            shift = flux_time_shift(config, cfg.image_seq_len)["shift"]
+            steps = int(config.get("num_train_timesteps", 1000))
+            schedule, prediction = FlowSchedule(shift, steps), "flow_prediction"
+        else:
+            schedule, prediction = scheduler_schedule(scheduler)
+        ours = cfg.schedule or {}
         if not schedule.matches(ours):
             raise ValueError(
                 f"GeneralizedSolverScheduler: the pipeline's noise schedule {schedule.to_dict()} "

@@ -86,8 +86,8 @@ class DiffusionModel(nn.Module):
     The rest of the contract has defaults that adapters override: :attr:`is_latent` and
     :meth:`decode` (latent models), :meth:`default_cond` (the conditions of seeds),
     :attr:`takes_prompts` and :meth:`prompt_cond_fn` (text models), :meth:`feature_encoder`
-    (features of the network's encoder), :attr:`teacher_t_eps` (where a teacher stops),
-    :attr:`device`.
+    (features of the network's encoder), :meth:`mismatch_hint` (what to do when a solver was
+    made for another model), :attr:`teacher_t_eps` (where a teacher stops), :attr:`device`.
     """
 
     source: str | None = None
@@ -170,6 +170,12 @@ class DiffusionModel(nn.Module):
         (``schedule.timestep(t)``), differentiable twice in ``x``, with ``encoder.widths`` the
         ``C_l``. The ``model-features`` discriminator and distillation distance read it.
         """
+        return None
+
+    def mismatch_hint(self, stored: dict[str, Any]) -> str | None:
+        """Why a solver or teacher set made for the model ``stored`` (its :meth:`identity`) does
+        not fit this one and what to do, when the differing fields alone do not say it (FLUX:
+        another resolution); ``None`` here."""
         return None
 
     @property

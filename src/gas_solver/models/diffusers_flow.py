@@ -18,8 +18,9 @@ pipeline's default negative prompt) unless ``cond`` carries ``negative_encoder_h
 ``negative_pooled_projections``.
 
 **Latents** decode as the pipeline does: ``vae.decode(z / scaling_factor + shift_factor)``.
-Schedulers with ``use_dynamic_shifting`` (FLUX: a shift that depends on the image size) are
-refused with a message: pass a fixed ``shift``.
+Schedulers with ``use_dynamic_shifting`` (a shift that depends on the image size) are refused
+here with a message; FLUX folders, which have one, are read by
+:mod:`gas_solver.models.diffusers_flux`, which fixes the shift per resolution.
 """
 
 from __future__ import annotations
@@ -41,8 +42,8 @@ def flow_schedule_from_config(config: dict[str, Any], where: str) -> FlowSchedul
     """The :class:`FlowSchedule` of a diffusers flow scheduler config (its ``shift``)."""
     if config.get("use_dynamic_shifting"):
         raise ConfigError(
-            f"{where}: use_dynamic_shifting (a resolution-dependent shift, as FLUX) is not "
-            "supported; set a fixed 'shift' in the scheduler config"
+            f"{where}: use_dynamic_shifting (a resolution-dependent shift) is supported for "
+            "FLUX pipelines only; set a fixed 'shift' in the scheduler config"
         )
     return FlowSchedule(
         float(config.get("shift", 1.0)), int(config.get("num_train_timesteps", 1000))

@@ -552,8 +552,12 @@ class GeneralizedSolver(nn.Module):
             expected = json.loads(json.dumps(model.identity()))
             fields = json_differences(meta["model"], expected, "model")
             if fields:
+                hint = model.mismatch_hint(meta["model"])
                 raise CheckpointMismatchError(
-                    f"{path} was trained for another model; differing fields: " + "; ".join(fields)
+                    f"{path} was trained for another model"
+                    + (f": {hint}" if hint else "")
+                    + "; differing fields: "
+                    + "; ".join(fields)
                 )
         if model is not None:
             schedule = model.schedule
