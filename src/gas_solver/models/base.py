@@ -24,6 +24,8 @@ from ..errors import ConfigError
 from ..schedules import NoiseSchedule
 
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction", "flow_prediction")
+COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
+"""What ``--dtype`` offers for the network's calls (:meth:`DiffusionModel.set_precision`)."""
 TARGETS = ("epsilon", "sample")
 
 
@@ -93,6 +95,9 @@ class DiffusionModel(nn.Module):
     source: str | None = None
     conditioning: str = "none"
     guidance_scale: float | None = None
+    compute_dtype: str = "float32"
+    """The dtype the network runs in (:meth:`set_precision`); the solvers' arithmetic, their
+    times and weights stay in the samples' dtype (float32 or float64)."""
 
     def __init__(
         self,
@@ -191,6 +196,21 @@ class DiffusionModel(nn.Module):
         tensor = next(itertools.chain(self.parameters(), self.buffers()), None)
         return torch.device("cpu") if tensor is None else tensor.device
 
+    def set_precision(self, dtype: str = "float32") -> None:
+        """Run the network in ``dtype`` (one of :data:`COMPUTE_DTYPES`) under
+        :func:`torch.autocast` on the samples' device: its matrix products and convolutions
+        in ``dtype``, its output returned in the samples' dtype. ``float32``: as built."""
+        if dtype not in COMPUTE_DTYPES:
+            raise ConfigError(f"dtype: must be one of {COMPUTE_DTYPES}, got {dtype!r}")
+        self.compute_dtype = dtype
+
+    def _network_output(self, x: Tensor, t: Tensor, cond: Any) -> Tensor:
+        if self.compute_dtype == "float32":
+            return self.network_output(x, t, cond)
+        dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}[self.compute_dtype]
+        with torch.autocast(device_type=x.device.type, dtype=dtype):
+            return self.network_output(x, t, cond)
+
     def _predict(self, x: Tensor, t: Tensor | float, cond: Any, target: str) -> Tensor:
         if tuple(x.shape[1:]) != self.sample_shape:
             raise ValueError(
@@ -200,7 +220,7 @@ class DiffusionModel(nn.Module):
         if t.dtype != torch.float64:  # float64 times stay exact (a float32 DDPM timestep near
             t = t.to(x.dtype)  # 999 is only good to 6e-5); anything else follows the samples
         t = t.expand(x.shape[0]) if t.dim() == 0 else t
-        output = self.network_output(x, t, cond).to(x.dtype)
+        output = self._network_output(x, t, cond).to(x.dtype)
         self.nfe += 1
         if self.prediction_type == target:
             return output
