@@ -227,7 +227,8 @@ class Commands:
 JSON_RESULTS = {"compare": "compare.json", "sweep": "sweep.json", "export": "solver.json",
                 "fid": "fid.json"}  # fmt: skip
 """The result file of the commands whose result is a JSON (compared without timings and dates)."""
-_TIMED = {"seconds", "train_seconds", "run", "exported", "created", "command"}
+_TIMED = {"seconds", "train_seconds", "run", "exported", "created", "command", "timing",
+          "ms_per_sample", "model_share", "solver_share", "warmup_seconds", "timed_samples"}  # fmt: skip
 
 
 def _untimed(value: object) -> object:

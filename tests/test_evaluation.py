@@ -205,6 +205,7 @@ def test_teacher_and_reference_samples_are_made_once(caplog):
     first, again = rows(), rows()
     for i in (0, 2):  # the teacher and the reference
         assert again[i].seconds == first[i].seconds and again[i].l1 == first[i].l1
+        assert again[i].timing == "cached" and first[i].timing == "measured"
     assert again[1].seconds != first[1].seconds  # the solver itself is sampled again
     files = sorted(samples_dir().glob("*.safetensors"))
     assert len(files) == 2

@@ -4,14 +4,17 @@ table, JSON and pictures in ``--out`` (:func:`gas_solver.evaluation.compare`).""
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 
 from ..config import option, require
+from ..data.teacher_format import MANIFEST_NAME, identity_value, read_manifest
 from ..distributed import main_lock
 from ..errors import ConfigError
 from ..evaluation.compare import COMPARE_SEEDS, compare, resolve_solvers
 from ..evaluation.report import Comparison
 from ..metrics.frechet import FID_METHODS
+from ..models.base import COMPILE_HELP, COMPUTE_DTYPES, DTYPE_HELP, prepare_network
 from ..models.loading import load_model
 from ..outputs import check_output
 from ..runtime import resolve_device
@@ -19,6 +22,8 @@ from ..seeds import parse_seeds
 from ..solvers.registry import classic_solvers_help
 from ..solvers.spec_text import parse_solver_spec
 from ..solvers.teacher import DEFAULT_TEACHER
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -75,6 +80,12 @@ class CompareConfig:
     )
     batch_size: int = option(64, "samples per batch (and images per Inception call)")
     device: str = option("auto", "cpu, cuda, cuda:N or auto")
+    dtype: str = option(
+        "float32",
+        DTYPE_HELP + "; every row, the teacher's included, and compare.json records it",
+        choices=list(COMPUTE_DTYPES),
+    )
+    compile: bool = option(False, COMPILE_HELP)
     out: str = option("runs/compare", "output folder")
 
     def validate(self) -> None:
@@ -118,12 +129,30 @@ def run_compare(config: CompareConfig, progress: bool = True) -> Comparison:
         source = first.model_source
         if not source:
             raise ConfigError(f"model: {first.checkpoint} does not name its model; pass --model")
+    if config.teacher_set:
+        _say_teacher_dtype(config.teacher_set, config.dtype)
     with main_lock(config.out, fresh=True):  # one comparison per folder; refused before any work
+        model = load_model(source, device)
+        prepare_network(model, config.dtype, config.compile)
         return compare(
-            load_model(source, device), solvers, config.seeds, nfe=config.nfe,
+            model, solvers, config.seeds, nfe=config.nfe,
             teacher=config.teacher, teacher_set=config.teacher_set,
             allow_seed_overlap=config.allow_seed_overlap, prompts=config.prompts,
             fid_ref=config.fid_ref, fid_ref_num=config.fid_ref_num, fid_method=config.fid_method,
             reference=config.reference, cache=config.cache, out=config.out,
             batch_size=config.batch_size, device=device, progress=progress,
+        )  # fmt: skip
+
+
+def _say_teacher_dtype(teacher_set: str, dtype: str) -> None:
+    """The teacher row is sampled here, in ``--dtype``: say so when the teacher set the solvers
+    learnt from was made with the network in another dtype."""
+    path = Path(teacher_set)
+    manifest = read_manifest(path if path.name == MANIFEST_NAME else path / MANIFEST_NAME)
+    made_in = identity_value(manifest, "compute_dtype")
+    if made_in != dtype:
+        log.warning(
+            "compare: the teacher row runs the network in %s (--dtype), as every row does; the "
+            "teacher set %s was made in %s (pass --dtype %s to compare in its dtype)",
+            dtype, teacher_set, made_in, made_in,
         )  # fmt: skip

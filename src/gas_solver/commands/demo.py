@@ -6,7 +6,7 @@
 3. :func:`~gas_solver.evaluation.compare` of the learned solver(s) against DDIM,
    DPM-Solver++(3M), UniPC-3 and iPNDM at the same NFE (each on its best grid for the default
    model, :data:`CLASSIC`), and the teacher, on evaluation seeds
-   50000… (FID with its N, fidelity to the teacher, seconds, pictures);
+   50000… (FID with its N, fidelity to the teacher, ms per sample, pictures);
 4. ``report.md``: the table, the share of the FID gap the GS closes,
    ``(FID_best classic − FID_GS) / (FID_best classic − FID_teacher)`` (the paper reaches
    0.85–0.94 at 4 calls), the pictures and the commands that reproduce every step.
@@ -27,6 +27,7 @@ from typing import Any
 from ..config import option, require, validated
 from ..evaluation.compare import compare, split_solvers
 from ..evaluation.report import Row, format_table, gap_closed
+from ..models.base import COMPILE_HELP, COMPUTE_DTYPES, DTYPE_HELP
 from ..models.loading import load_model
 from ..outputs import check_output, folder_lock, write_json, write_text
 from ..runtime import resolve_device, run_metadata
@@ -94,6 +95,11 @@ class DemoConfig:
     fid_ref: str | None = option("mnist", "FID reference: a bundled data set, an .npz, or none")
     fid_method: str = option("eigh", "FID matrix square root: eigh (fast) or sqrtm (EDM)")
     device: str = option("auto", "cpu, cuda, cuda:N or auto")
+    dtype: str = option(
+        "float32", DTYPE_HELP + "; every step (teacher, trainings, comparison)",
+        choices=list(COMPUTE_DTYPES),
+    )  # fmt: skip
+    compile: bool = option(False, COMPILE_HELP)
 
     def validate(self) -> None:
         check_output(self.out, "folder")
@@ -118,6 +124,7 @@ def _demo(config: DemoConfig, out: Path, progress: bool) -> Path:
     teacher_config = validated(TeacherConfig(  # every step's settings checked before any work
         model=config.model, out=str(out / "teacher"), solver=config.teacher,
         seeds=f"0-{config.train_size + config.val_size - 1}", device=config.device,
+        dtype=config.dtype, compile=config.compile,
     ))  # fmt: skip
     methods = ("gs", "gas") if config.gas else ("gs",)
     train_configs = [_train_config(config, out, method) for method in methods]
@@ -175,7 +182,8 @@ def _train_config(config: DemoConfig, out: Path, method: str) -> TrainConfig:
         train_size=config.train_size, val_size=config.val_size, val_every=0,
         checkpoint_every=iterations, disc_preset=config.disc_preset,
         adv_weight=config.adv_weight, disc_lr=config.disc_lr, **R3GAN_BETAS,
-        disc_warmup=config.disc_warmup, device=config.device,
+        disc_warmup=config.disc_warmup, device=config.device, dtype=config.dtype,
+        compile=config.compile,
     ))  # fmt: skip
 
 
@@ -257,6 +265,9 @@ def format_report(
         "![time grids](compare/time_grids.png)",
         "",
         "## Time",
+        "",
+        "Wall-clock time of each stage (warm-ups and, for the comparison, FID included; what a "
+        "sample costs with each solver is the table's ms/sample):",
         "",
         *[f"- {stage}: {value:.0f} s" for stage, value in seconds.items()],
         "",

@@ -23,6 +23,7 @@ from ..distributed import is_main, on_main, own_batches
 from ..errors import ConfigError, MissingAssetError
 from ..images import image_batches, makes_images
 from ..metrics.frechet import FID_METHODS
+from ..models.base import COMPILE_HELP, COMPUTE_DTYPES, DTYPE_HELP, prepare_network
 from ..models.loading import load_model
 from ..outputs import check_output, json_safe, write_json
 from ..runtime import reading, resolve_device, run_metadata
@@ -73,6 +74,11 @@ class FIDConfig:
     )
     batch_size: int = option(64, "images per Inception call (and samples per batch with --solver)")
     device: str = option("auto", "cpu, cuda, cuda:N or auto")
+    dtype: str = option(
+        "float32", "with --solver: " + DTYPE_HELP + " (the Inception runs in float32)",
+        choices=list(COMPUTE_DTYPES),
+    )  # fmt: skip
+    compile: bool = option(False, "with --solver: " + COMPILE_HELP)
     out: str | None = option(None, "also write the result to this JSON file")
 
     def validate(self) -> None:
@@ -100,6 +106,11 @@ class FIDConfig:
                 check_output(output, "file")
         if self.prompts is not None:
             require(Path(self.prompts).is_file(), "prompts", f"{self.prompts} is not a file")
+        require(
+            bool(self.solver) or (self.dtype == "float32" and not self.compile),
+            "dtype" if self.dtype != "float32" else "compile",
+            "applies to the model's calls of --solver only; leave it out with --images",
+        )
         if self.solver:
             parse_seeds(self.seeds)
             if resolve_solver(self.solver).checkpoint is None:  # a classic spec names no model
@@ -181,6 +192,7 @@ def run_fid(config: FIDConfig, progress: bool = True) -> dict[str, Any]:
     if config.solver:
         model = load_model(config.model, device) if config.model else None
         model, sampler, description = load_sampler(config.solver, model, device)
+        prepare_network(model, config.dtype, config.compile)
         if not makes_images(model):
             raise ConfigError(f"model: samples of shape {model.sample_shape} are not images")
         seeds = parse_seeds(config.seeds)[: config.num_images]
@@ -192,6 +204,7 @@ def run_fid(config: FIDConfig, progress: bool = True) -> dict[str, Any]:
             "solver": description,
             "seeds": format_seeds(seeds),
             "decoded": model.is_latent,
+            "compute_dtype": model.compute_dtype,
         }
     else:
         images = load_images(config.images, config.num_images)

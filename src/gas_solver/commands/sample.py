@@ -15,7 +15,7 @@ import torch
 from ..config import option, require
 from ..distributed import is_main
 from ..images import image_batches, makes_images
-from ..models.base import DiffusionModel
+from ..models.base import COMPILE_HELP, COMPUTE_DTYPES, DTYPE_HELP, DiffusionModel, prepare_network
 from ..models.loading import load_model
 from ..outputs import (
     atomic_write,
@@ -51,6 +51,8 @@ class SampleConfig:
     out: str = option("runs/sample", "output folder")
     batch_size: int = option(64, "samples per batch")
     device: str = option("auto", "cpu, cuda, cuda:N or auto")
+    dtype: str = option("float32", DTYPE_HELP, choices=list(COMPUTE_DTYPES))
+    compile: bool = option(False, COMPILE_HELP)
     prompts: str | None = option(
         None, "text models: a file of prompts, one a line; seed s gets prompt s mod count"
     )
@@ -77,6 +79,7 @@ def run_sample(config: SampleConfig, progress: bool = True) -> Path:
     device = resolve_device(config.device)
     model = load_model(config.model, device) if config.model else None
     model, sampler, description = load_sampler(config.solver, model, device)
+    prepare_network(model, config.dtype, config.compile)
     cond_fn = seed_cond_fn(model, config.prompts)
     if not is_main():  # torchrun: the other ranks sample (and decode) their share; rank 0 writes
         samples = generate(
@@ -135,6 +138,8 @@ def _sample_into(
             "seeds": config.seeds,
             "count": len(seeds),
             "model": model.identity(),
+            "compute_dtype": model.compute_dtype,
+            "compiled": model.compiled,
             "run": run_metadata(),
         },
     )

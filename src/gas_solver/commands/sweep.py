@@ -39,6 +39,7 @@ from ..data.teacher_set import TeacherSet
 from ..distributed import barrier, is_main, main_lock
 from ..errors import ConfigError, CorruptFileError, GasSolverError
 from ..evaluation.compare import compare, split_solvers
+from ..models.base import COMPILE_HELP, COMPUTE_DTYPES, DTYPE_HELP
 from ..models.loading import load_model
 from ..outputs import check_output, write_json, write_text
 from ..runtime import reading, resolve_device, run_metadata
@@ -81,9 +82,11 @@ LEARNED_METHODS = {
 """Learned rows: name → (``train --loss``, ``train --learn``). ``gs`` starts from
 ``--init-solver`` (default: the best classic solver), ``gs-3m`` from the paper's DPM-Solver++(3M)
 on ``--init-grid``; each ``gas`` row fine-tunes the ``gs`` row of its start."""
-RESUME_MAY_CHANGE = {"out", "device", "batch_size", "nfes", "learned", "logsnr_rows"}
+RESUME_MAY_CHANGE = {"out", "device", "compile", "batch_size", "nfes", "learned", "logsnr_rows"}
 """Settings a resumed sweep may change: where and how it runs, and which NFEs and rows it adds
 (rows already measured are kept; a row no longer asked for leaves the table)."""
+RECORDED_LATER = {"dtype": "float32"}
+"""Settings that sweeps made before they existed do not record, with the value those had."""
 ROW_FIELDS = (
     "label", "kind", "nfe", "fid", "l1", "psnr", "seconds", "n_samples",
     "reference_l1", "reference_psnr", "reference_fid",
@@ -151,6 +154,11 @@ class SweepConfig:
     )
     batch_size: int = option(64, "samples per batch")
     device: str = option("auto", "cpu, cuda, cuda:N or auto")
+    dtype: str = option(
+        "float32", DTYPE_HELP + "; every step (teacher, trainings, comparisons)",
+        choices=list(COMPUTE_DTYPES),
+    )  # fmt: skip
+    compile: bool = option(False, COMPILE_HELP)
     out: str = option("runs/sweep", "output folder (resumed when it holds a sweep.json)")
 
     def validate(self) -> None:
@@ -216,7 +224,8 @@ def _sweep(config: SweepConfig, out: Path, progress: bool) -> Path:
     state = _resumed_state(state_path, config)
     teacher_config = validated(TeacherConfig(
         model=config.model, out=str(out / "teacher"), solver=config.teacher,
-        seeds=config.teacher_seeds, device=config.device,
+        seeds=config.teacher_seeds, device=config.device, dtype=config.dtype,
+        compile=config.compile,
     ))  # fmt: skip
     some_grids = {spec: config.grid_list[0] for spec in split_solvers(config.classic)}
     for method in config.learned_list:  # every row's settings checked before any work
@@ -360,10 +369,11 @@ def _resumed_state(path: Path, config: SweepConfig) -> dict[str, Any]:
     if not path.is_file():
         return {"config": settings, "grids": {}, "grid_l1": {}, "rows": {}}
     state = read_state(path)
+    stored = {**RECORDED_LATER, **state["config"]}
     changed = [
-        f"{k}: stored {state['config'].get(k)!r}, given {v!r}"
+        f"{k}: stored {stored.get(k)!r}, given {v!r}"
         for k, v in settings.items()
-        if k not in RESUME_MAY_CHANGE and state["config"].get(k) != v
+        if k not in RESUME_MAY_CHANGE and stored.get(k) != v
     ]
     if changed:
         raise ConfigError(
@@ -442,6 +452,7 @@ def _train_settings(
         iterations=config.iterations, batch_size=config.train_batch_size,
         train_size=config.train_size, val_size=config.val_size, val_every=0,
         checkpoint_every=config.iterations, seed=config.train_seed, device=config.device,
+        dtype=config.dtype, compile=config.compile,
     )  # fmt: skip
     if loss == "gas":  # fine-tunes the GS of this NFE
         settings = dataclasses.replace(

@@ -11,7 +11,7 @@ from ..config import option, require
 from ..data.teacher import generate_teacher_set
 from ..data.teacher_set import TeacherSet
 from ..distributed import main_lock
-from ..models.base import DiffusionModel
+from ..models.base import COMPILE_HELP, COMPUTE_DTYPES, DTYPE_HELP, DiffusionModel, prepare_network
 from ..models.loading import load_model
 from ..outputs import check_output
 from ..runtime import resolve_device
@@ -35,6 +35,11 @@ class TeacherConfig:
     batch_size: int = option(64, "samples per model call batch")
     shard_size: int = option(1000, "samples per shard file")
     device: str = option("auto", "cpu, cuda, cuda:N or auto")
+    dtype: str = option(
+        "float32", DTYPE_HELP + " (recorded in the set; train takes the same)",
+        choices=list(COMPUTE_DTYPES),
+    )  # fmt: skip
+    compile: bool = option(False, COMPILE_HELP)
     overwrite: bool = option(False, "replace an existing teacher set of other settings")
     prompts: str | None = option(
         None, "text models: a file of prompts, one a line; seed s gets prompt s mod count"
@@ -60,7 +65,9 @@ def run_teacher(config: TeacherConfig, progress: bool = True) -> TeacherSet:
 def make_teacher_set(
     config: TeacherConfig, model: DiffusionModel, device: torch.device, progress: bool = True
 ) -> TeacherSet:
-    """The teacher set of ``config`` for a model already loaded (``config.model``) on ``device``."""
+    """The teacher set of ``config`` for a model already loaded (``config.model``) on ``device``,
+    its network run as ``config.dtype`` and ``config.compile`` say."""
+    prepare_network(model, config.dtype, config.compile)
     spec = teacher_spec(config.solver, model)
     cond_fn = seed_cond_fn(model, config.prompts)  # a bad --prompts is refused before writing
     with main_lock(config.out):

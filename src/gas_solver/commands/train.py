@@ -23,7 +23,9 @@ class TrainConfig(TrainSettings):
 def run_train(config: TrainConfig, progress: bool = True) -> Path:
     """Open the teacher set, load its model (or ``config.model``), train; returns the solver."""
     teacher = TeacherSet(config.teacher)
-    if config.loss == "gas":  # fail before loading the model
+    if not config.allow_dtype_mismatch:  # fail before loading the model
+        teacher.check_compute_dtype(config.dtype)
+    if config.loss == "gas":
         discriminator_class(config.disc_preset).check_samples(teacher.sample_shape)
     source = config.model or teacher.model_source
     if not source:

@@ -45,6 +45,7 @@ from .teacher_format import (
     MANIFEST_NAME,
     dtype_name,
     field_spec,
+    identity_value,
     jsonable,
     now_utc,
     read_manifest,
@@ -80,7 +81,8 @@ def generate_teacher_set(
     """Run ``run_solver`` on the noise of every seed and store a teacher set in ``out_dir``.
 
     Args:
-        model: the frozen model, passed on to ``run_solver``; ``model.identity()`` is recorded.
+        model: the frozen model, passed on to ``run_solver``; ``model.identity()`` is recorded,
+            and the dtype its network runs in (``model.compute_dtype``, part of the identity).
         out_dir: the set's directory (created if needed).
         seeds: EDM-style text (``"0-49999"``) or integers; the order of the list is the order
             of the items (and so decides what :meth:`TeacherSet.split` calls first and last).
@@ -111,7 +113,7 @@ def generate_teacher_set(
             ``cond_fn`` result of the wrong type or shape, a non-empty ``out_dir`` that is not a
             teacher set.
         CheckpointMismatchError: ``out_dir`` holds a set of another model, solver, seed list,
-            shard size or dtype (and ``overwrite`` is false).
+            shard size, dtype or network dtype (and ``overwrite`` is false).
     """
     seed_list = parse_seeds(seeds)
     identity = _identity(model, seed_list, solver_spec, batch_size, shard_size, dtype)
@@ -182,6 +184,7 @@ def _identity(
         "seeds": format_seeds(seeds),
         "shard_size": shard_size,
         "dtype": dtype_name(dtype),
+        "compute_dtype": model.compute_dtype,
     }
 
 
@@ -406,7 +409,7 @@ def _open_or_start(
 def _identity_diff(stored: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
     diff = []
     for key in IDENTITY_KEYS:
-        old, new = stored.get(key), wanted[key]
+        old, new = identity_value(stored, key), wanted[key]
         if old == new:
             continue
         if key == "seeds":

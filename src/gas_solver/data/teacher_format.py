@@ -17,7 +17,9 @@ Each shard is a safetensors file with one row per item, in seed-list order:
 
 ``manifest.json`` holds ``format``/``format_version``, ``complete``, the identity of the set
 (``model``: ``model.identity()``, ``solver``: the solver spec, ``seeds``: EDM-style text,
-``shard_size``, ``dtype``), ``num_samples``, ``sample_shape``, ``fields`` (per-item shape and dtype
+``shard_size``, ``dtype``: the samples' dtype, ``compute_dtype``: the dtype the network ran in,
+:attr:`~gas_solver.models.base.DiffusionModel.compute_dtype`; a manifest without it is from
+before ``--dtype`` and was made in float32), ``num_samples``, ``sample_shape``, ``fields`` (per-item shape and dtype
 of every tensor above, and ``cond_kind``: ``none`` | ``tensor`` | ``dict``), ``shards`` (file,
 index, first item ``start``, ``count``, ``seeds``, ``sha256``, ``bytes``), the times ``created``
 and ``completed``, ``gas_solver_version``, ``torch_version``, ``python``, ``command`` (the latest
@@ -45,6 +47,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError, CorruptFileError, GasSolverError
+from ..models.base import COMPUTE_DTYPES
 from ..outputs import atomic_write
 from ..validation import (
     BIG,
@@ -67,7 +70,17 @@ from ..validation import (
 FORMAT = "gas-solver-teacher-set"
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
-IDENTITY_KEYS = ("model", "solver", "seeds", "shard_size", "dtype")
+IDENTITY_KEYS = ("model", "solver", "seeds", "shard_size", "dtype", "compute_dtype")
+DEFAULT_COMPUTE_DTYPE = "float32"
+"""The network's dtype of a manifest that records none (made before ``--dtype``)."""
+
+
+def identity_value(manifest: dict[str, Any], key: str) -> Any:
+    """The manifest's value of identity key ``key``; ``compute_dtype`` defaults to
+    :data:`DEFAULT_COMPUTE_DTYPE`."""
+    if key == "compute_dtype":
+        return manifest.get(key, DEFAULT_COMPUTE_DTYPE)
+    return manifest.get(key)
 
 
 def shard_name(index: int) -> str:
@@ -197,6 +210,7 @@ MANIFEST_SCHEMA = all_of(
         "model": mapping(),
         "solver": mapping(),
         "dtype?": choice("float64", "float32", "float16", "bfloat16"),
+        "compute_dtype?": choice(*COMPUTE_DTYPES),
         "model_source?": nullable(text(4096)),
     }),
     rule(_shards_in_place),

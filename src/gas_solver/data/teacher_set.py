@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 from pathlib import Path
@@ -27,15 +28,19 @@ from ..models.base import DiffusionModel
 from ..seeds import format_seeds, parse_seeds
 from ..validation import quote
 from .teacher_format import (
+    DEFAULT_COMPUTE_DTYPE,
     IDENTITY_KEYS,
     MANIFEST_NAME,
     SAFETENSORS_DTYPES,
     dtype_from_name,
+    identity_value,
     jsonable,
     read_manifest,
     shard_problem,
     short,
 )
+
+log = logging.getLogger(__name__)
 
 
 class TeacherSet:
@@ -110,11 +115,41 @@ class TeacherSet:
         return self.manifest["solver"]
 
     @property
+    def compute_dtype(self) -> str:
+        """The dtype the network ran in when the set was made (``--dtype``; float32 for sets
+        made before it was recorded)."""
+        return identity_value(self.manifest, "compute_dtype")
+
+    def check_compute_dtype(self, dtype: str, allow: bool = False) -> None:
+        """Refuse to train with the network in ``dtype`` on a set made in another one (the
+        student would learn the difference between the two), or with ``allow`` only warn.
+
+        Raises:
+            CheckpointMismatchError: one line saying what to do.
+        """
+        if dtype == self.compute_dtype:
+            return
+        what = (
+            f"teacher set {self.path} was made with the network in {self.compute_dtype}, and "
+            f"this run calls it in {dtype}"
+        )
+        if allow:
+            log.warning("%s (--allow-dtype-mismatch)", what)
+            return
+        raise CheckpointMismatchError(
+            f"{what}: pass --dtype {self.compute_dtype}, make the teacher set again with "
+            f"--dtype {dtype}, or pass --allow-dtype-mismatch to use it anyway"
+        )
+
+    @property
     def digest(self) -> str:
-        """SHA-256 (hex) of the set's identity (model, solver, seeds, shard size, dtype) and of
-        every shard's sha256: equal digests, equal data (the shards are checked against their
-        sha256 before use)."""
-        identity = {key: self.manifest.get(key) for key in IDENTITY_KEYS}
+        """SHA-256 (hex) of the set's identity (model, solver, seeds, shard size, dtype, and the
+        network's dtype unless float32, so float32 sets keep the digest they had before it was
+        recorded) and of every shard's sha256: equal digests, equal data (the shards are checked
+        against their sha256 before use)."""
+        identity = {key: self.manifest.get(key) for key in IDENTITY_KEYS if key != "compute_dtype"}
+        if self.compute_dtype != DEFAULT_COMPUTE_DTYPE:
+            identity["compute_dtype"] = self.compute_dtype
         text = json.dumps(identity, sort_keys=True) + "".join(
             "\n" + entry["sha256"] for entry in self.manifest["shards"]
         )
@@ -122,11 +157,12 @@ class TeacherSet:
 
     def provenance(self) -> dict[str, Any]:
         """What a solver trained on this set records of it: ``path``, ``solver``, ``seeds`` (so
-        evaluation seeds can avoid them) and ``sha256`` (:attr:`digest`)."""
+        evaluation seeds can avoid them), ``compute_dtype`` and ``sha256`` (:attr:`digest`)."""
         return {
             "path": str(self.path),
             "solver": self.manifest.get("solver"),
             "seeds": self.manifest.get("seeds"),
+            "compute_dtype": self.compute_dtype,
             "sha256": self.digest,
         }
 

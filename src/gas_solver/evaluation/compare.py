@@ -5,7 +5,10 @@ and a many-step teacher, and runs them all on the same evaluation seeds, so ever
 paired teacher sample from the same noise. Each solver becomes a :class:`Row` with its scores,
 the teacher's first: FID (image models, when a reference is given; its N is the number of seeds),
 L1/RMSE/PSNR to the teacher (:mod:`gas_solver.metrics.fidelity`), the model calls per sample
-(counted, not declared) and the wall-clock seconds of sampling alone. The rows and how they were
+(counted, not declared) and the time of sampling alone: milliseconds per sample after a warm-up
+batch, with the share spent inside the network's calls, on the device and in the dtype the
+context names (:mod:`.timing`; rows read from the sample cache say so and are not timed), and the
+whole wall-clock seconds. The rows and how they were
 made (:attr:`Comparison.context`) are the report, as data (:mod:`.report`);
 :func:`~gas_solver.evaluation.report.format_table` renders it, and with ``out`` these are written
 to ``out/``:
@@ -55,7 +58,7 @@ import torch
 from torch import Tensor
 
 from ..data.teacher_set import TeacherSet
-from ..distributed import all_sum, is_main, on_main, own_batches
+from ..distributed import all_sum, is_main, on_main, own_batches, owned
 from ..errors import ConfigError, GasSolverError
 from ..images import image_batches, makes_images, to_images
 from ..metrics.frechet import FID_METHODS
@@ -77,6 +80,7 @@ from .sample_cache import (
     save_samples,
 )
 from .seed_checks import check_seed_overlap, teacher_seed_sets
+from .timing import SamplingClock, SamplingTime, synchronize
 
 log = logging.getLogger(__name__)
 
@@ -317,6 +321,9 @@ def compare(
         "reference": None if converged is None else converged.spec,
         "batch_size": batch_size,
         "device": str(device),
+        "model_device": str(model.device),
+        "compute_dtype": model.compute_dtype,
+        "compiled": model.compiled,
     }
     solved = None if converged is None else runner.run(converged)  # samples and statistics
     rows: list[Row] = []
@@ -340,12 +347,12 @@ def compare(
 
 @dataclasses.dataclass
 class _Run:
-    """One solver on the seeds: its samples, Inception statistics (or ``None``), seconds and
+    """One solver on the seeds: its samples, Inception statistics (or ``None``), timing and
     model calls per sample."""
 
     samples: Tensor
     stats: Any
-    seconds: float
+    time: SamplingTime
     calls: float
 
 
@@ -379,32 +386,34 @@ class _Runner:
         key = None
         if self.cache and entry.kind in ("teacher", "reference"):
             key = sample_key(model.identity(), entry.spec, self.seeds, self.conditions,
-                             self.device.type)  # fmt: skip
+                             self.device.type, model.compute_dtype)  # fmt: skip
         hit = None if key is None else load_samples(key, (len(self.seeds), *model.sample_shape))
-        if hit is not None:
-            samples, seconds, calls = hit.samples, hit.seconds, hit.calls
+        if hit is not None:  # read, not timed: the row says so
+            samples, timing, calls = hit.samples, SamplingTime.cached(hit.seconds), hit.calls
         else:
             model.reset_nfe()
-            start = time.perf_counter()
-            samples = generate(model, entry.sampler, self.seeds, batch_size, self.progress,
-                               self.cond_fn)  # fmt: skip
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-            seconds = time.perf_counter() - start
             n_batches = math.ceil(len(self.seeds) / batch_size)
+            own = len(owned(list(range(n_batches))))  # this process's batches (torchrun)
+            clock = SamplingClock(model, single_batch=own == 1)
+            start = time.perf_counter()
+            with clock.watching():
+                samples = generate(model, clock.sampler(entry.sampler), self.seeds, batch_size,
+                                   self.progress, self.cond_fn)  # fmt: skip
+            synchronize(model.device)
+            timing = clock.result(time.perf_counter() - start)
             calls = all_sum(torch.tensor(float(model.nfe))).item() / n_batches  # all ranks
             if key is not None:
-                save_samples(key, CachedSamples(samples, seconds, calls))
+                save_samples(key, CachedSamples(samples, timing.seconds, calls))
         if calls != entry.nfe:
             log.warning("%s: %g model calls per sample, expected %d", entry.label, calls, entry.nfe)
         if not self.with_statistics:
-            return _Run(samples, None, seconds, calls)
+            return _Run(samples, None, timing, calls)
         stats = None if key is None else load_sample_statistics(key)
         if stats is None:
             stats = self._statistics(samples)
             if key is not None:
                 save_sample_statistics(key, stats)
-        return _Run(samples, stats, seconds, calls)
+        return _Run(samples, stats, timing, calls)
 
     def _statistics(self, samples: Tensor) -> Any:
         """Inception statistics of the samples (latent models: decoded batch by batch)."""
@@ -460,10 +469,10 @@ class _Runner:
             psnr=summary.psnr_mean,
             psnr_std=summary.psnr_std,
             fidelity_space=self.fidelity_space,
-            seconds=run.seconds,
             grid=entry.grid,
             picture=None,
             description=entry.description,
+            **run.time.fields(),
             **to_reference,
         )
 

@@ -40,13 +40,21 @@ class Row:
         l1, rmse, psnr: means over samples, to the teacher; ``*_std`` their standard deviations;
             ``fidelity_space``: where they were computed (``latents``, ``pixels`` or
             ``samples``).
-        seconds: wall-clock sampling time.
+        seconds: the whole wall-clock time of sampling the row, its warm-up included (a row read
+            from the sample cache: the time recorded when its samples were made).
         grid: the time grid; ``picture``: the grid or scatter file written, or ``None``.
         description: how the solver was made (its spec, or the checkpoint's training).
         reference_l1, reference_psnr: with a converged ``reference`` solve, the fidelity to it
             (the ODE's solution, where the teacher is itself an approximation); and
             ``reference_fid`` the FID against its samples (the teacher's distribution without
             the teacher's error), else ``None``.
+        timing: ``measured`` (sampled and timed in this run) or ``cached`` (its samples read
+            from the sample cache, not timed: the fields below are ``None``).
+        ms_per_sample: wall milliseconds per sample after the row's warm-up batch
+            (:mod:`.timing`); ``model_share``: the share of it inside the network's calls, in
+            [0, 1], ``solver_share`` the rest (the solver's arithmetic); ``warmup_seconds``: the
+            warm-up batch's time; ``timed_samples``: the samples ``ms_per_sample`` is measured
+            on. ``None`` in rows made without them.
     """
 
     label: str
@@ -71,6 +79,12 @@ class Row:
     reference_l1: float | None = None
     reference_psnr: float | None = None
     reference_fid: float | None = None
+    timing: str = "measured"
+    ms_per_sample: float | None = None
+    model_share: float | None = None
+    solver_share: float | None = None
+    warmup_seconds: float | None = None
+    timed_samples: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The row as ``compare.json`` and ``demo.json`` hold it."""
@@ -199,7 +213,7 @@ def format_table(rows: Sequence[Row], context: dict[str, Any] | None = None) -> 
             ),
             f"- FID reference: {ref_text}",
             *_space_notes(context),
-            "- seconds: wall-clock sampling time, model calls included, FID excluded",
+            _timing_note(context),
             "",
         ]
     space = (context or {}).get("fidelity_space") or next(
@@ -213,7 +227,7 @@ def format_table(rows: Sequence[Row], context: dict[str, Any] | None = None) -> 
     if referenced:
         columns += " | L1 to reference | PSNR to reference (dB) | FID vs reference samples"
     lines += [
-        f"| solver | NFE | {columns} | seconds |",
+        f"| solver | NFE | {columns} | ms/sample (model %) |",
         "|---|" + "---:|" * (9 if referenced else 6),
     ]
     for row in rows:
@@ -228,8 +242,39 @@ def format_table(rows: Sequence[Row], context: dict[str, Any] | None = None) -> 
                 _number(row.reference_psnr, ".2f"),
                 _number(row.reference_fid, ".2f"),
             ]
-        lines.append("| " + " | ".join([*cells, f"{row.seconds:.2f}"]) + " |")
+        lines.append("| " + " | ".join([*cells, time_cell(row)]) + " |")
     return "\n".join(lines) + "\n"
+
+
+def time_cell(row: Row) -> str:
+    """A row's time in the table: ``ms/sample (model %)``, ``cached`` for a row read from the
+    sample cache, or the whole seconds for a row without per-sample timing."""
+    if row.timing == "cached":
+        return "cached"
+    if row.ms_per_sample is None:
+        return f"{row.seconds:.2f} s"
+    share = "" if row.model_share is None else f" ({100 * row.model_share:.0f} %)"
+    return _milliseconds(row.ms_per_sample) + share
+
+
+def _milliseconds(ms: float) -> str:
+    """Three significant figures, without an exponent: 1234, 123, 12.3, 1.23, 0.0123."""
+    if ms >= 100:
+        return f"{ms:.0f}"
+    return f"{ms:.3g}" if ms >= 1e-3 else f"{ms:.1e}"
+
+
+def _timing_note(context: dict[str, Any]) -> str:
+    """The preamble's line on the time column: the device, the network's dtype, the rule."""
+    device = context.get("model_device") or context.get("device")
+    dtype = context.get("compute_dtype") or "float32"
+    compiled = ", compiled" if context.get("compiled") else ""
+    return (
+        f"- time: on `{device}`, network in {dtype}{compiled}; ms/sample = wall time per sample after each "
+        "row's warm-up batch (excluded), FID excluded; (model %) = the share inside the "
+        "network's calls, the rest is the solver's arithmetic; `cached` = samples read from the "
+        "sample cache, not timed in this run"
+    )
 
 
 def _space_notes(context: dict[str, Any]) -> list[str]:

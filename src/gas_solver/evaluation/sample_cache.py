@@ -50,15 +50,21 @@ class CachedSamples:
 
 
 def sample_key(
-    identity: dict[str, Any], spec: str, seeds: list[int], conditions: str, device: str
+    identity: dict[str, Any],
+    spec: str,
+    seeds: list[int],
+    conditions: str,
+    device: str,
+    compute_dtype: str = "float32",
 ) -> str:
     """The SHA-256 (hex) naming a row's samples: model identity, solver spec text, seeds, a text
-    standing for their conditions (e.g. the prompts' SHA-256), device kind."""
-    text = json.dumps(
-        {"model": identity, "solver": spec, "seeds": seeds, "cond": conditions, "device": device},
-        sort_keys=True,
-        default=str,
-    )
+    standing for their conditions (e.g. the prompts' SHA-256), device kind, and the dtype the
+    network ran in (``model.compute_dtype``; float32 adds nothing, so the keys of rows cached
+    before it stay valid)."""
+    key = {"model": identity, "solver": spec, "seeds": seeds, "cond": conditions, "device": device}
+    if compute_dtype != "float32":
+        key["compute_dtype"] = compute_dtype
+    text = json.dumps(key, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
 

@@ -14,6 +14,7 @@ is the single place where prediction types are converted. Every network call inc
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -23,9 +24,25 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from ..schedules import NoiseSchedule
 
+log = logging.getLogger(__name__)
+
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction", "flow_prediction")
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 """What ``--dtype`` offers for the network's calls (:meth:`DiffusionModel.set_precision`)."""
+DTYPE_HELP = (
+    "the dtype of the network's calls (autocast): float32, bfloat16 (GPUs since Ampere), float16 "
+    "(older GPUs); the solvers' arithmetic stays float32/float64"
+)
+COMPILE_HELP = (
+    "torch.compile the network (its first calls compile; where torch cannot, a warning and it "
+    "runs uncompiled)"
+)
+COMPILE_MODE = "default"
+"""The ``torch.compile`` mode of :meth:`DiffusionModel.compile_network` (``--compile``). Measured
+on the bundled ``mnist32`` UNet on a CPU (README, "Precision and speed"): ``default`` and
+``max-autotune-no-cudagraphs`` ran equally fast once compiled and the latter compiled longer;
+``reduce-overhead`` (CUDA graphs) is the same as ``default`` on a CPU and keeps static input
+buffers on a GPU that the solvers' histories would have to copy."""
 TARGETS = ("epsilon", "sample")
 
 
@@ -67,6 +84,18 @@ def convert_prediction(
     return eps if target == "epsilon" else (x - sigma * eps) / alpha
 
 
+def cond_by_seed(table: dict[str, Tensor]) -> Callable[[Tensor], dict[str, Tensor]]:
+    """``cond_fn(seeds)`` of a table of prompt conditions (``(P, …)`` tensors, a row per prompt):
+    seed ``s`` gets row ``s mod P`` of every entry (how ``--prompts`` files are read)."""
+    count = len(next(iter(table.values())))
+
+    def cond_fn(seeds: Tensor) -> dict[str, Tensor]:
+        pick = torch.as_tensor(seeds).long() % count
+        return {key: value[pick.to(value.device)] for key, value in table.items()}
+
+    return cond_fn
+
+
 class DiffusionModel(nn.Module):
     """A frozen diffusion model seen through continuous time.
 
@@ -98,6 +127,10 @@ class DiffusionModel(nn.Module):
     compute_dtype: str = "float32"
     """The dtype the network runs in (:meth:`set_precision`); the solvers' arithmetic, their
     times and weights stay in the samples' dtype (float32 or float64)."""
+    compiled: bool = False
+    """Whether the network's calls run compiled (:meth:`compile_network`)."""
+    _compiled_output: Callable[..., Tensor] | None = None
+    _compile_proven: bool = False
 
     def __init__(
         self,
@@ -196,20 +229,83 @@ class DiffusionModel(nn.Module):
         tensor = next(itertools.chain(self.parameters(), self.buffers()), None)
         return torch.device("cpu") if tensor is None else tensor.device
 
+    def network_modules(self) -> list[nn.Module]:
+        """The networks :meth:`network_output` runs on every call (a UNet, a transformer), which
+        :meth:`compile_network` compiles in place; ``[]`` here: no network module, so
+        :meth:`network_output` itself is compiled (a pure function of its inputs, as the exact
+        mixtures' is)."""
+        return []
+
     def set_precision(self, dtype: str = "float32") -> None:
         """Run the network in ``dtype`` (one of :data:`COMPUTE_DTYPES`) under
         :func:`torch.autocast` on the samples' device: its matrix products and convolutions
-        in ``dtype``, its output returned in the samples' dtype. ``float32``: as built."""
+        in ``dtype``, its output returned in the samples' dtype. ``float32``: as built.
+
+        bfloat16 and float16 also put the convolution weights of :meth:`network_modules` in
+        ``channels_last`` memory format (what tensor cores read); float32 leaves them as built,
+        so float32 results stay bit for bit those of earlier runs."""
         if dtype not in COMPUTE_DTYPES:
             raise ConfigError(f"dtype: must be one of {COMPUTE_DTYPES}, got {dtype!r}")
+        if (dtype == "float32") != (self.compute_dtype == "float32"):
+            layout = torch.contiguous_format if dtype == "float32" else torch.channels_last
+            for module in self.network_modules():
+                module.to(memory_format=layout)
         self.compute_dtype = dtype
 
+    def compile_network(self, mode: str = COMPILE_MODE) -> str | None:
+        """Run the network's calls through :func:`torch.compile` (``mode``): each module of
+        :meth:`network_modules` compiled in place (``nn.Module.compile``: its parameters, state
+        dict and identity unchanged), or :meth:`network_output` when there is none. Compiling
+        happens at the first call (and again for a new batch shape).
+
+        Where torch cannot compile (no TorchDynamo on this Python or platform, no C++ compiler
+        for the inductor on a CPU, ...), the network runs uncompiled and a one-line warning says
+        why: here when TorchDynamo is missing, else at the first call that fails to compile.
+        Returns that reason, or ``None`` (compiled, or compiled already)."""
+        if self.compiled:
+            return None
+        import torch._dynamo
+
+        if not torch._dynamo.is_dynamo_supported():
+            reason = "torch.compile is not supported on this Python or platform"
+            log.warning("--compile: %s; the network runs uncompiled", reason)
+            return reason
+        modules = self.network_modules()
+        for module in modules:
+            module.compile(mode=mode)
+        self._compiled_output = None if modules else torch.compile(self.network_output, mode=mode)
+        self.compiled, self._compile_proven = True, False
+        return None
+
+    def _uncompile(self) -> None:
+        for module in self.network_modules():
+            module._compiled_call_impl = None  # what nn.Module.compile set
+        self._compiled_output, self.compiled = None, False
+
     def _network_output(self, x: Tensor, t: Tensor, cond: Any) -> Tensor:
+        if not self.compiled or self._compile_proven:
+            return self._network_call(x, t, cond)
+        import torch._dynamo.exc
+
+        try:  # the first compiled call compiles: where torch cannot, run uncompiled
+            output = self._network_call(x, t, cond)
+        except torch._dynamo.exc.TorchDynamoException as err:
+            reason = next(iter(str(err).strip().splitlines()), type(err).__name__)
+            log.warning("--compile: torch cannot compile the network here (%s); it runs "
+                        "uncompiled", reason)  # fmt: skip
+            self._uncompile()
+            return self._network_call(x, t, cond)
+        self._compile_proven = True
+        return output
+
+    def _network_call(self, x: Tensor, t: Tensor, cond: Any) -> Tensor:
+        """The network's call: compiled or not, under autocast unless float32."""
+        run = self._compiled_output or self.network_output
         if self.compute_dtype == "float32":
-            return self.network_output(x, t, cond)
+            return run(x, t, cond)
         dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}[self.compute_dtype]
         with torch.autocast(device_type=x.device.type, dtype=dtype):
-            return self.network_output(x, t, cond)
+            return run(x, t, cond)
 
     def _predict(self, x: Tensor, t: Tensor | float, cond: Any, target: str) -> Tensor:
         if tuple(x.shape[1:]) != self.sample_shape:
@@ -228,3 +324,16 @@ class DiffusionModel(nn.Module):
         alpha = self.schedule.alpha(t).to(x.dtype).view(view)
         sigma = self.schedule.sigma(t).to(x.dtype).view(view)
         return convert_prediction(output, x, alpha, sigma, self.prediction_type, target)
+
+
+def prepare_network(
+    model: DiffusionModel,
+    dtype: str = "float32",
+    compile: bool = False,  # noqa: A002 - the flag's name
+) -> None:
+    """What ``--dtype`` and ``--compile`` ask of a loaded model:
+    :meth:`~DiffusionModel.set_precision` and, with ``compile``,
+    :meth:`~DiffusionModel.compile_network`."""
+    model.set_precision(dtype)
+    if compile:
+        model.compile_network()

@@ -49,7 +49,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..schedules import DiscreteVPSchedule, NoiseSchedule
-from .base import DiffusionModel
+from .base import DiffusionModel, cond_by_seed
 from .diffusers_flow import FLOW_SCHEDULERS, flow_schedule_from_config
 from .unet_encoder import UNetEncoder
 
@@ -244,12 +244,7 @@ class DiffusersUNetModel(DiffusionModel):
             super().prompt_cond_fn(prompts)  # raises: no text encoder or tokenizer
         if not prompts:
             raise ConfigError("prompt_cond_fn needs at least one prompt")
-        ids = self.tokenize(prompts)
-
-        def cond_fn(seeds: Tensor) -> dict[str, Tensor]:
-            return {"input_ids": ids[torch.as_tensor(seeds).long() % len(prompts)]}
-
-        return cond_fn
+        return cond_by_seed({"input_ids": self.tokenize(prompts)})
 
     # -- conditions for seeds ---------------------------------------------------------------------
     def default_cond(self, seeds: Tensor) -> Tensor | None:
@@ -301,6 +296,9 @@ class DiffusersUNetModel(DiffusionModel):
     def reset_nfe(self) -> None:
         super().reset_nfe()
         self.unet_batches = 0
+
+    def network_modules(self) -> list[nn.Module]:
+        return [self.unet]
 
     def identity(self) -> dict[str, Any]:
         identity = {

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..schedules import FlowSchedule
-from .base import DiffusionModel
+from .base import DiffusionModel, cond_by_seed
 
 FLOW_SCHEDULERS = ("FlowMatchEulerDiscreteScheduler",)
 
@@ -153,12 +153,7 @@ class DiffusersFlowModel(DiffusionModel):
         if not prompts:
             raise ConfigError("prompt_cond_fn needs at least one prompt")
         states, pooled = self.encode_prompts(prompts)
-
-        def cond_fn(seeds: Tensor) -> dict[str, Tensor]:
-            pick = torch.as_tensor(seeds).long() % len(prompts)
-            return {"encoder_hidden_states": states[pick], "pooled_projections": pooled[pick]}
-
-        return cond_fn
+        return cond_by_seed({"encoder_hidden_states": states, "pooled_projections": pooled})
 
     def default_cond(self, seeds: Tensor) -> None:
         raise ConfigError("text-conditional models need prompts: use --prompts (prompt_cond_fn)")
@@ -176,6 +171,9 @@ class DiffusersFlowModel(DiffusionModel):
         scale, shift = float(config.scaling_factor), float(getattr(config, "shift_factor", 0) or 0)
         latents = latents.to(next(self.vae.parameters()))
         return self.vae.decode(latents / scale + shift).sample.clamp(-1.0, 1.0)
+
+    def network_modules(self) -> list[nn.Module]:
+        return [self.transformer]
 
     def identity(self) -> dict[str, Any]:
         return {

@@ -46,7 +46,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..schedules import FlowSchedule
-from .base import DiffusionModel
+from .base import DiffusionModel, cond_by_seed
 
 FLUX_PIPELINES = ("FluxPipeline",)
 FLUX_TRANSFORMERS = ("FluxTransformer2DModel",)
@@ -242,12 +242,7 @@ class DiffusersFluxModel(DiffusionModel):
         if not prompts:
             raise ConfigError("prompt_cond_fn needs at least one prompt")
         states, pooled = self.encode_prompts(prompts)
-
-        def cond_fn(seeds: Tensor) -> dict[str, Tensor]:
-            pick = torch.as_tensor(seeds).long() % len(prompts)
-            return {"encoder_hidden_states": states[pick], "pooled_projections": pooled[pick]}
-
-        return cond_fn
+        return cond_by_seed({"encoder_hidden_states": states, "pooled_projections": pooled})
 
     def default_cond(self, seeds: Tensor) -> None:
         raise ConfigError("text-conditional models need prompts: use --prompts (prompt_cond_fn)")
@@ -268,6 +263,9 @@ class DiffusersFluxModel(DiffusionModel):
         return self.vae.decode(latents / scale + shift).sample.clamp(-1.0, 1.0)
 
     # -- identity ---------------------------------------------------------------------------------
+    def network_modules(self) -> list[nn.Module]:
+        return [self.transformer]
+
     def identity(self) -> dict[str, Any]:
         return {
             **super().identity(),

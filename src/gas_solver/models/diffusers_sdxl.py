@@ -51,6 +51,7 @@ from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..errors import ConfigError, MissingAssetError
+from .base import cond_by_seed
 from .diffusers import DiffusersUNetModel
 from .diffusers_flow import FLOW_SCHEDULERS
 
@@ -332,13 +333,7 @@ class DiffusersSDXLModel(DiffusersUNetModel):
             raise ConfigError("prompt_cond_fn needs at least one prompt")
         if self.guidance_scale == 1.0:
             negative_prompts = None
-        table = self.encode_prompts(prompts, negative_prompts)
-
-        def cond_fn(seeds: Tensor) -> dict[str, Tensor]:
-            pick = torch.as_tensor(seeds).long() % len(prompts)
-            return {key: value[pick.to(value.device)] for key, value in table.items()}
-
-        return cond_fn
+        return cond_by_seed(self.encode_prompts(prompts, negative_prompts))
 
     def default_cond(self, seeds: Tensor) -> None:
         raise ConfigError("text-conditional models need prompts: use --prompts (prompt_cond_fn)")

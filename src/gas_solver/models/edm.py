@@ -99,6 +99,9 @@ class EDMModel(DiffusionModel):
             return None
         return torch.as_tensor(seeds).long() % self.label_dim
 
+    def network_modules(self) -> list[nn.Module]:
+        return [self.net]
+
     def identity(self) -> dict[str, Any]:
         identity = {**super().identity(), "network": self.network, "weights": self.fingerprint}
         if self.label_dim:

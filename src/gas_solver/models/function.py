@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..schedules import NoiseSchedule
 from .base import DiffusionModel
@@ -50,6 +50,9 @@ class FunctionModel(DiffusionModel):
 
     def network_output(self, x: Tensor, t: Tensor, cond: Any = None) -> Tensor:
         return self.fn(x, self.schedule.timestep(t), cond)
+
+    def network_modules(self) -> list[nn.Module]:
+        return [self.fn] if isinstance(self.fn, nn.Module) else []
 
 
 __all__ = ["FunctionModel", "Network"]

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..errors import ConfigError
 from .base import DiffusionModel
@@ -82,6 +82,9 @@ class Guided(DiffusionModel):
 
     def prompt_cond_fn(self, prompts: list[str]) -> Callable[[Tensor], Any]:
         return self.model.prompt_cond_fn(prompts)
+
+    def network_modules(self) -> list[nn.Module]:
+        return self.model.network_modules()
 
     def identity(self) -> dict[str, Any]:
         return {**self.model.identity(), "guidance_scale": self.scale}

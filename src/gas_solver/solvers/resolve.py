@@ -140,8 +140,19 @@ class TrainedSolver:
         with torch.no_grad():
             return GeneralizedSolver.load(self.path, model=model).timesteps().double()
 
+    @property
+    def trained_dtype(self) -> str:
+        """The dtype the network ran in while it was trained (``train --dtype``; float32 for
+        solvers trained before it was recorded)."""
+        return self.metadata.get("training", {}).get("config", {}).get("dtype", "float32")
+
     def describe(self) -> dict[str, Any]:
-        return {"solver": self.kind, "checkpoint": str(self.path), "nfe": self.nfe}
+        return {
+            "solver": self.kind,
+            "checkpoint": str(self.path),
+            "nfe": self.nfe,
+            "trained_dtype": self.trained_dtype,
+        }
 
     def to_string(self) -> str:
         return self.path

@@ -21,6 +21,7 @@ from safetensors.torch import save as safetensors_bytes
 from torch import Tensor
 
 from ..errors import CheckpointMismatchError, CorruptFileError, MissingAssetError
+from ..models.base import COMPUTE_DTYPES
 from ..outputs import atomic_write, json_safe
 from ..runtime import tensors_digest
 from ..schedules import GRID_KINDS
@@ -83,7 +84,10 @@ METADATA_SCHEMA = all_of(
         })),
         "training?": mapping({  # readers do .get("training", {}).get(...): an object, not null
             "iteration?": integer(0, BIG),
-            "config?": mapping({"loss?": nullable(text(64)), "adversarial?": anything}),
+            "config?": mapping({
+                "loss?": nullable(text(64)), "adversarial?": anything,
+                "dtype?": choice(*COMPUTE_DTYPES),
+            }),
         }),
         "run?": nullable(mapping()),
         "solver?": mapping(),

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 
 from ..config import option, require
+from ..models.base import COMPUTE_DTYPES
 from ..outputs import check_output
 from ..schedules import GRID_KINDS
 from .discriminators import CHOICES as DISCRIMINATOR_CHOICES
@@ -112,6 +113,18 @@ class TrainSettings:
     log_every: int = option(10, "iterations between log lines in metrics.jsonl")
     seed: int = option(42, "seed of the data order")
     device: str = option("auto", "cpu, cuda, cuda:N or auto")
+    dtype: str = option(
+        "float32",
+        "the network's calls in this dtype (autocast; float16 adds a gradient scaler); the "
+        "solver, its EMA and the losses stay float32/float64. Must be the teacher set's",
+        choices=list(COMPUTE_DTYPES),
+    )
+    allow_dtype_mismatch: bool = option(
+        False, "train on a teacher set made with the network in another --dtype (default: refuse)"
+    )
+    compile: bool = option(
+        False, "torch.compile the network (where torch cannot: a warning, and it runs uncompiled)"
+    )
     grad_checkpoint: bool = option(False, "recompute each model call in backward (flat memory)")
     resume: bool = option(False, "continue from OUT/checkpoint.pt")
     adv_weight: float = option(
@@ -215,6 +228,12 @@ RESUME_MAY_CHANGE = frozenset(
         "checkpoint_every",
         "snapshot_every",
         "grad_checkpoint",
+        "compile",
+        "allow_dtype_mismatch",
     }
 )
-"""Settings a resumed run may change; every other one must be the checkpoint's."""
+"""Settings a resumed run may change; every other one must be the checkpoint's (``dtype``
+included: a checkpoint that records none was trained in float32)."""
+RECORDED_LATER = {"dtype": "float32"}
+"""Settings that checkpoints made before they existed do not record, with the value those runs
+had (what a resumed run is checked against)."""

@@ -89,7 +89,7 @@ from .discriminators import make_discriminator
 from .ema import EMA
 from .feature_distance import MODEL_FEATURES, ModelFeatureDistance
 from .losses import DISTILLATION_LOSSES, get_loss
-from .settings import LEARNED, RESUME_MAY_CHANGE, TrainSettings
+from .settings import LEARNED, RECORDED_LATER, RESUME_MAY_CHANGE, TrainSettings
 from .start import (
     AUTO,
     PAPER,
@@ -124,8 +124,15 @@ class Trainer:
         self.out = Path(config.out)
         self.device = resolve_device(config.device)
         self.model = model.to(self.device).eval().requires_grad_(False)
+        model.set_precision(config.dtype)
+        if config.compile:
+            model.compile_network()
         self.teacher = teacher
         teacher.check_model(model)
+        teacher.check_compute_dtype(config.dtype, allow=config.allow_dtype_mismatch)
+        # float16: the loss scaled before it backpropagates through the network's calls (their
+        # gradients would underflow in float16), unscaled before clipping; bfloat16 needs none
+        self.scaler = torch.amp.GradScaler(self.device.type) if config.dtype == "float16" else None
         self.train_idx, self.val_idx = teacher.split(config.train_size, config.val_size)
         per_rank(config.batch_size)  # torchrun: the global batch must split evenly
         self.loss_fn = (
@@ -266,15 +273,21 @@ class Trainer:
         if not torch.isfinite(all_mean(loss)):  # torchrun: every rank stops, or none
             raise NonFiniteLossError("non-finite loss")
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss if self.scaler is None else self.scaler.scale(loss)).backward()
         average_gradients(self.solver.parameters())  # torchrun: the global batch's gradient
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
         clip = self.config.grad_clip
         grad_norm = torch.nn.utils.clip_grad_norm_(
             self.solver.parameters(), clip if clip > 0 else math.inf
         )
         for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
             group["lr"] = base * self._lr_factor()
-        self.optimizer.step()
+        if self.scaler is None:
+            self.optimizer.step()
+        else:  # a step whose gradients overflowed is skipped, and the scale lowered
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
         self.ema.update()
         self.iteration += 1
         return mean_stats({"loss": loss.item(), "grad_norm": float(grad_norm), **stats})
@@ -384,6 +397,8 @@ class Trainer:
             state["adversary"] = self.adversary.state_dict()
             state["discriminator"] = state["adversary"]["discriminator"]  # for --disc-checkpoint
             state["fake_noise_rng"] = self.fake_noise.get_state()
+        if self.scaler is not None:
+            state["grad_scaler"] = self.scaler.state_dict()
         save_checkpoint_file(self.out / CHECKPOINT, state)
         self.save_solver()
 
@@ -397,9 +412,8 @@ class Trainer:
             raise CheckpointMismatchError(
                 f"--resume: {path} was trained with --loss {loss}, not --loss {self.config.loss}"
             )
-        check_resumed_config(
-            state.get("config", {}), dataclasses.asdict(self.config), path, RESUME_MAY_CHANGE
-        )
+        stored = {**RECORDED_LATER, **state.get("config", {})}
+        check_resumed_config(stored, dataclasses.asdict(self.config), path, RESUME_MAY_CHANGE)
         self._check_same_teacher(state.get("teacher"), path)
         if self.adversary is not None:
             saved = state["adversary"]["discriminator"]["architecture"]
@@ -415,6 +429,8 @@ class Trainer:
         self.initial_validation = state.get("initial_validation", {})
         self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler is not None and "grad_scaler" in state:
+            self.scaler.load_state_dict(state["grad_scaler"])
         torch.set_rng_state(state["torch_rng"].cpu())
         self.iteration = state["iteration"]
         if is_main():
