@@ -53,7 +53,8 @@ def _cli(capsys, argv: list[str]) -> str:
 
 def _capped(argv: list[str], cwd) -> str:
     """stderr of ``gas-solver ARGV`` in a subprocess limited to :data:`CAP` bytes of memory,
-    checked to be one short error line within 5 s."""
+    checked to be one short error line, well before an input expanded in memory or time would
+    end (the memory cap is the check; 30 s leaves room for a busy box's interpreter start)."""
 
     def limit() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (CAP, CAP))
@@ -65,7 +66,7 @@ def _capped(argv: list[str], cwd) -> str:
     )  # fmt: skip
     seconds = time.monotonic() - start
     _assert_one_line(result.returncode, result.stderr)
-    assert seconds < 5, f"took {seconds:.1f} s"
+    assert seconds < 30, f"took {seconds:.1f} s"
     return result.stderr
 
 
