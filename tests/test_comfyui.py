@@ -41,8 +41,8 @@ from gas_solver.models.edm import EDMModel
 from gas_solver.models.edm_networks import VPPrecond
 from gas_solver.models.loading import load_model
 from gas_solver.schedules import DiscreteVPSchedule
-from gas_solver.solvers.generalized import GeneralizedSolver
 from gas_solver.version import __version__
+from solver_checks import relative_error, trained_looking  # noqa: E402
 
 TOLERANCE = 1e-5
 NODE_DIR = Path(__file__).resolve().parents[1] / "comfyui" / "gas_solver_nodes"
@@ -220,22 +220,6 @@ def ksampler_sample(sampler_function, guider, sigmas, noise, latent_image):
 
 
 # -- models and solvers --------------------------------------------------------------------------
-def trained_looking(nfe: int, schedule, seed: int = 0) -> GeneralizedSolver:
-    """A GS with every parameter non-zero (moved times, offsets, corrections)."""
-    gs = GeneralizedSolver(nfe, schedule, init_grid="logsnr")
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        gs.mu_logit.add_(0.2 * torch.randn(gs.mu_logit.shape, generator=gen))
-        gs.t_couple.copy_(-0.002 - 0.004 * torch.rand(nfe, generator=gen))
-        gs.a_hat.copy_(0.02 * torch.randn(gs.a_hat.shape, generator=gen))
-        gs.c_hat.copy_(0.02 * torch.randn(gs.c_hat.shape, generator=gen))
-    assert all(bool((p != 0).all()) for p in gs.parameters())
-    return gs
-
-
-def relative_error(ours, theirs) -> float:
-    ours, theirs = torch.as_tensor(ours).double(), torch.as_tensor(theirs).double()
-    return ((ours - theirs).norm() / theirs.norm()).item()
 
 
 def flow_prediction(model):

@@ -31,6 +31,7 @@ from gas_solver.seeds import seeded_noise  # noqa: E402
 from gas_solver.solvers import ddim, dpm_solver_pp  # noqa: E402
 from gas_solver.solvers.spec_text import parse_solver_spec  # noqa: E402
 from gas_solver.training.trainer import Trainer, TrainSettings  # noqa: E402
+from solver_checks import relative_error  # noqa: E402
 from tiny_text import clip_text_parts  # noqa: E402
 
 CLASSES = 4  # + the null class 4
@@ -109,10 +110,6 @@ def hand_ddim(guided_eps, x, alphas_cumprod):
         x0 = (x - (1 - a).sqrt() * eps) / a.sqrt()
         x = b.sqrt() * x0 + (1 - b).sqrt() * eps
     return x
-
-
-def relative_error(ours, theirs):
-    return ((ours - theirs).norm() / theirs.norm()).item()
 
 
 # -- class labels ---------------------------------------------------------------------------------

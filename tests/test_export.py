@@ -35,7 +35,7 @@ from gas_solver.models.edm import EDMModel  # noqa: E402
 from gas_solver.models.edm_networks import VPPrecond  # noqa: E402
 from gas_solver.models.loading import ASSETS, load_model  # noqa: E402
 from gas_solver.solvers.generalized import GeneralizedSolver  # noqa: E402
-from gas_solver.solvers.spec_text import parse_solver_spec  # noqa: E402
+from solver_checks import relative_error, trained_looking  # noqa: E402
 from tiny_text import clip_text_parts  # noqa: E402
 
 TOLERANCE = 1e-5
@@ -43,31 +43,6 @@ TOLERANCE = 1e-5
 
 UNIPC = "unipc:order=3,grid=uniform"
 """A start other than DPM-Solver++(3M): the GS made equal to UniPC-3, its own theory."""
-
-
-def trained_looking(
-    nfe: int, schedule, seed: int = 0, theory: bool = True, start: str | None = None
-) -> GeneralizedSolver:
-    """A GS with every parameter non-zero: moved times, offsets below each time, corrections;
-    from DPM-Solver++(3M) on logSNR, or from the classic solver ``start``."""
-    if start is None:
-        gs = GeneralizedSolver(nfe, schedule, init_grid="logsnr", theory=theory)
-    else:
-        spec = parse_solver_spec(start, nfe=nfe)
-        gs = GeneralizedSolver.from_classic(spec, schedule, theory=theory)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        gs.mu_logit.add_(0.2 * torch.randn(gs.mu_logit.shape, generator=gen))
-        gs.t_couple.copy_(-0.002 - 0.004 * torch.rand(nfe, generator=gen))
-        gs.a_hat.copy_(0.02 * torch.randn(gs.a_hat.shape, generator=gen))
-        gs.c_hat.copy_(0.02 * torch.randn(gs.c_hat.shape, generator=gen))
-    assert all(bool((p != 0).all()) for p in gs.parameters())
-    return gs
-
-
-def relative_error(ours, theirs) -> float:
-    ours, theirs = torch.as_tensor(ours).double(), torch.as_tensor(theirs).double()
-    return ((ours - theirs).norm() / theirs.norm()).item()
 
 
 # -- diffusers: DDPMPipeline on the bundled models (flow matching; DDPM schedule, v-prediction) ----

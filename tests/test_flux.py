@@ -22,7 +22,7 @@ from gas_solver.models.diffusers_flux import DiffusersFluxModel  # noqa: E402
 from gas_solver.models.loading import load_model  # noqa: E402
 from gas_solver.solvers.dpm_solver import dpm_solver_pp  # noqa: E402
 from gas_solver.solvers.generalized import GeneralizedSolver  # noqa: E402
-from test_export import relative_error, trained_looking  # noqa: E402
+from solver_checks import relative_error, trained_looking  # noqa: E402
 from tiny_text import clip_text_parts  # noqa: E402
 
 PROMPTS = ["a digit", "two cats"]

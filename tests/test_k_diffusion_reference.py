@@ -34,6 +34,7 @@ from gas_solver.export import KDiffusionSolver, sample_gs, solver_table  # noqa:
 from gas_solver.models.loading import load_model  # noqa: E402
 from gas_solver.solvers.generalized import GeneralizedSolver  # noqa: E402
 from gas_solver.solvers.spec_text import parse_solver_spec  # noqa: E402
+from solver_checks import relative_error  # noqa: E402
 
 TOLERANCE = 1e-5
 
@@ -63,10 +64,6 @@ def exported(start: str, nfe: int, model) -> KDiffusionSolver:
     return KDiffusionSolver.from_table(
         solver_table(GeneralizedSolver.from_classic(spec, model.schedule), model)
     )
-
-
-def relative_error(ours, theirs) -> float:
-    return ((ours.double() - theirs.double()).norm() / theirs.double().norm()).item()
 
 
 @pytest.fixture(scope="module")

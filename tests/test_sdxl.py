@@ -38,7 +38,7 @@ from gas_solver.models.loading import load_model  # noqa: E402
 from gas_solver.seeds import seeded_noise  # noqa: E402
 from gas_solver.solvers import dpm_solver_pp  # noqa: E402
 from gas_solver.solvers.generalized import GeneralizedSolver  # noqa: E402
-from test_export import trained_looking  # noqa: E402
+from solver_checks import relative_error, trained_looking  # noqa: E402
 from tiny_text import clip_text_parts  # noqa: E402
 
 PROMPTS = ["a cat", "two dogs"]
@@ -111,11 +111,6 @@ def pipes(sdxl_dirs):
 @pytest.fixture(scope="module")
 def noise():
     return torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(5))
-
-
-def relative_error(ours, theirs) -> float:
-    ours, theirs = torch.as_tensor(ours).double(), torch.as_tensor(theirs).double()
-    return ((ours - theirs).norm() / theirs.norm()).item()
 
 
 def run_pipeline(pipe, scheduler, noise, scale, negative, nfe=STEPS):
@@ -221,7 +216,7 @@ def test_classic_solvers_equal_the_pipeline(
     latents, images = run_pipeline(pipe, scheduler, noise, scale, negative)
 
     model = load_model(f"{sdxl_dirs[prediction_type]}:guidance={scale}")
-    cond = model.prompt_cond_fn(PROMPTS, negative)(torch.arange(2))
+    cond = model.prompt_cond_fn(PROMPTS, negative_prompts=negative)(torch.arange(2))
     assert ("negative_text_embeds" in cond) == (negative is not None and scale != 1)
     grid = [*scheduler.timesteps.tolist(), 0]
     with torch.no_grad():
@@ -249,7 +244,7 @@ def test_guidance_negatives_pooled_embeddings_and_time_ids_make_a_difference(sdx
         variants = {
             "unguided": sample(load_model(str(folder)), noise, cond=cond, **grid),
             "negative": sample(
-                guided, noise, cond=guided.prompt_cond_fn(PROMPTS, NEGATIVE)(torch.arange(2)), **grid
+                guided, noise, cond=guided.prompt_cond_fn(PROMPTS, negative_prompts=NEGATIVE)(torch.arange(2)), **grid
             ),
             "pooled": sample(guided, noise, cond={**cond, "text_embeds": 0 * cond["text_embeds"]}, **grid),
             "time_ids": sample(other_size, noise, cond=cond, **grid),
@@ -267,7 +262,7 @@ def test_exported_scheduler_in_the_pipeline_equals_gs(
     nfe = 4
     model = load_model(f"{sdxl_dirs[prediction_type]}:guidance={scale}")
     gs = trained_looking(nfe, model.schedule, seed=30 + nfe)
-    cond = model.prompt_cond_fn(PROMPTS, negative)(torch.arange(2))
+    cond = model.prompt_cond_fn(PROMPTS, negative_prompts=negative)(torch.arange(2))
     with torch.no_grad():
         ours = gs(model, noise, cond)
         decoded = (model.decode(ours) + 1) / 2
@@ -287,7 +282,7 @@ def test_exported_scheduler_in_the_pipeline_equals_gs(
 
 def test_untrained_gs_is_dpm_solver_pp_3m_in_float64(sdxl_dirs, noise):
     model = load_model(f"{sdxl_dirs['v_prediction']}:guidance=5").double()
-    cond = model.prompt_cond_fn(PROMPTS, NEGATIVE)(torch.arange(2))
+    cond = model.prompt_cond_fn(PROMPTS, negative_prompts=NEGATIVE)(torch.arange(2))
     assert cond["encoder_hidden_states"].dtype == torch.float64
     x = noise.double()
     for nfe in (3, 5):

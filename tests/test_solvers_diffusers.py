@@ -34,6 +34,7 @@ diffusers = pytest.importorskip("diffusers")
 from gas_solver.models import DiffusionModel  # noqa: E402
 from gas_solver.schedules import DiscreteVPSchedule, explicit_grid  # noqa: E402
 from gas_solver.solvers import ddim, dpm_solver_pp, heun, unipc  # noqa: E402
+from solver_checks import relative_error  # noqa: E402
 
 BETAS = {
     "beta_start": 1e-4,
@@ -94,10 +95,6 @@ def run_diffusers(unet, scheduler, noise: torch.Tensor) -> torch.Tensor:
         eps = unet(scheduler.scale_model_input(x, timestep), timestep).sample
         x = scheduler.step(eps, timestep, x).prev_sample
     return x
-
-
-def relative_error(ours: torch.Tensor, theirs: torch.Tensor) -> float:
-    return ((ours - theirs).norm() / theirs.norm()).item()
 
 
 @pytest.mark.parametrize("steps", [5, 8])

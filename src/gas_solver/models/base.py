@@ -96,6 +96,20 @@ def cond_by_seed(table: dict[str, Tensor]) -> Callable[[Tensor], dict[str, Tenso
     return cond_fn
 
 
+def cond_tensors(cond: Any, names: tuple[str, ...], batch: int, needs: str) -> list[Tensor]:
+    """The tensors ``cond[name]`` of a text-conditioned model's condition dict, each checked to
+    have a batch of ``batch``; ``needs`` says what the model wants when ``cond`` is no dict."""
+    if not isinstance(cond, dict):
+        raise ConfigError(needs)
+    found = []
+    for name in names:
+        value = cond.get(name)
+        if not isinstance(value, Tensor) or value.shape[0] != batch:
+            raise ConfigError(f"cond {name}: expected a tensor with a batch of {batch}")
+        found.append(value)
+    return found
+
+
 class DiffusionModel(nn.Module):
     """A frozen diffusion model seen through continuous time.
 
@@ -193,12 +207,22 @@ class DiffusionModel(nn.Module):
         """Whether :meth:`prompt_cond_fn` can turn text prompts into conditions."""
         return False
 
-    def prompt_cond_fn(self, prompts: list[str]) -> Callable[[Tensor], Any]:
-        """``cond_fn(seeds)``: the condition of ``prompts[seed mod len(prompts)]``."""
-        raise ConfigError(
-            f"prompts: the model {self.source or type(self).__name__} takes no text prompts; "
-            "leave --prompts out"
-        )
+    def prompt_cond_fn(self, prompts: list[str], **options: Any) -> Callable[[Tensor], Any]:
+        """``cond_fn(seeds)``: the condition of ``prompts[seed mod len(prompts)]``: row
+        ``seed mod P`` of every entry of :meth:`prompt_table` (``options`` go to it)."""
+        if not self.takes_prompts:
+            raise ConfigError(
+                f"prompts: the model {self.source or type(self).__name__} takes no text prompts; "
+                "leave --prompts out"
+            )
+        if not prompts:
+            raise ConfigError("prompt_cond_fn needs at least one prompt")
+        return cond_by_seed(self.prompt_table(list(prompts), **options))
+
+    def prompt_table(self, prompts: list[str]) -> dict[str, Tensor]:
+        """The conditions of prompts, one ``(P, …)`` tensor per entry of the model's condition
+        dict (text models implement it, with :attr:`takes_prompts` true)."""
+        raise NotImplementedError
 
     def feature_encoder(self) -> nn.Module | None:
         """The frozen network's encoder as features, or ``None`` (the default: no features).

@@ -49,7 +49,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..schedules import DiscreteVPSchedule, NoiseSchedule
-from .base import DiffusionModel, cond_by_seed
+from .base import DiffusionModel
 from .diffusers_flow import FLOW_SCHEDULERS, flow_schedule_from_config
 from .unet_encoder import UNetEncoder
 
@@ -235,16 +235,10 @@ class DiffusersUNetModel(DiffusionModel):
     def takes_prompts(self) -> bool:
         return self.uses_text and self.tokenizer is not None
 
-    def prompt_cond_fn(self, prompts: list[str]) -> Callable[[Tensor], dict[str, Tensor]]:
-        """``cond_fn(seeds)``: ``prompts[seed mod len(prompts)]`` as ``{"input_ids"}``.
-
-        Token ids are stored in teacher sets and replayed through the text encoder in training.
-        """
-        if not self.takes_prompts:
-            super().prompt_cond_fn(prompts)  # raises: no text encoder or tokenizer
-        if not prompts:
-            raise ConfigError("prompt_cond_fn needs at least one prompt")
-        return cond_by_seed({"input_ids": self.tokenize(prompts)})
+    def prompt_table(self, prompts: list[str]) -> dict[str, Tensor]:
+        """Prompts as ``{"input_ids": (P, L)}``: token ids are stored in teacher sets and replayed
+        through the text encoder in training."""
+        return {"input_ids": self.tokenize(prompts)}
 
     # -- conditions for seeds ---------------------------------------------------------------------
     def default_cond(self, seeds: Tensor) -> Tensor | None:

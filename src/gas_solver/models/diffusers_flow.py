@@ -25,7 +25,7 @@ here with a message; FLUX folders, which have one, are read by
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..schedules import FlowSchedule
-from .base import DiffusionModel, cond_by_seed
+from .base import DiffusionModel, cond_tensors
 
 FLOW_SCHEDULERS = ("FlowMatchEulerDiscreteScheduler",)
 
@@ -105,18 +105,12 @@ class DiffusersFlowModel(DiffusionModel):
         ).sample  # fmt: skip
 
     def _text(self, cond: Any, batch: int, prefix: str) -> tuple[Tensor, Tensor]:
-        if not isinstance(cond, dict):
-            raise ConfigError(
-                "this flow (SD3-style) model needs cond = {'encoder_hidden_states': (B, L, D), "
-                "'pooled_projections': (B, P)}: make it from prompts with prompt_cond_fn"
-            )
-        found = []
-        for name in (f"{prefix}encoder_hidden_states", f"{prefix}pooled_projections"):
-            value = cond.get(name)
-            if not isinstance(value, Tensor) or value.shape[0] != batch:
-                raise ConfigError(f"cond {name}: expected a tensor with a batch of {batch}")
-            found.append(value)
-        return found[0], found[1]
+        states, pooled = cond_tensors(
+            cond, (f"{prefix}encoder_hidden_states", f"{prefix}pooled_projections"), batch,
+            "this flow (SD3-style) model needs cond = {'encoder_hidden_states': (B, L, D), "
+            "'pooled_projections': (B, P)}: make it from prompts with prompt_cond_fn"
+        )  # fmt: skip
+        return states, pooled
 
     def _null_text(self, cond: dict[str, Tensor], batch: int) -> tuple[Tensor, Tensor]:
         if "negative_encoder_hidden_states" in cond:
@@ -146,14 +140,10 @@ class DiffusersFlowModel(DiffusionModel):
     def takes_prompts(self) -> bool:
         return self.pipeline is not None
 
-    def prompt_cond_fn(self, prompts: list[str]) -> Callable[[Tensor], dict[str, Tensor]]:
-        """``cond_fn(seeds)``: the embeddings of ``prompts[seed mod len(prompts)]``."""
-        if not self.takes_prompts:
-            super().prompt_cond_fn(prompts)  # raises: no text encoders
-        if not prompts:
-            raise ConfigError("prompt_cond_fn needs at least one prompt")
+    def prompt_table(self, prompts: list[str]) -> dict[str, Tensor]:
+        """The embeddings of prompts (:meth:`encode_prompts`)."""
         states, pooled = self.encode_prompts(prompts)
-        return cond_by_seed({"encoder_hidden_states": states, "pooled_projections": pooled})
+        return {"encoder_hidden_states": states, "pooled_projections": pooled}
 
     def default_cond(self, seeds: Tensor) -> None:
         raise ConfigError("text-conditional models need prompts: use --prompts (prompt_cond_fn)")

@@ -38,7 +38,7 @@ shift_factor)``.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -46,7 +46,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..schedules import FlowSchedule
-from .base import DiffusionModel, cond_by_seed
+from .base import DiffusionModel, cond_tensors
 
 FLUX_PIPELINES = ("FluxPipeline",)
 FLUX_TRANSFORMERS = ("FluxTransformer2DModel",)
@@ -202,18 +202,12 @@ class DiffusersFluxModel(DiffusionModel):
         return self._flux._unpack_latents(out, height, width, self.vae_scale_factor)
 
     def _text(self, cond: Any, batch: int) -> tuple[Tensor, Tensor]:
-        if not isinstance(cond, dict):
-            raise ConfigError(
-                "this FLUX model needs cond = {'encoder_hidden_states': (B, L, D), "
-                "'pooled_projections': (B, P)}: make it from prompts with prompt_cond_fn"
-            )
-        found = []
-        for name in ("encoder_hidden_states", "pooled_projections"):
-            value = cond.get(name)
-            if not isinstance(value, Tensor) or value.shape[0] != batch:
-                raise ConfigError(f"cond {name}: expected a tensor with a batch of {batch}")
-            found.append(value)
-        return found[0], found[1]
+        states, pooled = cond_tensors(
+            cond, ("encoder_hidden_states", "pooled_projections"), batch,
+            "this FLUX model needs cond = {'encoder_hidden_states': (B, L, D), "
+            "'pooled_projections': (B, P)}: make it from prompts with prompt_cond_fn"
+        )  # fmt: skip
+        return states, pooled
 
     # -- text -------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -235,14 +229,10 @@ class DiffusersFluxModel(DiffusionModel):
     def takes_prompts(self) -> bool:
         return self.pipeline is not None
 
-    def prompt_cond_fn(self, prompts: list[str]) -> Callable[[Tensor], dict[str, Tensor]]:
-        """``cond_fn(seeds)``: the embeddings of ``prompts[seed mod len(prompts)]``."""
-        if not self.takes_prompts:
-            super().prompt_cond_fn(prompts)  # raises: no text encoders
-        if not prompts:
-            raise ConfigError("prompt_cond_fn needs at least one prompt")
+    def prompt_table(self, prompts: list[str]) -> dict[str, Tensor]:
+        """The embeddings of prompts (:meth:`encode_prompts`)."""
         states, pooled = self.encode_prompts(prompts)
-        return cond_by_seed({"encoder_hidden_states": states, "pooled_projections": pooled})
+        return {"encoder_hidden_states": states, "pooled_projections": pooled}
 
     def default_cond(self, seeds: Tensor) -> None:
         raise ConfigError("text-conditional models need prompts: use --prompts (prompt_cond_fn)")

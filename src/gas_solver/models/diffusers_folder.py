@@ -34,7 +34,7 @@ A folder in the diffusers pipeline layout (``save_pretrained`` of a pipeline) is
 A ``model_index.json`` naming a pipeline class not in :data:`KNOWN_PIPELINES` is refused.
 
 Nothing is downloaded: only local folders are accepted. The weights are named in ``identity()``
-by a cheap fingerprint of their files (:func:`_fingerprint`).
+by a cheap fingerprint of their files (:mod:`.weights_fingerprint`).
 
 In a model source string the guidance scale and the sample resolution (pixels; default the
 pipeline's own) are options after the folder, in the solver-spec style:
@@ -45,7 +45,6 @@ model again.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from pathlib import Path
@@ -64,6 +63,7 @@ from .diffusers_flux import (
     flux_time_shift,
 )
 from .diffusers_sdxl import is_sdxl_folder, load_sdxl_model
+from .weights_fingerprint import weights_fingerprint
 
 UNET_CLASSES = ("UNet2DModel", "UNet2DConditionModel")
 VAE_FOLDERS = ("vae", "vqvae")
@@ -76,8 +76,6 @@ KNOWN_PIPELINES = (
 )  # fmt: skip
 """Pipeline classes (``model_index.json`` ``_class_name``) whose folders load; others are refused
 (a folder without ``model_index.json`` is read by its layout)."""
-WEIGHT_FILES = ("diffusion_pytorch_model*", "model*.safetensors")
-"""The weight files :func:`_fingerprint` reads: diffusers' and transformers' (text encoders)."""
 
 
 # -- source strings -------------------------------------------------------------------------------
@@ -193,7 +191,8 @@ def load_diffusers_model(
     weights = [unet_dir] + [p for p in (folder / "vae", folder / "vqvae") if p.is_dir()]
     model = DiffusersUNetModel(
         unet, scheduler, vae, text_encoder, tokenizer,
-        guidance_scale=guidance_scale, null_class=null_class, fingerprint=_fingerprint(*weights),
+        guidance_scale=guidance_scale, null_class=null_class,
+        fingerprint=weights_fingerprint(*weights),
     )  # fmt: skip
     scale = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1
     down = 2 ** (len(unet.config.block_out_channels) - 1)
@@ -215,15 +214,7 @@ def load_diffusers_flow_model(
     (default: the pipeline's); nothing is downloaded."""
     import diffusers
 
-    scheduler_config = folder / "scheduler" / "scheduler_config.json"
-    if not scheduler_config.is_file():
-        raise MissingAssetError(f"{scheduler_config} not found: a flow pipeline needs scheduler/")
-    config = json.loads(scheduler_config.read_text())
-    if config.get("_class_name") not in FLOW_SCHEDULERS:
-        raise ConfigError(
-            f"{scheduler_config}: a transformer pipeline needs a flow scheduler "
-            f"{FLOW_SCHEDULERS}, got {config.get('_class_name')}"
-        )
+    config, scheduler_config = _flow_scheduler_config(folder, "an SD3-style")
     schedule = flow_schedule_from_config(config, str(scheduler_config))
     has_text = (folder / "text_encoder" / "config.json").is_file()
     if has_text:  # the whole pipeline: its encode_prompt is the reference text path
@@ -243,7 +234,7 @@ def load_diffusers_flow_model(
             vae = diffusers.AutoencoderKL.from_pretrained(folder / "vae", low_cpu_mem_usage=False)
     weights = [folder / "transformer"] + ([folder / "vae"] if vae is not None else [])
     model = DiffusersFlowModel(
-        transformer, schedule, vae, pipeline, guidance_scale, _fingerprint(*weights)
+        transformer, schedule, vae, pipeline, guidance_scale, weights_fingerprint(*weights)
     )
     scale = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 8
     patch = int(transformer.config.patch_size)
@@ -259,6 +250,21 @@ def load_diffusers_flow_model(
             f"height= and width= of at most {most}"
         )
     return model
+
+
+def _flow_scheduler_config(folder: Path, kind: str) -> tuple[dict[str, Any], Path]:
+    """``scheduler/scheduler_config.json`` of a transformer pipeline (``kind``: "a FLUX"), which
+    must name a flow-matching scheduler; the config and its path."""
+    path = folder / "scheduler" / "scheduler_config.json"
+    if not path.is_file():
+        raise MissingAssetError(f"{path} not found: {kind} pipeline needs scheduler/")
+    config = json.loads(path.read_text())
+    if config.get("_class_name") not in FLOW_SCHEDULERS:
+        raise ConfigError(
+            f"{path}: {kind} pipeline needs a flow scheduler {FLOW_SCHEDULERS}, got "
+            f"{config.get('_class_name')}"
+        )
+    return config, path
 
 
 def is_flux_pipeline_folder(folder: Path) -> bool:
@@ -281,15 +287,7 @@ def load_flux_model(
     (:func:`~gas_solver.models.diffusers_flux.flux_time_shift`); nothing is downloaded."""
     import diffusers
 
-    scheduler_config = folder / "scheduler" / "scheduler_config.json"
-    if not scheduler_config.is_file():
-        raise MissingAssetError(f"{scheduler_config} not found: a FLUX pipeline needs scheduler/")
-    config = json.loads(scheduler_config.read_text())
-    if config.get("_class_name") not in FLOW_SCHEDULERS:
-        raise ConfigError(
-            f"{scheduler_config}: a FLUX pipeline needs a flow scheduler {FLOW_SCHEDULERS}, got "
-            f"{config.get('_class_name')}"
-        )
+    config, scheduler_config = _flow_scheduler_config(folder, "a FLUX")
     encoders = [folder / name for name in ("text_encoder", "text_encoder_2")]
     present = [(path / "config.json").is_file() for path in encoders]
     if any(present) and not all(present):
@@ -316,7 +314,7 @@ def load_flux_model(
     weights = [folder / "transformer"] + [p for p in (folder / "vae", *encoders) if p.is_dir()]
     return DiffusersFluxModel(
         transformer, schedule, resolution, scale, time_shift, vae, pipeline, guidance,
-        _fingerprint(*weights),
+        weights_fingerprint(*weights),
     )  # fmt: skip
 
 
@@ -368,17 +366,3 @@ def _at_resolution(
 def _class_name(config_path: Path, default: str, key: str = "_class_name") -> str:
     value = json.loads(config_path.read_text()).get(key, default)
     return value[0] if isinstance(value, list) else value
-
-
-def _fingerprint(*dirs: Path) -> str:
-    """A cheap identity of the weights: size plus SHA-256 of the first and last MiB of each file."""
-    digest = hashlib.sha256()
-    for folder in dirs:
-        for path in sorted(p for pattern in WEIGHT_FILES for p in folder.glob(pattern)):
-            size = path.stat().st_size
-            with open(path, "rb") as f:
-                digest.update(f"{path.name}:{size}".encode())
-                digest.update(f.read(1 << 20))
-                f.seek(max(size - (1 << 20), 0))
-                digest.update(f.read(1 << 20))
-    return digest.hexdigest()[:16]

@@ -40,9 +40,8 @@ unconditional embeddings, so GAS's ``model-features`` discriminator and distance
 
 from __future__ import annotations
 
-import hashlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,9 +50,10 @@ from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..errors import ConfigError, MissingAssetError
-from .base import cond_by_seed
+from .base import cond_tensors
 from .diffusers import DiffusersUNetModel
 from .diffusers_flow import FLOW_SCHEDULERS
+from .weights_fingerprint import ALL_WEIGHTS, weights_fingerprint
 
 SDXL_PIPELINE = "StableDiffusionXLPipeline"
 SDXL_PARTS = {  # subfolder → (the file that shows it is there, what it holds)
@@ -65,7 +65,6 @@ SDXL_PARTS = {  # subfolder → (the file that shows it is there, what it holds)
     "text_encoder_2": ("config.json", "CLIPTextModelWithProjection"),
     "tokenizer_2": ("tokenizer_config.json", "CLIPTokenizer"),
 }
-WEIGHT_FILES = ("diffusion_pytorch_model*", "model*.safetensors", "pytorch_model*.bin")
 
 
 # -- which folders ----------------------------------------------------------------------------------
@@ -157,7 +156,13 @@ def load_sdxl_model(
     )  # fmt: skip
     weights = [folder / name for name in ("unet", "vae", "text_encoder", "text_encoder_2")]
     return DiffusersSDXLModel(
-        pipeline, scheduler, guidance_scale, height, width, _fingerprint(*weights), str(folder)
+        pipeline,
+        scheduler,
+        guidance_scale,
+        height,
+        width,
+        weights_fingerprint(*weights, patterns=ALL_WEIGHTS, name_folders=True),
+        str(folder),
     )
 
 
@@ -262,18 +267,12 @@ class DiffusersSDXLModel(DiffusersUNetModel):
         }
 
     def _text(self, cond: Any, batch: int, prefix: str) -> tuple[Tensor, Tensor]:
-        if not isinstance(cond, dict):
-            raise ConfigError(
-                "this SDXL model needs cond = {'encoder_hidden_states': (B, L, D), "
-                "'text_embeds': (B, P)}: make it from prompts (--prompts, prompt_cond_fn)"
-            )
-        found = []
-        for name in (f"{prefix}encoder_hidden_states", f"{prefix}text_embeds"):
-            value = cond.get(name)
-            if not isinstance(value, Tensor) or value.shape[0] != batch:
-                raise ConfigError(f"cond {name}: expected a tensor with a batch of {batch}")
-            found.append(value)
-        return found[0], found[1]
+        states, pooled = cond_tensors(
+            cond, (f"{prefix}encoder_hidden_states", f"{prefix}text_embeds"), batch,
+            "this SDXL model needs cond = {'encoder_hidden_states': (B, L, D), "
+            "'text_embeds': (B, P)}: make it from prompts (--prompts, prompt_cond_fn)"
+        )  # fmt: skip
+        return states, pooled
 
     # -- text -------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -324,16 +323,14 @@ class DiffusersSDXLModel(DiffusersUNetModel):
     def takes_prompts(self) -> bool:
         return True
 
-    def prompt_cond_fn(
+    def prompt_table(
         self, prompts: list[str], negative_prompts: str | Sequence[str] | None = None
-    ) -> Callable[[Tensor], dict[str, Tensor]]:
-        """``cond_fn(seeds)``: the embeddings of ``prompts[seed mod len(prompts)]`` (and of its
-        negative prompt, kept only when the model guides: ``guidance_scale != 1``)."""
-        if not prompts:
-            raise ConfigError("prompt_cond_fn needs at least one prompt")
+    ) -> dict[str, Tensor]:
+        """The embeddings of prompts (and of their negative prompts, kept only when the model
+        guides: ``guidance_scale != 1``); ``prompt_cond_fn(prompts, negative_prompts=…)``."""
         if self.guidance_scale == 1.0:
             negative_prompts = None
-        return cond_by_seed(self.encode_prompts(prompts, negative_prompts))
+        return self.encode_prompts(prompts, negative_prompts)
 
     def default_cond(self, seeds: Tensor) -> None:
         raise ConfigError("text-conditional models need prompts: use --prompts (prompt_cond_fn)")
@@ -443,24 +440,6 @@ def _read_json(path: Path) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return value if isinstance(value, dict) else {}
-
-
-def _fingerprint(*dirs: Path) -> str:
-    """A cheap identity of the weights: size plus SHA-256 of the first and last MiB of each weight
-    file (diffusers' ``diffusion_pytorch_model*`` and transformers' ``model*.safetensors`` /
-    ``pytorch_model*.bin``), as :func:`~gas_solver.models.diffusers_folder._fingerprint` does for
-    diffusers parts; the folder's name is hashed too, so two encoders' files are told apart."""
-    digest = hashlib.sha256()
-    for folder in dirs:
-        paths = sorted({path for pattern in WEIGHT_FILES for path in folder.glob(pattern)})
-        for path in paths:
-            size = path.stat().st_size
-            with open(path, "rb") as f:
-                digest.update(f"{folder.name}/{path.name}:{size}".encode())
-                digest.update(f.read(1 << 20))
-                f.seek(max(size - (1 << 20), 0))
-                digest.update(f.read(1 << 20))
-    return digest.hexdigest()[:16]
 
 
 __all__ = [

@@ -80,8 +80,8 @@ class Guided(DiffusionModel):
     def takes_prompts(self) -> bool:
         return self.model.takes_prompts
 
-    def prompt_cond_fn(self, prompts: list[str]) -> Callable[[Tensor], Any]:
-        return self.model.prompt_cond_fn(prompts)
+    def prompt_cond_fn(self, prompts: list[str], **options: Any) -> Callable[[Tensor], Any]:
+        return self.model.prompt_cond_fn(prompts, **options)
 
     def network_modules(self) -> list[nn.Module]:
         return self.model.network_modules()
