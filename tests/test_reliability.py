@@ -50,14 +50,15 @@ def _train_config(teacher, out, **overrides):
     return load_config(TrainConfig, overrides={**base, **overrides})
 
 
-def test_resume_refuses_changed_settings_and_names_them(teacher, tmp_path):
+def test_resume_refuses_changed_settings_and_names_them(teacher, tmp_path, caplog):
     run_train(_train_config(teacher, tmp_path / "run"), progress=False)
-    with pytest.raises(CheckpointMismatchError, match=r"lr: stored 0.001, given 0.002"):
-        run_train(_train_config(teacher, tmp_path / "run", lr=2e-3, resume=True), progress=False)
+    with pytest.raises(CheckpointMismatchError, match=r"lr: stored 0.002, given 0.003"):
+        run_train(_train_config(teacher, tmp_path / "run", lr=3e-3, resume=True), progress=False)
     with pytest.raises(CheckpointMismatchError, match=r"t_eps: stored None, given 0.01"):
         run_train(_train_config(teacher, tmp_path / "run", t_eps=0.01, resume=True), progress=False)
-    # more iterations is what resuming is for
+    # more iterations is what resuming is for; the cosine decay (the default) then says it jumps
     run_train(_train_config(teacher, tmp_path / "run", iterations=6, resume=True), progress=False)
+    assert "the cosine decay now spans 6 iterations" in caplog.text
 
 
 def test_a_second_writer_is_refused_with_the_holders_pid(teacher, tmp_path):

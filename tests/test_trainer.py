@@ -2,6 +2,7 @@
 solvers at the same NFE; GAS (on an image-shaped mixture) must move the solver and the
 discriminator; a resumed run must equal an uninterrupted one bit for bit."""
 
+import contextlib
 import json
 import math
 
@@ -83,27 +84,41 @@ def test_gs_training_beats_its_init_and_every_classic_solver(teacher_dir, tmp_pa
     assert learned < errors[best], (learned, best, errors[best])
 
 
-def test_resume_is_bit_exact(teacher_dir, tmp_path):
+class _Stop(Exception):
+    """Stands in for a kill right after a checkpoint."""
+
+
+@pytest.mark.parametrize(
+    "lr_decay, stop",
+    [("constant", "extend"), ("constant", "interrupt"), ("cosine", "interrupt")],
+)
+def test_resume_is_bit_exact(teacher_dir, tmp_path, lr_decay, stop):
+    """A run stopped at its checkpoint of iteration 20 and resumed ends where an uninterrupted
+    40-iteration run ends; under the constant schedule also a 20-iteration run extended to 40
+    (under the cosine one, extending changes the schedule, and resume says so)."""
     model = _model()
     (tmp_path / "teacher").symlink_to(teacher_dir)
-    straight = Trainer(
-        _config(tmp_path, out=str(tmp_path / "a"), iterations=40, checkpoint_every=20),
-        model,
-        TeacherSet(teacher_dir),
-    )
-    straight.run(progress=False)
 
-    first = Trainer(
-        _config(tmp_path, out=str(tmp_path / "b"), iterations=20, checkpoint_every=20),
-        model,
-        TeacherSet(teacher_dir),
-    )
-    first.run(progress=False)
-    resumed = Trainer(
-        _config(tmp_path, out=str(tmp_path / "b"), iterations=40, checkpoint_every=20, resume=True),
-        model,
-        TeacherSet(teacher_dir),
-    )
+    def trainer(out: str, iterations: int, **kw) -> Trainer:
+        config = _config(tmp_path, out=str(tmp_path / out), iterations=iterations,
+                         checkpoint_every=20, lr_decay=lr_decay, **kw)  # fmt: skip
+        return Trainer(config, model, TeacherSet(teacher_dir))
+
+    straight = trainer("a", 40)
+    straight.run(progress=False)
+    first = trainer("b", 20 if stop == "extend" else 40)
+    if stop == "interrupt":
+        step = first.train_step
+
+        def step_until_20() -> dict:
+            if first.iteration == 20:
+                raise _Stop
+            return step()
+
+        first.train_step = step_until_20
+    with contextlib.suppress(_Stop):
+        first.run(progress=False)
+    resumed = trainer("b", 40, resume=True)
     resumed.run(progress=False)
 
     for p, q in zip(straight.solver.parameters(), resumed.solver.parameters(), strict=True):
@@ -124,9 +139,10 @@ def test_resume_is_bit_exact(teacher_dir, tmp_path):
 def test_snapshots_are_the_ema_solver_at_their_iteration(teacher_dir, tmp_path):
     model = _model()
     for name, iterations in (("a", 40), ("b", 20)):
-        config = _config(
-            tmp_path, out=str(tmp_path / name), iterations=iterations, snapshot_every=20
-        )
+        config = _config(  # constant: run "a" at iteration 20 is run "b" at its end
+            tmp_path, out=str(tmp_path / name), iterations=iterations, snapshot_every=20,
+            lr_decay="constant",
+        )  # fmt: skip
         Trainer(config, model, TeacherSet(teacher_dir)).run(progress=False)
     snapshots = sorted(p.name for p in (tmp_path / "a" / "snapshots").iterdir())
     assert snapshots == ["iter-000020", "iter-000040"]
@@ -173,7 +189,7 @@ def test_lr_times_and_the_cosine_schedule(teacher_dir, tmp_path):
     assert moved["a_hat"] > 1e-4 and moved["c_hat"] > 1e-4
     factor = 0.5 * (1 + math.cos(math.pi * 4 / 5))  # the last step, iteration 4 of 5
     times, coefficients = (group["lr"] for group in trainer.optimizer.param_groups)
-    assert math.isclose(times, 1e-12 * factor) and math.isclose(coefficients, 1e-3 * factor)
+    assert math.isclose(times, 1e-12 * factor) and math.isclose(coefficients, 2e-3 * factor)
 
 
 def test_init_solver_continues_from_a_trained_solver(teacher_dir, tmp_path):
@@ -288,6 +304,7 @@ def _gas_config(tmp_path, teacher_dir, **kw) -> TrainSettings:
         teacher=str(teacher_dir), out=str(tmp_path / "gas"), loss="gas", nfe=3, train_size=100,
         val_size=20, batch_size=8, iterations=6, val_every=0, checkpoint_every=3, log_every=1,
         device="cpu", disc_preset="tiny", disc_lr=1e-3,
+        lr_decay="constant",  # a run extended from 3 to 6 iterations steps as one of 6
     )  # fmt: skip
     return load_config(TrainSettings, overrides={**base, **kw})
 

@@ -91,14 +91,18 @@ class TrainSettings:
     t_eps: float | None = option(None, "last time of the student grid (default: the schedule's)")
     iterations: int = option(10000, "training iterations")
     batch_size: int = option(24, "teacher pairs per iteration")
-    lr: float = option(1e-3, "Adam learning rate")
+    lr: float = option(
+        2e-3,
+        "Adam learning rate (with the cosine decay: on mnist32 at NFE 4 and 6, two seeds each, "
+        "4-7 %% closer to the teacher than the paper's 1e-3 constant, which configs/paper keeps)",
+    )
     lr_times: float | None = option(
         None, "learning rate of the timestep logits and the offsets (default: --lr)"
     )
     lr_decay: str = option(
-        "constant",
-        "learning-rate schedule over --iterations: constant, or cosine (to 0 at the last "
-        "iteration)",
+        "cosine",
+        "learning-rate schedule over --iterations: cosine (to 0 at the last iteration), or "
+        "constant (the paper's)",
         choices=list(LR_SCHEDULES),
     )
     grad_clip: float = option(1.0, "gradient-norm clip on the solver parameters (0 = off)")

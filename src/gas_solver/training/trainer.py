@@ -433,6 +433,13 @@ class Trainer:
             self.scaler.load_state_dict(state["grad_scaler"])
         torch.set_rng_state(state["torch_rng"].cpu())
         self.iteration = state["iteration"]
+        if self.config.lr_decay == "cosine" and stored.get("iterations") != self.config.iterations:
+            log.warning(
+                "--resume with --iterations %d (trained for %s): the cosine decay now spans %d "
+                "iterations, so the learning rate goes on at %.3g x --lr, not where it was",
+                self.config.iterations, stored.get("iterations"), self.config.iterations,
+                self._lr_factor(),
+            )  # fmt: skip
         if is_main():
             self._truncate_metrics(self.iteration)
         log.info("resumed from %s at iteration %d", path, self.iteration)
