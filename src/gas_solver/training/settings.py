@@ -55,8 +55,9 @@ class TrainSettings:
     loss: str = option("gs", "gs (distillation) or gas (+ adversarial)", choices=LOSSES)
     distillation: str = option(
         "l1",
-        "per-sample distillation distance (model-features: LPIPS-style in the frozen diffusers "
-        "UNet's own encoder features)",
+        "per-sample distillation distance (l1-grad: L1 plus L1 of the error's pixel-to-pixel "
+        "differences, which charges speckle more; model-features: LPIPS-style in the frozen "
+        "diffusers UNet's own encoder features)",
         choices=DISTANCES,
     )
     init_solver: str = option(
