@@ -1,0 +1,38 @@
+"""The per-sample distillation distances against closed forms."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gas_solver.errors import ConfigError
+from gas_solver.training.losses import get_loss
+
+
+def test_l1_grad_charges_a_smooth_error_as_l1_and_speckle_more():
+    """A constant error c costs |c| (its differences are 0); a checkerboard ±c costs
+    c + 2c + 2c = 5c (every neighbouring difference is 2c), five times its L1."""
+    loss, l1 = get_loss("l1-grad"), get_loss("l1")
+    target = torch.randn(3, 1, 8, 8, dtype=torch.float64)
+    smooth = target + 0.1
+    checker = (torch.arange(8)[:, None] + torch.arange(8)[None, :]) % 2 * 2 - 1
+    speckled = target + 0.1 * checker.to(target)
+    torch.testing.assert_close(loss(smooth, target), l1(smooth, target))
+    torch.testing.assert_close(loss(smooth, target), torch.full((3,), 0.1, dtype=torch.float64))
+    torch.testing.assert_close(loss(speckled, target), torch.full((3,), 0.5, dtype=torch.float64))
+
+
+def test_l1_grad_is_per_sample_and_differentiable():
+    student = torch.randn(4, 3, 5, 6, requires_grad=True)
+    target = torch.randn(4, 3, 5, 6)
+    values = get_loss("l1-grad")(student, target)
+    assert values.shape == (4,)
+    one = get_loss("l1-grad")(student[1:2], target[1:2])
+    torch.testing.assert_close(values[1:2], one)
+    values.sum().backward()
+    assert student.grad is not None and student.grad.abs().sum() > 0
+
+
+def test_l1_grad_refuses_samples_without_spatial_dimensions():
+    with pytest.raises(ConfigError, match="needs images"):
+        get_loss("l1-grad")(torch.randn(4, 2), torch.randn(4, 2))
