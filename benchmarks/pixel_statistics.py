@@ -1,8 +1,10 @@
 """What the samples of each solver look like in numbers FID is sensitive to, beside the teacher's
 and the real digits': the share of black pixels (those that quantise to 0, the background), of
-mid-tones (10 < value < 245 of 255: haze and stroke edges), the mean intensity and the edge
+faint ones (0 < value < 16 of 255: haze), of mid-tones (10 < value < 245: haze and stroke
+edges), the mean intensity, the edge
 strength (mean |∇| between neighbouring pixels, 0–255 scale: sharp strokes score high, blur and
-haze low). With ``--fid``, each solver's FID against the data split into its two terms,
+haze low) and the background roughness (the same, between neighbours both below 16: speckle
+that a few-step solver leaves in flat dark areas). With ``--fid``, each solver's FID against the data split into its two terms,
 ``|μ − μ_data|²`` (a shift that all samples share) and the covariance term (spread and
 diversity), and the FID of the same samples with the background floored (every pixel below
 ``--floor`` of 255 set to black): an intervention that shows how much of the gap the faint
@@ -42,16 +44,23 @@ def on_255(images: torch.Tensor) -> torch.Tensor:
 
 
 def statistics(images: torch.Tensor) -> dict[str, float]:
-    """The shares, the mean and the edge strength on the 0–255 scale FID reads."""
+    """The shares, the mean, the edge strength and the background roughness on the 0–255 scale
+    FID reads."""
     values = on_255(images)
-    edges = torch.cat(
-        [values.diff(dim=-1).abs().flatten(1), values.diff(dim=-2).abs().flatten(1)], dim=1
-    )
+    low = values < 16
+    steps, dark = [], []
+    for dim in (-1, -2):
+        steps.append(values.diff(dim=dim).abs().flatten(1))
+        size = low.shape[dim] - 1
+        dark.append((low.narrow(dim, 1, size) & low.narrow(dim, 0, size)).flatten(1))
+    edges, dark_pairs = torch.cat(steps, dim=1), torch.cat(dark, dim=1)
     return {
         "black": float((values == 0).float().mean()),
+        "faint": float(((values > 0) & (values < 16)).float().mean()),
         "mid_tones": float(((values > 10) & (values < 245)).float().mean()),
         "mean": float(values.mean()),
         "edge": float(edges.mean()),
+        "background_roughness": float(edges[dark_pairs].mean()),
     }
 
 
@@ -95,13 +104,15 @@ def main() -> None:
             rows[label] |= fid_terms(samples, data)
             rows[label]["fid_floored"] = fid_terms(floored(samples, args.floor), data)["fid"]
         print(label, {k: round(v, 4) for k, v in rows[label].items()}, flush=True)
-    head = "| samples | black pixels | mid-tones | mean (0–255) | edge (0–255) |"
+    head = "| samples | black pixels | faint (1–15) | mid-tones | mean (0–255) | edge (0–255) |"
+    head += " background roughness |"
     if data is not None:
         head += f" FID | mean term | covariance term | FID, floored at {args.floor} |"
     print(head + "\n|---" + "|---:" * (head.count("|") - 2) + "|")
     for label, row in rows.items():
-        cells = [f"{row['black']:.1%}", f"{row['mid_tones']:.2%}", f"{row['mean']:.1f}"]
-        cells.append(f"{row['edge']:.2f}")
+        cells = [f"{row[k]:.1%}" for k in ("black", "faint")]
+        cells += [f"{row['mid_tones']:.2%}", f"{row['mean']:.1f}"]
+        cells += [f"{row['edge']:.2f}", f"{row['background_roughness']:.3f}"]
         if "fid" in row:
             cells += [f"{row[k]:.2f}" for k in ("fid", "fid_mean_term", "fid_cov_term")]
             cells.append(f"{row['fid_floored']:.2f}")
