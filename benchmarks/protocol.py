@@ -4,7 +4,8 @@
 GS: batch 16 on teacher pairs 0–999 (validation: the last 100), L1, data-order seed 42, one
 validation at the end; the start is ``train``'s (``auto``: the best classic solver) unless a script
 adds :data:`PAPER_START` (DPM-Solver++(3M) on the logSNR grid, the published tables' start). GAS: from that GS, the ``model-features`` discriminator at
-learning rate 1e-4 with Adam betas (0, 0.99), 100 discriminator-only warm-up steps, weight 0.3.
+learning rate 1e-4 with Adam betas (0, 0.99), 100 discriminator-only warm-up steps, weight 0.3,
+the solver at lr 1e-3 constant (:data:`~gas_solver.training.settings.GAS_FINE_TUNE`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import sys
 from pathlib import Path
 
 from gas_solver.training.discriminators import FEATURE_PRESET
-from gas_solver.training.settings import R3GAN_BETAS
+from gas_solver.training.settings import GAS_FINE_TUNE, R3GAN_BETAS
 
 GS_FLAGS = (
     "--batch-size", "16", "--train-size", "1000", "--val-size", "100",
@@ -35,6 +36,7 @@ def gas_flags(weight: str = ADV_WEIGHT, warmup: int = DISC_WARMUP) -> list[str]:
     """``train`` flags that turn a GS run of the protocol into its GAS fine-tuning."""
     return [
         "--loss", "gas", *DISCRIMINATOR_FLAGS, "--disc-warmup", str(warmup), "--adv-weight", weight,
+        "--lr", str(GAS_FINE_TUNE["lr"]), "--lr-decay", GAS_FINE_TUNE["lr_decay"],
     ]  # fmt: skip
 
 

@@ -35,7 +35,7 @@ from ..solvers.generalized import SOLVER_FILE
 from ..solvers.teacher import DEFAULT_TEACHER
 from ..training.discriminators import CHOICES as DISCRIMINATOR_CHOICES
 from ..training.discriminators import FEATURE_PRESET
-from ..training.settings import DISTANCES, R3GAN_BETAS
+from ..training.settings import DISTANCES, GAS_FINE_TUNE, R3GAN_BETAS
 from ..training.trainer import train
 from .teacher import TeacherConfig, make_teacher_set
 from .train import TrainConfig
@@ -178,7 +178,7 @@ def _train_config(config: DemoConfig, out: Path, method: str) -> TrainConfig:
         loss=method, distillation=config.distillation, init_grid=config.init_grid,
         init_solver=config.init_solver if method == "gs" else gs_solver,
         iterations=iterations, batch_size=config.batch_size,
-        **({"lr": config.lr} if method == "gs" else {}),
+        **({"lr": config.lr} if method == "gs" else GAS_FINE_TUNE),
         train_size=config.train_size, val_size=config.val_size, val_every=0,
         checkpoint_every=iterations, disc_preset=config.disc_preset,
         adv_weight=config.adv_weight, disc_lr=config.disc_lr, **R3GAN_BETAS,

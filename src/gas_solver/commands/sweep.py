@@ -50,7 +50,7 @@ from ..solvers.spec_text import parse_solver_spec
 from ..solvers.teacher import DEFAULT_TEACHER
 from ..training.discriminators import CHOICES as DISCRIMINATOR_CHOICES
 from ..training.discriminators import FEATURE_PRESET
-from ..training.settings import R3GAN_BETAS
+from ..training.settings import GAS_FINE_TUNE, R3GAN_BETAS
 from ..training.start import PAPER
 from ..training.trainer import train
 from ..validation import (
@@ -457,7 +457,8 @@ def _train_settings(
     if loss == "gas":  # fine-tunes the GS of this NFE
         settings = dataclasses.replace(
             settings, adv_weight=config.adv_weight, disc_preset=config.disc_preset,
-            disc_lr=config.disc_lr, **R3GAN_BETAS, disc_warmup=config.disc_warmup,
+            disc_lr=config.disc_lr, **R3GAN_BETAS, **GAS_FINE_TUNE,
+            disc_warmup=config.disc_warmup,
             iterations=config.gas_iterations, checkpoint_every=config.gas_iterations,
             init_grid=None,
             init_solver=str(Path(config.out) / f"nfe{nfe}" / method.replace("gas", "gs")),
