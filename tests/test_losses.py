@@ -36,3 +36,24 @@ def test_l1_grad_is_per_sample_and_differentiable():
 def test_l1_grad_refuses_samples_without_spatial_dimensions():
     with pytest.raises(ConfigError, match="needs images"):
         get_loss("l1-grad")(torch.randn(4, 2), torch.randn(4, 2))
+
+
+def test_l1_texture_adds_the_dark_roughness_difference():
+    """On an all-dark teacher image: a constant offset keeps the roughness (loss = L1); a
+    checkerboard of ±c on it adds roughness 2c, so the loss is c + 10·2c; bright pixels, and
+    pixel pairs not both dark in the teacher's image, do not count."""
+    loss, l1 = get_loss("l1-texture"), get_loss("l1")
+    target = torch.full((2, 1, 6, 6), -0.99, dtype=torch.float64)
+    shifted = target + 0.01
+    checker = ((torch.arange(6)[:, None] + torch.arange(6)[None, :]) % 2 * 2 - 1).to(target)
+    speckled = target + 0.005 * checker
+    torch.testing.assert_close(loss(shifted, target), l1(shifted, target))
+    expected = torch.full((2,), 0.005 + 10 * 0.01, dtype=torch.float64)
+    torch.testing.assert_close(loss(speckled, target), expected)
+    bright = torch.full_like(target, 0.5)
+    torch.testing.assert_close(loss(bright + 0.005 * checker, bright), l1(bright, bright) + 0.005)
+
+
+def test_l1_texture_refuses_samples_without_spatial_dimensions():
+    with pytest.raises(ConfigError, match="needs images"):
+        get_loss("l1-texture")(torch.randn(4, 2), torch.randn(4, 2))

@@ -47,9 +47,48 @@ def l1_gradient_loss(student: Tensor, target: Tensor) -> Tensor:
     return error.abs().flatten(1).mean(1) + across + down
 
 
+DARK = -1 + 32 / 255
+"""Pixels below 16 of 255 (in [−1, 1]): the dark areas whose texture :func:`l1_texture_loss`
+compares."""
+TEXTURE_WEIGHT = 10.0
+
+
+def dark_roughness(images: Tensor, dark: Tensor) -> Tensor:
+    """Per sample, the mean ``|x_i − x_j|`` over neighbouring pixels (across and down) that are
+    both ``dark`` (a boolean mask of the images' shape), of the images clamped to [−1, 1]."""
+    x = images.clamp(-1, 1)
+    total, count = 0.0, 0.0
+    for dim in (-1, -2):
+        size = x.shape[dim] - 1
+        pairs = (dark.narrow(dim, 1, size) & dark.narrow(dim, 0, size)).to(x.dtype)
+        step = (x.narrow(dim, 1, size) - x.narrow(dim, 0, size)).abs()
+        total = total + (step * pairs).flatten(1).sum(1)
+        count = count + pairs.flatten(1).sum(1)
+    return total / count.clamp_min(1)
+
+
+def l1_texture_loss(student: Tensor, target: Tensor) -> Tensor:
+    """L1 plus the difference in dark-area roughness, per sample, for images in [−1, 1]:
+    ``mean|S − T| + 10·|R(S) − R(T)|`` with ``R`` the :func:`dark_roughness` over the pixels
+    that are dark in the teacher's image (below 16 of 255). The second term asks the student's
+    flat dark areas to be as smooth as the teacher's, whatever the per-pixel match: on ``mnist32``
+    the data's FID of 4-call solvers follows that roughness (``docs/BENCHMARKS.md``, "Why the
+    closer solver has the worse data FID"), and the teacher's own roughness is the target (not
+    the data's, not Inception's features)."""
+    if student.dim() < 3:
+        raise ConfigError(
+            f"distillation l1-texture needs images (B, …, H, W), got samples of shape "
+            f"{tuple(student.shape)}: use l1"
+        )
+    dark = target < DARK
+    texture = (dark_roughness(student, dark) - dark_roughness(target, dark)).abs()
+    return l1_loss(student, target) + TEXTURE_WEIGHT * texture
+
+
 DISTILLATION_LOSSES: dict[str, DistillationLoss] = {
     "l1": l1_loss,
     "l1-grad": l1_gradient_loss,
+    "l1-texture": l1_texture_loss,
     "l2": l2_loss,
     "lpips": lpips_loss,
 }
