@@ -71,7 +71,9 @@ def _train(teacher, out, *extra: object) -> int:
         "--loss", "gas", "--disc-preset", NAME, "--disc-lr", "1e-3", "--disc-warmup", "1",
         "--nfe", "3", "--init-solver", "dpmpp3m", "--iterations", "4", "--batch-size", "4",
         "--train-size", "24", "--val-size", "8", "--val-every", "0", "--checkpoint-every", "2",
-        "--log-every", "1", "--device", "cpu", *map(str, extra),
+        "--log-every", "1", "--device", "cpu",
+        "--lr-decay", "constant",  # a run extended from 2 to 4 iterations steps as one of 4
+        *map(str, extra),
     ])  # fmt: skip
 
 

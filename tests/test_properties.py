@@ -189,8 +189,11 @@ def test_bad_seed_lists_are_refused(command, value):
     )
 )
 def test_bad_solver_specs_are_refused(value):
-    if Path(value).exists():  # an existing path is read as a trained solver, when first used
-        return
+    try:  # an existing path is read as a trained solver, when first used
+        if Path(value).exists():
+            return
+    except OSError:  # a name the file system refuses (too long) is no file either
+        pass
     _assert_refused(_argv("sample", **{"--solver": value}))
 
 
