@@ -28,6 +28,15 @@ def l2_loss(student: Tensor, target: Tensor) -> Tensor:
     return (student - target).pow(2).flatten(1).mean(1)
 
 
+def _require_images(student: Tensor, name: str) -> None:
+    """Refuse samples without the two spatial dimensions a pixel-neighbour distance needs."""
+    if student.dim() < 3:
+        raise ConfigError(
+            f"distillation {name} needs images (B, …, H, W), got samples of shape "
+            f"{tuple(student.shape)}: use l1"
+        )
+
+
 def l1_gradient_loss(student: Tensor, target: Tensor) -> Tensor:
     """L1 plus the gradient-difference loss (Mathieu, Couprie & LeCun, ICLR 2016, eq. 5 with
     α = 1) per sample, on the last two (spatial) dimensions:
@@ -36,11 +45,7 @@ def l1_gradient_loss(student: Tensor, target: Tensor) -> Tensor:
     much (independent Gaussian errors: ``E|e₁ − e₂| = √2·E|e|`` per direction). On ``mnist32`` at
     4 calls it brought the GS 4 % closer to the teacher in L1 than L1 itself, and further from
     the data in FID (``docs/BENCHMARKS.md``, "A distance that charges speckle")."""
-    if student.dim() < 3:
-        raise ConfigError(
-            f"distillation l1-grad needs images (B, …, H, W), got samples of shape "
-            f"{tuple(student.shape)}: use l1"
-        )
+    _require_images(student, "l1-grad")
     error = student - target
     across = error.diff(dim=-1).abs().flatten(1).mean(1)
     down = error.diff(dim=-2).abs().flatten(1).mean(1)
@@ -75,11 +80,7 @@ def l1_texture_loss(student: Tensor, target: Tensor) -> Tensor:
     the data's FID of 4-call solvers follows that roughness (``docs/BENCHMARKS.md``, "Why the
     closer solver has the worse data FID"), and the teacher's own roughness is the target (not
     the data's, not Inception's features)."""
-    if student.dim() < 3:
-        raise ConfigError(
-            f"distillation l1-texture needs images (B, …, H, W), got samples of shape "
-            f"{tuple(student.shape)}: use l1"
-        )
+    _require_images(student, "l1-texture")
     dark = target < DARK
     texture = (dark_roughness(student, dark) - dark_roughness(target, dark)).abs()
     return l1_loss(student, target) + TEXTURE_WEIGHT * texture

@@ -62,8 +62,8 @@ class TrainSettings:
         "l1",
         "per-sample distillation distance (l1-grad: L1 plus L1 of the error's pixel-to-pixel "
         "differences, which charges speckle more; l1-texture: L1 plus the difference in the "
-        "roughness of the teacher's dark areas, images in [-1, 1]; model-features: LPIPS-style in the frozen "
-        "diffusers UNet's own encoder features)",
+        "roughness of the teacher's dark areas, images in [-1, 1]; model-features: LPIPS-style "
+        "in the frozen diffusers UNet's own encoder features)",
         choices=DISTANCES,
     )
     init_solver: str = option(
