@@ -29,8 +29,10 @@ def test_sweep_at_toy_size_writes_table_json_plot_and_resumes(tmp_path, capsys):
         assert set(grids) == {"ddim", "dpmpp:order=3"}
         assert names == [
             "teacher", "timesteps", "gs", f"ddim ({grids['ddim']})",
-            f"dpmpp:order=3 ({grids['dpmpp:order=3']})",
+            f"dpmpp:order=3 ({grids['dpmpp:order=3']})", "start of gs",
         ]  # fmt: skip
+        gs = json.loads((out / f"nfe{key}" / "gs" / "summary.json").read_text())
+        assert rows[-1]["label"] == gs["start"]["solver"]  # the classic solver auto picked
         assert all(row["fid"] is not None and row["n_samples"] == 6 for row in rows)
         assert all(row["nfe"] == int(key) for row in rows[1:])
         timesteps = json.loads((out / f"nfe{key}" / "timesteps" / "solver.json").read_text())

@@ -379,6 +379,27 @@ def test_gas_changes_solver_and_discriminator_and_resumes_exactly(image_teacher_
     assert description["solver"] == "gas"  # what fid and compare report for this checkpoint
 
 
+def test_the_automatic_distance_is_l1_texture_on_images_l1_elsewhere_and_recorded(
+    image_teacher_dir, teacher_dir, tmp_path
+):
+    """``--distillation auto`` resolves per model before anything is trained; the resolved name
+    is what the run records (config, summary), so a resume with another distance is refused."""
+    model, teacher = _image_model(), TeacherSet(image_teacher_dir)
+    settings = dict(loss="gs", iterations=2, checkpoint_every=2, texture_weight=3.0)
+    trainer = Trainer(_gas_config(tmp_path, image_teacher_dir, **settings), model, teacher)
+    assert trainer.config.distillation == "l1-texture"
+    assert trainer.loss_fn.keywords == {"weight": 3.0}
+    trainer.run(progress=False)
+    assert json.loads((tmp_path / "gas" / "summary.json").read_text())["distillation"] == (
+        "l1-texture"
+    )
+    again = _gas_config(tmp_path, image_teacher_dir, **settings, distillation="l1", resume=True)
+    with pytest.raises(CheckpointMismatchError, match="distillation: stored 'l1-texture'"):
+        Trainer(again, model, teacher).run(progress=False)
+    ring = Trainer(_config(tmp_path, teacher=str(teacher_dir)), _model(), TeacherSet(teacher_dir))
+    assert ring.config.distillation == "l1"
+
+
 def test_gas_discriminator_can_start_from_a_checkpoint(image_teacher_dir, tmp_path):
     model, teacher = _image_model(), TeacherSet(image_teacher_dir)
     first = Trainer(_gas_config(tmp_path, image_teacher_dir, iterations=3), model, teacher)

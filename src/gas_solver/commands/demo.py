@@ -68,7 +68,7 @@ class DemoConfig:
         "start 3e-3 constant made the GS worse than its start at NFE 4 and 6)",
     )
     distillation: str = option(
-        "l1", "per-sample distillation distance (see `train --help`)", choices=DISTANCES
+        "auto", "per-sample distillation distance (see `train --help`)", choices=DISTANCES
     )
     init_solver: str = option(
         "auto", "where the GS starts (see `train --help`): auto, dpmpp3m or a classic solver"
@@ -229,9 +229,10 @@ def format_report(
     ]
     if gs_summary and "start" in gs_summary:
         start, kept = gs_summary["start"], gs_summary.get("kept", "trained")
+        distance = gs_summary.get("distillation", config.distillation)
         picked = (
             f" (of {len(start['screened'])} classic solvers and grids, the lowest "
-            f"{config.distillation} to the teacher on the validation pairs: {start['loss']:.4f})"
+            f"{distance} to the teacher on the validation pairs: {start['loss']:.4f})"
             if "screened" in start
             else ""
         )
@@ -240,7 +241,7 @@ def format_report(
             + (
                 "training made it worse on validation, so the start was kept."
                 if kept == "start"
-                else f"its validation {config.distillation}: "
+                else f"its validation {distance}: "
                 f"{gs_summary['initial_validation'].get('val_loss', float('nan')):.4f} → "
                 f"{gs_summary['final_validation'].get('val_loss', float('nan')):.4f}."
             ),

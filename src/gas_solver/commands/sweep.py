@@ -82,6 +82,9 @@ LEARNED_METHODS = {
 """Learned rows: name → (``train --loss``, ``train --learn``). ``gs`` starts from
 ``--init-solver`` (default: the best classic solver), ``gs-3m`` from the paper's DPM-Solver++(3M)
 on ``--init-grid``; each ``gas`` row fine-tunes the ``gs`` row of its start."""
+START_ROW = "start of gs"
+"""The row of the classic solver the ``gs`` row started from (``auto``: the best by the
+distillation loss on the validation pairs)."""
 RESUME_MAY_CHANGE = {"out", "device", "compile", "batch_size", "nfes", "learned", "logsnr_rows"}
 """Settings a resumed sweep may change: where and how it runs, and which NFEs and rows it adds
 (rows already measured are kept; a row no longer asked for leaves the table)."""
@@ -254,15 +257,16 @@ def _sweep(config: SweepConfig, out: Path, progress: bool) -> Path:
                 [grids[spec], "logsnr"] if config.logsnr_rows else [grids[spec]]
             )
         }
-        names = [*config.learned_list, *classic]
         done = {row["name"]: row for row in state["rows"].get(key, [])}
-        missing = {  # row name → solver (spec text, or the folder of a run trained only now)
-            name: classic[name]
-            if name in classic
-            else str(_trained(config, model, teacher, nfe, grids, name, progress))
-            for name in names
+        missing = {  # row name → solver (the folder of a run trained only now, or spec text)
+            name: str(_trained(config, model, teacher, nfe, grids, name, progress))
+            for name in config.learned_list
             if name not in done
         }
+        if "gs" in config.learned_list:
+            classic.update(_gs_start(out / f"nfe{nfe}" / "gs", done))
+        names = [*config.learned_list, *classic]
+        missing.update({name: classic[name] for name in classic if name not in done})
         if missing or "teacher" not in done or (config.reference and "reference" not in done):
             folder = _free_folder(out / f"nfe{nfe}" / "compare")
             barrier()  # torchrun: every rank has named the folder before rank 0 makes it
@@ -349,6 +353,19 @@ def _train_seconds(summary: Path) -> float | None:
         log.warning("%s records no training seconds; the table leaves them out", summary)
         return None
     return float(seconds)
+
+
+def _gs_start(folder: Path, done: dict[str, Any]) -> dict[str, str]:
+    """``{START_ROW: spec}`` when the ``gs`` row in ``folder`` started from a classic solver
+    (``auto``'s pick, usually none of the listed ones), so the table shows what training added
+    to it; ``{}`` for other starts. A measured start row keeps its spec (its run may be gone)."""
+    if START_ROW in done:
+        return {START_ROW: done[START_ROW]["label"]}
+    start = load_metadata(folder / SOLVER_FILE).get("training", {}).get("start", {})
+    try:
+        return {START_ROW: parse_solver_spec(start.get("solver", "")).label}
+    except ConfigError:
+        return {}
 
 
 def _finished(folder: Path) -> bool:

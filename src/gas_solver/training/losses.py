@@ -9,6 +9,7 @@ arXiv 2510.17699 §3.2). The paper's choices are LPIPS-VGG for pixel models and 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 from torch import Tensor
 
@@ -55,7 +56,8 @@ def l1_gradient_loss(student: Tensor, target: Tensor) -> Tensor:
 DARK = -1 + 32 / 255
 """Pixels below 16 of 255 (in [−1, 1]): the dark areas whose texture :func:`l1_texture_loss`
 compares."""
-TEXTURE_WEIGHT = 10.0
+TEXTURE_WEIGHT = 1.0
+"""The default weight of the texture term (``train --texture-weight``)."""
 
 
 def dark_roughness(images: Tensor, dark: Tensor) -> Tensor:
@@ -72,9 +74,9 @@ def dark_roughness(images: Tensor, dark: Tensor) -> Tensor:
     return total / count.clamp_min(1)
 
 
-def l1_texture_loss(student: Tensor, target: Tensor) -> Tensor:
+def l1_texture_loss(student: Tensor, target: Tensor, weight: float = TEXTURE_WEIGHT) -> Tensor:
     """L1 plus the difference in dark-area roughness, per sample, for images in [−1, 1]:
-    ``mean|S − T| + 10·|R(S) − R(T)|`` with ``R`` the :func:`dark_roughness` over the pixels
+    ``mean|S − T| + w·|R(S) − R(T)|`` with ``R`` the :func:`dark_roughness` over the pixels
     that are dark in the teacher's image (below 16 of 255). The second term asks the student's
     flat dark areas to be as smooth as the teacher's, whatever the per-pixel match: on ``mnist32``
     the data's FID of 4-call solvers follows that roughness (``docs/BENCHMARKS.md``, "Why the
@@ -83,7 +85,7 @@ def l1_texture_loss(student: Tensor, target: Tensor) -> Tensor:
     _require_images(student, "l1-texture")
     dark = target < DARK
     texture = (dark_roughness(student, dark) - dark_roughness(target, dark)).abs()
-    return l1_loss(student, target) + TEXTURE_WEIGHT * texture
+    return l1_loss(student, target) + weight * texture
 
 
 DISTILLATION_LOSSES: dict[str, DistillationLoss] = {
@@ -95,9 +97,20 @@ DISTILLATION_LOSSES: dict[str, DistillationLoss] = {
 }
 
 
-def get_loss(name: str) -> DistillationLoss:
+def get_loss(name: str, texture_weight: float = TEXTURE_WEIGHT) -> DistillationLoss:
+    """The loss called ``name``; ``texture_weight`` is ``l1-texture``'s ``w``."""
     if name not in DISTILLATION_LOSSES:
         raise ConfigError(
             f"loss: unknown distillation loss {name!r}; known: {sorted(DISTILLATION_LOSSES)}"
         )
+    if name == "l1-texture":
+        return partial(l1_texture_loss, weight=texture_weight)
     return DISTILLATION_LOSSES[name]
+
+
+def default_distance(is_latent: bool, sample_shape: tuple[int, ...]) -> str:
+    """``--distillation auto``: ``l1-texture`` for pixel models with images (one or three
+    channels, two spatial dimensions), ``l1`` (the paper's latent distance) for latent models
+    and samples that are not images."""
+    images = len(sample_shape) == 3 and sample_shape[0] in (1, 3)
+    return "l1-texture" if images and not is_latent else "l1"

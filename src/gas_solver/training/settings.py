@@ -13,12 +13,14 @@ from ..schedules import GRID_KINDS
 from .discriminators import CHOICES as DISCRIMINATOR_CHOICES
 from .discriminators import discriminator_help
 from .feature_distance import MODEL_FEATURES
-from .losses import DISTILLATION_LOSSES
+from .losses import DISTILLATION_LOSSES, TEXTURE_WEIGHT
 from .start import THEORIES
 
 LOSSES = ("gs", "gas")
-DISTANCES = [*sorted(DISTILLATION_LOSSES), MODEL_FEATURES]
-"""``--distillation``: the per-sample losses, and the distance in the model's own features."""
+AUTO_DISTANCE = "auto"
+DISTANCES = [AUTO_DISTANCE, *sorted(DISTILLATION_LOSSES), MODEL_FEATURES]
+"""``--distillation``: the model's default (:func:`~.losses.default_distance`), the per-sample
+losses, and the distance in the model's own features."""
 LR_SCHEDULES = ("constant", "cosine")
 MAX_GS_NFE = 100
 """Most model calls of a learned solver: it has ``nfe·(nfe+1)`` coefficients, and the paper's
@@ -59,12 +61,19 @@ class TrainSettings:
     nfe: int = option(4, "number of model calls of the learned solver")
     loss: str = option("gs", "gs (distillation) or gas (+ adversarial)", choices=LOSSES)
     distillation: str = option(
-        "l1",
-        "per-sample distillation distance (l1-grad: L1 plus L1 of the error's pixel-to-pixel "
-        "differences, which charges speckle more; l1-texture: L1 plus the difference in the "
-        "roughness of the teacher's dark areas, images in [-1, 1]; model-features: LPIPS-style "
-        "in the frozen diffusers UNet's own encoder features)",
+        AUTO_DISTANCE,
+        "per-sample distillation distance (auto: l1-texture for pixel models with 1- or "
+        "3-channel images, l1 for latent models and other samples; l1-grad: L1 plus L1 of the "
+        "error's pixel-to-pixel differences, which charges speckle more; l1-texture: L1 plus "
+        "TEXTURE_WEIGHT times the difference in the roughness of the teacher's dark areas, "
+        "images in [-1, 1]; model-features: LPIPS-style in the frozen diffusers UNet's own "
+        "encoder features)",
         choices=DISTANCES,
+    )
+    texture_weight: float = option(
+        TEXTURE_WEIGHT,
+        "l1-texture: weight of the texture term (higher: smoother dark areas and a better data "
+        "FID on mnist32, at some L1 to the teacher)",
     )
     init_solver: str = option(
         "auto",
@@ -207,6 +216,9 @@ class TrainSettings:
             self.distillation in DISTANCES,
             "distillation",
             f"unknown distance {self.distillation!r}; known: {DISTANCES}",
+        )
+        require(
+            self.texture_weight >= 0, "texture_weight", f"must be >= 0, got {self.texture_weight}"
         )
         require(self.adv_weight >= 0, "adv_weight", f"must be >= 0, got {self.adv_weight}")
         require(self.disc_lr > 0, "disc_lr", f"must be > 0, got {self.disc_lr}")

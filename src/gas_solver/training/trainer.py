@@ -88,8 +88,14 @@ from .adversarial import Adversary, NonFiniteLossError
 from .discriminators import make_discriminator
 from .ema import EMA
 from .feature_distance import MODEL_FEATURES, ModelFeatureDistance
-from .losses import DISTILLATION_LOSSES, get_loss
-from .settings import LEARNED, RECORDED_LATER, RESUME_MAY_CHANGE, TrainSettings
+from .losses import DISTILLATION_LOSSES, default_distance, get_loss
+from .settings import (
+    AUTO_DISTANCE,
+    LEARNED,
+    RECORDED_LATER,
+    RESUME_MAY_CHANGE,
+    TrainSettings,
+)
 from .start import (
     AUTO,
     PAPER,
@@ -119,6 +125,9 @@ class Trainer:
         teacher: TeacherSet,
         progress: bool = True,
     ) -> None:
+        if config.distillation == AUTO_DISTANCE:  # recorded as what it resolved to
+            distance = default_distance(model.is_latent, model.sample_shape)
+            config = dataclasses.replace(config, distillation=distance)
         self.config = config
         self.progress = progress
         self.out = Path(config.out)
@@ -138,7 +147,7 @@ class Trainer:
         self.loss_fn = (
             ModelFeatureDistance(self.model)
             if config.distillation == MODEL_FEATURES
-            else get_loss(config.distillation)
+            else get_loss(config.distillation, config.texture_weight)
         )
         self.adversary: Adversary | None = None
         if config.loss == "gas":  # checked against the data before anything is trained
@@ -592,6 +601,7 @@ class Trainer:
                 self._writer.close()
         summary = {
             "start": self.start.record(),
+            "distillation": self.config.distillation,
             "initial_validation": self.initial_validation,
             "final_validation": self.last_validation or self.validate(picture=False),
             "seconds": time.perf_counter() - start,
