@@ -263,6 +263,7 @@ def test_ema_warmup_matches_formula():
         ("loss", "lpips2", "loss"),
         ("loss", "l1", "distillation: l1"),
         ("distillation", "lpips2", "distillation"),
+        ("texture_weight", -0.5, "texture_weight"),
         ("adv_weight", -1.0, "adv_weight"),
         ("disc_lr", 0.0, "disc_lr"),
         ("r1_gamma", -0.1, "r1_gamma"),
