@@ -315,6 +315,7 @@ def test_sweep_of_two_processes_is_the_one_process_sweep(work, tmp_path):
         "gs",
         f"ddim ({one['grids']['2']['ddim']})",
         f"dpmpp:order=3 ({one['grids']['2']['dpmpp:order=3']})",
+        "start of gs",
     ]
     for a, b in rows:
         assert a["n_samples"] == b["n_samples"] == 6
