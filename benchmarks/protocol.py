@@ -3,10 +3,12 @@
 
 GS: batch 16 on teacher pairs 0–999 (validation: the last 100), ``train``'s distance (``auto``:
 ``l1-texture`` on the bundled models since 2026-12-07; the tables measured before it used L1, which
-``--distillation l1`` restores), data-order seed 42, one validation at the end; the start is ``train``'s (``auto``: the best classic solver) unless a script
-adds :data:`PAPER_START` (DPM-Solver++(3M) on the logSNR grid, the published tables' start). GAS: from that GS, the ``model-features`` discriminator at
-learning rate 1e-4 with Adam betas (0, 0.99), 100 discriminator-only warm-up steps, weight 0.3,
-the solver at lr 1e-3 constant (:data:`~gas_solver.training.settings.GAS_FINE_TUNE`).
+``--distillation l1`` restores), data-order seed 42, one validation at the end; the start is
+``train``'s (``auto``: the best classic solver) unless a script adds :data:`PAPER_START`
+(DPM-Solver++(3M) on the logSNR grid, the published tables' start). GAS: from that GS, the
+``model-features`` discriminator at learning rate 1e-4 with Adam betas (0, 0.99), 100
+discriminator-only warm-up steps, weight 0.3, the solver at lr 1e-3 constant
+(:data:`~gas_solver.training.settings.GAS_FINE_TUNE`).
 """
 
 from __future__ import annotations
