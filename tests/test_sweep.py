@@ -6,7 +6,7 @@ import shutil
 import pytest
 
 from gas_solver.cli import main
-from gas_solver.commands.sweep import SweepConfig, with_calls
+from gas_solver.commands.sweep import SweepConfig, format_sweep, learned_standing, with_calls
 from gas_solver.errors import ConfigError
 
 TOY = [  # 6 images per FID and reference (one Inception batch shape), as tests/test_evaluation.py
@@ -128,3 +128,37 @@ def test_sweep_with_a_reference_and_both_starts(tmp_path):
         for name in ("gs", "gs-3m")
     }
     assert starts["gs-3m"] == "dpmpp3m:grid=logsnr" and not starts["gs"].startswith("dpmpp3m")
+
+
+def test_learned_standing_measures_each_learned_row_against_the_best_classic_one():
+    """Planted rows: the best classic L1 and reference FID come from different solvers (the
+    start row counts as classic), the gap runs from the best classic FID to the teacher's."""
+
+    def row(name, fid, l1, reference_fid=None):
+        return {"name": name, "fid": fid, "l1": l1, "reference_fid": reference_fid}
+
+    rows = [
+        row("teacher", 20.0, 0.0, 2.0),
+        row("gs", 22.0, 0.03, 9.0),
+        row("gas", None, 0.05),
+        row("unipc:order=3 (uniform)", 26.0, 0.05, 15.0),
+        row("start of gs", 28.0, 0.04, 12.0),
+        row("reference", 17.0, 0.01, 0.0),
+    ]
+    standing = learned_standing(rows)
+    assert set(standing) == {"gs", "gas"}
+    assert standing["gs"] == pytest.approx({"l1": 0.75, "gap": 4 / 6, "reference_fid": 0.75})
+    assert standing["gas"] == {"l1": pytest.approx(1.25), "gap": None, "reference_fid": None}
+    state = {
+        "config": {
+            "fid_ref": "mnist",
+            "fid_method": "eigh",
+            "teacher": "t",
+            "model": "m",
+            "reference": "auto",
+        },
+        "grids": {"4": {}},
+        "rows": {"4": [{**r, "seconds": 1.0, "n_samples": 8} for r in rows]},
+    }
+    table = format_sweep(state)
+    assert "| gs | 0.75× · +0.67 · 0.75× |" in table and "| gas | 1.25× · – |" in table

@@ -484,23 +484,24 @@ def _train_settings(
 
 
 def format_sweep(state: dict[str, Any]) -> str:
-    """Markdown: one row per method, one column per NFE with ``FID (L1)``; then the seconds of
-    sampling the evaluation seeds (and of training, for learned rows) in the same layout, and
-    each classic solver's grid choice."""
+    """Markdown: one row per method, one column per NFE with ``FID (L1)``; then, in the same
+    layout, each row against the reference (when there is one), the learned rows against the best
+    classic solver (:func:`learned_standing`), the seconds of sampling the evaluation seeds (and
+    of training, for learned rows), and each classic solver's grid choice."""
     nfes = sorted(state["rows"], key=int)
-    names = list(dict.fromkeys(row["name"] for key in nfes for row in state["rows"][key]))
     cells = {(row["name"], key): row for key in nfes for row in state["rows"][key]}
     config = state["config"]
     n = next((row["n_samples"] for key in nfes for row in state["rows"][key]), 0)
 
-    def table(text: Callable[[dict[str, Any]], str]) -> list[str]:
-        """A method × NFE table whose cells are ``text(row)`` (empty where a method has no row)."""
+    def table(text: Callable[[dict[str, Any]], str], source: dict = cells) -> list[str]:
+        """A method × NFE table whose cells are ``text(source[method, NFE])`` (empty where a
+        method has none)."""
         out = [
             "| method | " + " | ".join(f"NFE {k}" for k in nfes) + " |",
             "|---|" + "---:|" * len(nfes),
         ]
-        for name in names:
-            row = [cells.get((name, key)) for key in nfes]
+        for name in dict.fromkeys(name for name, _ in source):
+            row = [source.get((name, key)) for key in nfes]
             out.append(
                 f"| {name} | " + " | ".join("" if c is None else text(c) for c in row) + " |"
             )
@@ -534,6 +535,24 @@ def format_sweep(state: dict[str, Any]) -> str:
             *table(to_reference),
             "",
         ]
+    standing = {
+        (name, key): ratios
+        for key in nfes
+        for name, ratios in learned_standing(state["rows"][key]).items()
+    }
+    if standing:
+        lines += [
+            "The learned rows against the best classic solver of their NFE (`start of gs` "
+            "included): L1 to the teacher as a multiple of the lowest classic L1, then the share "
+            "of the data-FID gap from the best classic solver to the teacher that the row closes "
+            "(1: the teacher's FID; below 0: worse than the classic solver)"
+            + (", then FID against the reference's samples as a multiple of the lowest classic "
+               "one" if config.get("reference") else "")
+            + ":",
+            "",
+            *table(_standing_text, standing),
+            "",
+        ]  # fmt: skip
     lines += [
         "Seconds to sample the N images and, in brackets, to train (GAS: after its GS):",
         "",
@@ -547,6 +566,45 @@ def format_sweep(state: dict[str, Any]) -> str:
             for s, g in grids[k].items()
         ))  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def learned_standing(rows: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
+    """Each learned row of one NFE against that NFE's classic rows: ``l1`` = its L1 to the
+    teacher / the lowest classic L1; ``gap`` = (F_c − F) / (F_c − F_teacher), the share of the
+    data-FID gap from the best classic FID F_c to the teacher's that it closes; ``reference_fid``
+    = its FID against the reference's samples / the lowest classic one. None where a measure is
+    missing (no FID, no reference, no gap to close)."""
+    classic = [row for row in rows if row["name"] not in {*LEARNED_METHODS, "teacher", "reference"}]
+    teacher = next((row for row in rows if row["name"] == "teacher"), {})
+
+    def best(field: str) -> float | None:
+        return min((row[field] for row in classic if row.get(field) is not None), default=None)
+
+    best_l1, best_fid, best_reference = best("l1"), best("fid"), best("reference_fid")
+    gap = None if best_fid is None or teacher.get("fid") is None else best_fid - teacher["fid"]
+    return {
+        row["name"]: {
+            "l1": row["l1"] / best_l1 if best_l1 else None,
+            "gap": (best_fid - row["fid"]) / gap if gap and row["fid"] is not None else None,
+            "reference_fid": (
+                row["reference_fid"] / best_reference
+                if best_reference and row.get("reference_fid") is not None
+                else None
+            ),
+        }
+        for row in rows
+        if row["name"] in LEARNED_METHODS
+    }
+
+
+def _standing_text(ratios: dict[str, float | None]) -> str:
+    l1, gap, reference = ratios["l1"], ratios["gap"], ratios["reference_fid"]
+    parts = [
+        "–" if l1 is None else f"{l1:.2f}×",
+        "–" if gap is None else f"{gap:+.2f}",
+        *([] if reference is None else [f"{reference:.2f}×"]),
+    ]
+    return " · ".join(parts)
 
 
 def _plot(state: dict[str, Any], path: Path) -> None:
