@@ -149,6 +149,8 @@ def test_learned_standing_measures_each_learned_row_against_the_best_classic_one
     assert set(standing) == {"gs", "gas"}
     assert standing["gs"] == pytest.approx({"l1": 0.75, "gap": 4 / 6, "reference_fid": 0.75})
     assert standing["gas"] == {"l1": pytest.approx(1.25), "gap": None, "reference_fid": None}
+    at_teacher = learned_standing([row("teacher", 30.0, 0.0), *rows[1:]])  # classic FID 26 < 30
+    assert at_teacher["gs"]["gap"] is None
     state = {
         "config": {
             "fid_ref": "mnist",

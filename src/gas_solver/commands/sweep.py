@@ -582,6 +582,7 @@ def learned_standing(rows: list[dict[str, Any]]) -> dict[str, dict[str, float | 
 
     best_l1, best_fid, best_reference = best("l1"), best("fid"), best("reference_fid")
     gap = None if best_fid is None or teacher.get("fid") is None else best_fid - teacher["fid"]
+    gap = gap if gap is not None and gap > 0 else None  # a classic solver at the teacher's FID
     return {
         row["name"]: {
             "l1": row["l1"] / best_l1 if best_l1 else None,
