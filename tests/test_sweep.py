@@ -134,22 +134,24 @@ def test_learned_standing_measures_each_learned_row_against_the_best_classic_one
     """Planted rows: the best classic L1 and reference FID come from different solvers (the
     start row counts as classic), the gap runs from the best classic FID to the teacher's."""
 
-    def row(name, fid, l1, reference_fid=None):
-        return {"name": name, "fid": fid, "l1": l1, "reference_fid": reference_fid}
+    def row(name, kind, fid, l1, reference_fid=None):
+        return {"name": name, "kind": kind, "fid": fid, "l1": l1, "reference_fid": reference_fid}
 
     rows = [
-        row("teacher", 20.0, 0.0, 2.0),
-        row("gs", 22.0, 0.03, 9.0),
-        row("gas", None, 0.05),
-        row("unipc:order=3 (uniform)", 26.0, 0.05, 15.0),
-        row("start of gs", 28.0, 0.04, 12.0),
-        row("reference", 17.0, 0.01, 0.0),
+        row("teacher", "teacher", 20.0, 0.0, 2.0),
+        row("gs", "gs", 22.0, 0.03, 9.0),
+        row("gas", "gas", None, 0.05),
+        row("unipc:order=3 (uniform)", "classic", 26.0, 0.05, 15.0),
+        row("start of gs", "classic", 28.0, 0.04, 12.0),
+        row("reference", "reference", 17.0, 0.01, 0.0),
     ]
     standing = learned_standing(rows)
     assert set(standing) == {"gs", "gas"}
     assert standing["gs"] == pytest.approx({"l1": 0.75, "gap": 4 / 6, "reference_fid": 0.75})
     assert standing["gas"] == {"l1": pytest.approx(1.25), "gap": None, "reference_fid": None}
-    at_teacher = learned_standing([row("teacher", 30.0, 0.0), *rows[1:]])  # classic FID 26 < 30
+    at_teacher = learned_standing(
+        [row("teacher", "teacher", 30.0, 0.0), *rows[1:]]
+    )  # classic FID 26 < 30
     assert at_teacher["gs"]["gap"] is None
     state = {
         "config": {

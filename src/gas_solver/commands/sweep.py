@@ -39,6 +39,7 @@ from ..data.teacher_set import TeacherSet
 from ..distributed import barrier, is_main, main_lock
 from ..errors import ConfigError, CorruptFileError, GasSolverError
 from ..evaluation.compare import compare, split_solvers
+from ..evaluation.report import gap_closed
 from ..models.base import COMPILE_HELP, COMPUTE_DTYPES, DTYPE_HELP
 from ..models.loading import load_model
 from ..outputs import check_output, write_json, write_text
@@ -570,23 +571,21 @@ def format_sweep(state: dict[str, Any]) -> str:
 
 def learned_standing(rows: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
     """Each learned row of one NFE against that NFE's classic rows: ``l1`` = its L1 to the
-    teacher / the lowest classic L1; ``gap`` = (F_c − F) / (F_c − F_teacher), the share of the
-    data-FID gap from the best classic FID F_c to the teacher's that it closes; ``reference_fid``
-    = its FID against the reference's samples / the lowest classic one. None where a measure is
-    missing (no FID, no reference, no gap to close)."""
-    classic = [row for row in rows if row["name"] not in {*LEARNED_METHODS, "teacher", "reference"}]
-    teacher = next((row for row in rows if row["name"] == "teacher"), {})
+    teacher / the lowest classic L1; ``gap`` = the share of the data-FID gap from the best classic
+    solver to the teacher that it closes (:func:`~gas_solver.evaluation.report.gap_closed`);
+    ``reference_fid`` = its FID against the reference's samples / the lowest classic one. None
+    where a measure is missing (no FID, no reference, no gap to close)."""
+    classic = [row for row in rows if row["kind"] == "classic"]
 
     def best(field: str) -> float | None:
         return min((row[field] for row in classic if row.get(field) is not None), default=None)
 
-    best_l1, best_fid, best_reference = best("l1"), best("fid"), best("reference_fid")
-    gap = None if best_fid is None or teacher.get("fid") is None else best_fid - teacher["fid"]
-    gap = gap if gap is not None and gap > 0 else None  # a classic solver at the teacher's FID
+    best_l1, best_reference = best("l1"), best("reference_fid")
+    gaps = gap_closed((row["name"], row["kind"], row["fid"]) for row in rows) or {}
     return {
         row["name"]: {
             "l1": row["l1"] / best_l1 if best_l1 else None,
-            "gap": (best_fid - row["fid"]) / gap if gap and row["fid"] is not None else None,
+            "gap": gaps.get(row["name"]),
             "reference_fid": (
                 row["reference_fid"] / best_reference
                 if best_reference and row.get("reference_fid") is not None
@@ -594,7 +593,7 @@ def learned_standing(rows: list[dict[str, Any]]) -> dict[str, dict[str, float | 
             ),
         }
         for row in rows
-        if row["name"] in LEARNED_METHODS
+        if row["kind"] in ("gs", "gas")
     }
 
 
