@@ -181,6 +181,9 @@ def test_sqrtm_edge_cases(monkeypatch, caplog) -> None:
     # complex round-off: the real part is used; a large imaginary trace is reported
     monkeypatch.setattr(frechet, "_sqrtm", lambda a: eye + 1e-9j)
     assert frechet_distance(mu, eye, mu, eye) == pytest.approx(0.0, abs=1e-12)
+    # a root a hair too large (round-off on equal statistics) gives 0, not a negative distance
+    monkeypatch.setattr(frechet, "_sqrtm", lambda a: eye * (1 + 1e-12))
+    assert frechet_distance(mu, eye, mu, eye) == 0.0
     monkeypatch.setattr(frechet, "_sqrtm", lambda a: eye + 1j)
     with caplog.at_level(logging.WARNING, logger=frechet.__name__):
         frechet_distance(mu, eye, mu, eye)

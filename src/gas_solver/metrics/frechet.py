@@ -105,6 +105,8 @@ def frechet_distance(
             negligible); ``"eigh"`` = the same trace from the eigenvalues of the symmetric
             ``Σ₁^½ Σ₂ Σ₁^½`` (exact for PSD inputs, never complex, several times faster on CPU).
         sqrt_sigma1: ``Σ₁^½`` if already known (``"eigh"`` only).
+
+    Returns the distance, never below 0: equal statistics give 0, not a round-off ``-6e-7``.
     """
     mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
     sigma1, sigma2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
@@ -118,4 +120,5 @@ def frechet_distance(
         raise ConfigError(f"method must be 'sqrtm' or 'eigh', got {method!r}")
     diff = mu1 - mu2
     trace_root = _trace_sqrt_product(sigma1, sigma2, method, sqrt_sigma1)
-    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * trace_root)
+    distance = float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * trace_root)
+    return max(distance, 0.0)  # a squared distance: below 0 only by round-off (equal statistics)
