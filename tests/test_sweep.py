@@ -87,7 +87,8 @@ def test_sweep_refuses_overlapping_seeds_and_unknown_methods():
 
 def test_sweep_gas_row_fine_tunes_the_gs_of_its_nfe(tmp_path):
     """The GAS row starts from the GS of the same NFE (trained first when it is not a row), and
-    fine-tunes it at the paper's constant 1e-3 while the GS trains at train's defaults."""
+    fine-tunes it at the paper's constant 1e-3 (adversarial weight 0.1) while the GS trains at
+    train's defaults."""
     toy = [*TOY[: TOY.index("--learned")], *TOY[TOY.index("--learned") + 2 :]]
     toy[toy.index("--nfes") + 1] = "2"
     out = tmp_path / "sweep"
@@ -104,7 +105,8 @@ def test_sweep_gas_row_fine_tunes_the_gs_of_its_nfe(tmp_path):
     assert main(["sweep", *toy, *args, "--out", str(out)]) == 0
     gas = json.loads((out / "nfe2" / "gas" / "solver.json").read_text())["training"]
     assert gas["iteration"] == 2 and gas["config"]["init_solver"] == str(out / "nfe2" / "gs")
-    assert (gas["config"]["lr"], gas["config"]["lr_decay"]) == (1e-3, "constant")
+    config = gas["config"]
+    assert (config["lr"], config["lr_decay"], config["adv_weight"]) == (1e-3, "constant", 0.1)
     gs = json.loads((out / "nfe2" / "gs" / "solver.json").read_text())["training"]
     assert (gs["config"]["lr"], gs["config"]["lr_decay"]) == (2e-3, "cosine")
     names = [row["name"] for row in json.loads((out / "sweep.json").read_text())["rows"]["2"]]

@@ -137,7 +137,9 @@ class SweepConfig:
         "initial grid of the timesteps row: a grid kind, or best (the best grid of "
         f"{THEORY_SPEC} at that NFE, whose coefficients the row keeps)",
     )
-    adv_weight: float = option(0.3, "gas: adversarial weight")
+    adv_weight: float = option(
+        0.1, "gas: adversarial weight (on mnist32 0.1 beat 0.3 at NFE 3-6, docs/BENCHMARKS.md)"
+    )
     disc_preset: str = option(
         FEATURE_PRESET, "gas: discriminator (see `train --help`)", choices=DISCRIMINATOR_CHOICES
     )
