@@ -6,7 +6,13 @@ import shutil
 import pytest
 
 from gas_solver.cli import main
-from gas_solver.commands.sweep import SweepConfig, format_sweep, learned_standing, with_calls
+from gas_solver.commands.sweep import (
+    SweepConfig,
+    format_sweep,
+    learned_standing,
+    start_disagreements,
+    with_calls,
+)
 from gas_solver.errors import ConfigError
 
 TOY = [  # 6 images per FID and reference (one Inception batch shape), as tests/test_evaluation.py
@@ -168,3 +174,24 @@ def test_learned_standing_measures_each_learned_row_against_the_best_classic_one
     }
     table = format_sweep(state)
     assert "| gs | 0.75× · +0.67 · 0.75× |" in table and "| gas | 1.25× · – |" in table
+
+
+def test_sweep_report_says_where_the_paper_start_wins_on_data_fid_only():
+    """Planted rows: ``gs-3m`` has the lower data FID but the higher L1 (a line, with the
+    reference FIDs); ``gas-3m`` loses on both (no line); a missing FID gives no line."""
+
+    def row(name, fid, l1, reference_fid=None):
+        return {"name": name, "fid": fid, "l1": l1, "reference_fid": reference_fid}
+
+    rows = [
+        row("gs", 22.0, 0.03, 9.0),
+        row("gs-3m", 15.0, 0.06, 12.5),
+        row("gas", 21.0, 0.03),
+        row("gas-3m", 23.0, 0.05),
+    ]
+    assert start_disagreements("6", rows) == [
+        "- NFE 6: data FID `gs-3m` 15.00, `gs` 22.00; L1 to the teacher `gs` 0.0300, `gs-3m` "
+        "0.0600; FID against the reference's samples `gs` 9.00, `gs-3m` 12.50."
+    ]
+    assert start_disagreements("6", [row("gs", None, 0.03), row("gs-3m", 15.0, 0.06)]) == []
+    assert start_disagreements("6", [row("gs", 22.0, 0.07), row("gs-3m", 15.0, 0.06)]) == []
