@@ -84,7 +84,7 @@ class DemoConfig:
         "2-core CPU, small ~3 s)",
         choices=DISCRIMINATOR_CHOICES,
     )
-    adv_weight: float = option(0.3, "GAS: weight of the adversarial term")
+    adv_weight: float = option(0.1, "GAS: weight of the adversarial term (as the sweep's)")
     disc_lr: float = option(
         1e-4, "GAS: discriminator learning rate (Adam betas (0, 0.99), as R3GAN)"
     )
