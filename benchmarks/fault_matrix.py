@@ -606,6 +606,7 @@ def two_writers(commands: Commands, name: str) -> Row:
         raise SystemExit(f"{name} ended before taking its lock")
     proc.send_signal(signal.SIGSTOP)
     try:
+        wait_until_stopped(proc.pid)
         before = _listing(out)
         code, err = run_in_process(commands.argv(name, out))
         changed = _listing(out) != before
@@ -660,6 +661,26 @@ def unwritable_outputs(commands: Commands, name: str) -> Row:
         why = f"{case}: exit {code}" if code != 2 else error_line(err, target)
         row.add(why is None and before == after, f"{case}: {why or 'changed'}")
     return row
+
+
+def wait_until_stopped(pid: int, timeout: float = 10) -> None:
+    """Return once every thread of ``pid`` is stopped. ``kill(SIGSTOP)`` returns before the target
+    stops, so a thread still running may write after the caller has listed the folder; Linux shows
+    the state in ``/proc/PID/task/*/stat`` (``T``). Elsewhere, a short grace period."""
+    tasks = Path(f"/proc/{pid}/task")
+    if not tasks.is_dir():
+        time.sleep(0.5)
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        states = []
+        for stat in tasks.glob("*/stat"):
+            with contextlib.suppress(OSError):  # a thread that ended meanwhile
+                states.append(stat.read_text().rsplit(")", 1)[1].split()[0])
+        if states and all(state in "Tt" for state in states):
+            return
+        time.sleep(0.005)
+    raise SystemExit(f"PID {pid} did not stop within {timeout} s of SIGSTOP")
 
 
 def _listing(folder: Path) -> list[tuple[str, int, int]]:
